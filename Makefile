@@ -1,0 +1,26 @@
+# Kernex developer entry points. `make demo` and `make test` work on a fresh Debian machine:
+# both bootstrap what they need first.
+
+VENV := .venv
+BIN := $(VENV)/bin
+PACKAGES := protocol/kernex_protocol backend/kernex_backend devstack/kernex_devstack
+
+.PHONY: bootstrap demo test check lint format
+
+bootstrap:
+	@./scripts/bootstrap.sh
+
+demo: bootstrap
+	$(BIN)/python -m kernex_devstack.demo
+
+test: bootstrap
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+check: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy $(PACKAGES) tests migrations/env.py
+
+format: bootstrap
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .

@@ -1,0 +1,1 @@
+"""API keys: operator credentials with scopes."""

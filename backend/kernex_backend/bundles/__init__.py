@@ -1,0 +1,1 @@
+"""Bundles: signed update artefacts and their storage."""

@@ -1,0 +1,100 @@
+"""`kernex-backend`: serve the API, migrate the database, create API keys."""
+
+import asyncio
+from typing import Annotated
+
+import typer
+
+from kernex_backend.api_keys.scopes import Scope
+from kernex_backend.core.config import Settings, get_settings
+from kernex_backend.core.logging import configure_logging
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def _settings() -> Settings:
+    try:
+        settings = get_settings()
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        typer.echo(f"configuration error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.log.level, settings.log.json_output)
+    return settings
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="bind address (default: KERNEX_API__HOST)")] = None,
+    port: Annotated[int | None, typer.Option(help="port (default: KERNEX_API__PORT)")] = None,
+) -> None:
+    """Serve the REST API."""
+    import uvicorn
+
+    from kernex_backend.main import create_app
+
+    settings = _settings()
+    uvicorn.run(
+        create_app(settings),
+        host=host or settings.api.host,
+        port=port or settings.api.port,
+        log_config=None,  # keep our structlog configuration
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+async def _migrate(settings: Settings) -> None:
+    from kernex_backend.core import migrations
+    from kernex_backend.core.db import create_engine, utc_now
+    from kernex_backend.telemetry import partitions
+
+    engine = create_engine(settings)
+    try:
+        await migrations.upgrade(engine, settings.migrations_dir)
+        async with engine.begin() as conn:
+            await partitions.maintain(
+                conn,
+                today=utc_now().date(),
+                days_ahead=settings.telemetry.partitions_ahead_days,
+                retention_days=settings.telemetry.heartbeat_retention_days,
+            )
+        typer.echo(f"database at revision {await migrations.current_revision(engine)}")
+    finally:
+        await engine.dispose()
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the database schema to the latest revision."""
+    asyncio.run(_migrate(_settings()))
+
+
+async def _create_key(settings: Settings, name: str, scopes: list[Scope], replace: bool) -> str:
+    from kernex_backend.api_keys import service
+    from kernex_backend.core.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if replace:
+                await service.revoke_named(session=session, name=name, actor="cli")
+            _, token = await service.create(session=session, name=name, scopes=scopes, actor="cli")
+            return token
+    finally:
+        await engine.dispose()
+
+
+@app.command("create-api-key")
+def create_api_key(
+    name: Annotated[str, typer.Option(help="a label for the key")],
+    scope: Annotated[list[Scope], typer.Option(help="repeat for several")] = [Scope.ADMIN],  # noqa: B006
+    replace: Annotated[bool, typer.Option(help="revoke live keys with the same name first")] = False,
+) -> None:
+    """Create an API key and print its token (shown only this once)."""
+    token = asyncio.run(_create_key(_settings(), name, scope, replace))
+    typer.echo(token)
+
+
+def main() -> None:
+    """Console script entry point."""
+    app()

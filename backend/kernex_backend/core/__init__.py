@@ -1,0 +1,1 @@
+"""Cross-cutting backend machinery: settings, database, errors, logging, security."""

@@ -1,0 +1,150 @@
+"""Backend settings: environment variables with the KERNEX_ prefix, nested groups with `__`.
+
+Any setting may instead be read from a file by appending `_FILE` to its variable name
+(`KERNEX_DATABASE_URL_FILE=/run/secrets/db-url`), which is how Docker and Kubernetes secrets
+are mounted. A value set directly wins over a file.
+"""
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+ENV_PREFIX = "KERNEX_"
+NESTED_DELIMITER = "__"
+FILE_SUFFIX = "_FILE"
+
+# Passwords that ship in examples and compose files; never acceptable in production.
+KNOWN_DEFAULT_SECRETS = frozenset(
+    {"", "kernex", "kernex-dev", "postgres", "password", "changeme", "minioadmin", "secret"}
+)
+
+
+class DatabaseSettings(BaseModel):
+    """Connection pool tuning; the URL itself is `database_url`."""
+
+    pool_size: int = Field(default=10, ge=1, le=200)
+    max_overflow: int = Field(default=10, ge=0, le=200)
+    pool_timeout_s: float = Field(default=10.0, gt=0)
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    statement_timeout_ms: int = Field(default=15_000, ge=0)
+
+
+class ApiSettings(BaseModel):
+    """The HTTP server and request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    page_size_default: int = Field(default=50, ge=1)
+    page_size_max: int = Field(default=500, ge=1)
+
+
+class AuthSettings(BaseModel):
+    """API key handling."""
+
+    # last_used_at is written in batches so that authentication never writes per request.
+    last_used_flush_interval_s: float = Field(default=30.0, gt=0)
+
+
+class TelemetrySettings(BaseModel):
+    """Heartbeat storage."""
+
+    heartbeat_retention_days: int = Field(default=14, ge=1, le=3650)
+    partitions_ahead_days: int = Field(default=3, ge=1, le=60)
+    maintenance_interval_s: float = Field(default=3600.0, gt=0)
+
+
+class LogSettings(BaseModel):
+    """Logging output."""
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # None: JSON when stderr is not a terminal, pretty when it is.
+    json_output: bool | None = None
+
+
+class _FileSecretsSource(PydanticBaseSettingsSource):
+    """Reads `KERNEX_X_FILE` / `KERNEX_GROUP__X_FILE` variables as the contents of those files."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ builds the whole mapping at once
+
+    def __call__(self) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        for name, path in os.environ.items():
+            if not (name.startswith(ENV_PREFIX) and name.endswith(FILE_SUFFIX)):
+                continue
+            key = name[len(ENV_PREFIX) : -len(FILE_SUFFIX)].lower()
+            if not key:
+                continue
+            try:
+                content = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ValueError(f"{name} points to an unreadable file: {exc.strerror}") from None
+            *groups, leaf = key.split(NESTED_DELIMITER)
+            target = values
+            for group in groups:
+                target = target.setdefault(group, {})
+            target[leaf] = content
+        return values
+
+
+class Settings(BaseSettings):
+    """All backend settings."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED_DELIMITER,
+        extra="ignore",
+    )
+
+    environment: Literal["development", "production"] = "production"
+    database_url: SecretStr = Field(
+        description="postgresql+asyncpg://user:password@host:port/database"
+    )
+    db: DatabaseSettings = DatabaseSettings()
+    api: ApiSettings = ApiSettings()
+    auth: AuthSettings = AuthSettings()
+    telemetry: TelemetrySettings = TelemetrySettings()
+    log: LogSettings = LogSettings()
+    migrations_dir: Path = Path(__file__).resolve().parents[3] / "migrations"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _FileSecretsSource(settings_cls))
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        url = urlsplit(self.database_url.get_secret_value())
+        if url.scheme != "postgresql+asyncpg":
+            raise ValueError("database_url must use the postgresql+asyncpg:// scheme")
+        if self.environment == "production" and url.password in KNOWN_DEFAULT_SECRETS - {""}:
+            raise ValueError(
+                "database_url uses a well-known default password; set a real one, "
+                "or KERNEX_ENVIRONMENT=development for local use"
+            )
+        if self.api.page_size_default > self.api.page_size_max:
+            raise ValueError("api.page_size_default must not exceed api.page_size_max")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()  # type: ignore[call-arg]  # database_url comes from the environment

@@ -1,0 +1,50 @@
+"""Liveness and readiness endpoints (no authentication: load balancers and kubelets call them)."""
+
+import asyncio
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from pydantic import BaseModel
+
+from kernex_backend import __version__
+from kernex_backend.core.errors import ServiceUnavailable
+
+router = APIRouter(tags=["health"])
+
+_CHECK_TIMEOUT_S = 2.0
+
+
+class Health(BaseModel):
+    """The process is up."""
+
+    status: str
+    version: str
+
+
+class Readiness(BaseModel):
+    """Every dependency answered."""
+
+    status: str
+    checks: dict[str, str]
+
+
+@router.get("/health", response_model=Health)
+async def health() -> Health:
+    """Liveness: the process serves requests. Checks no dependency, so a database outage does not
+    get healthy pods restarted."""
+    return Health(status="ok", version=__version__)
+
+
+@router.get("/ready", response_model=Readiness, responses={503: {"description": "not ready"}})
+async def ready(request: Request) -> Readiness:
+    """Readiness: the database answers within the timeout."""
+    checks: dict[str, str] = {}
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S):
+            async with request.app.state.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        checks["database"] = "ok"
+    except (TimeoutError, OSError, sa.exc.SQLAlchemyError) as exc:
+        checks["database"] = type(exc).__name__
+        raise ServiceUnavailable("the database is not reachable", checks=checks) from None
+    return Readiness(status="ok", checks=checks)

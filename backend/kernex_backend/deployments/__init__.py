@@ -1,0 +1,1 @@
+"""Deployments: which bundle goes to which devices, and how far each device got."""

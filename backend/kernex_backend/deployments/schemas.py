@@ -1,0 +1,61 @@
+"""API shapes for deployments and their executions."""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
+
+
+class DeploymentPublic(BaseModel):
+    """A deployment as listed."""
+
+    id: uuid.UUID
+    name: str
+    bundle_id: uuid.UUID
+    target: dict[str, Any]
+    strategy: dict[str, Any]
+    abort_criteria: dict[str, Any]
+    status: DeploymentStatus
+    created_by: str
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class DeploymentDetail(DeploymentPublic):
+    """A deployment with how many devices are in each execution state."""
+
+    execution_counts: dict[ExecutionState, int]
+
+
+class DeploymentsPublic(BaseModel):
+    """A page of deployments."""
+
+    data: list[DeploymentPublic]
+    count: int
+
+
+class ExecutionPublic(BaseModel):
+    """One device's part in a deployment."""
+
+    device_id: str
+    state: ExecutionState
+    attempt: int
+    progress: int
+    error_code: str | None
+    error_detail: str | None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ExecutionsPublic(BaseModel):
+    """A page of executions."""
+
+    data: list[ExecutionPublic]
+    count: int

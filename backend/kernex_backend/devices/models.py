@@ -1,0 +1,44 @@
+"""The devices table."""
+
+from datetime import datetime
+from enum import StrEnum
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlmodel import Field, SQLModel
+
+from kernex_backend.core.columns import created_at_field, enum_field, optional_timestamp_field
+
+
+class DeviceStatus(StrEnum):
+    """Lifecycle of a device record."""
+
+    REGISTERED = "registered"  # known to us, never connected
+    ACTIVE = "active"  # has connected at least once
+    DECOMMISSIONED = "decommissioned"  # retired: refused by broker and backend
+
+
+class Device(SQLModel, table=True):
+    """A device of the fleet, keyed by the ID in its certificate."""
+
+    __tablename__ = "devices"
+    __table_args__ = (
+        sa.Index("ix_devices_tags", "tags", postgresql_using="gin"),
+        sa.Index("ix_devices_status_device_type", "status", "device_type"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)
+    name: str | None = Field(default=None, max_length=128)
+    device_type: str = Field(max_length=64, index=True)
+    tags: dict[str, str] = Field(default_factory=dict, sa_type=JSONB, nullable=False)
+    status: DeviceStatus = enum_field(DeviceStatus, DeviceStatus.REGISTERED, name="device_status")
+    online: bool = Field(default=False, nullable=False)
+    last_seen_at: datetime | None = optional_timestamp_field()
+    # Grows with every agent (re)connect; orders presence messages (see docs/protocol.md).
+    presence_session: int | None = Field(default=None, sa_type=sa.BigInteger)
+    current_version: str | None = Field(default=None, max_length=64, index=True)
+    agent_version: str | None = Field(default=None, max_length=64)
+    cert_serial: str | None = Field(default=None, max_length=64)
+    cert_not_after: datetime | None = optional_timestamp_field()
+    created_at: datetime = created_at_field()
+    updated_at: datetime = created_at_field()

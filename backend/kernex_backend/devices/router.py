@@ -1,0 +1,93 @@
+"""Device endpoints."""
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, status
+
+from kernex_backend.core.db import SessionDep
+from kernex_backend.core.errors import InvalidInput
+from kernex_backend.core.pagination import PageDep
+from kernex_backend.core.security import ReadAccess, WriteAccess
+from kernex_backend.core.text import TAG_KEY_PATTERN
+from kernex_backend.devices import service
+from kernex_backend.devices.models import Device, DeviceStatus
+from kernex_backend.devices.schemas import DeviceCreate, DevicePublic, DevicesPublic, DeviceUpdate
+from kernex_protocol.ids import DEVICE_ID_PATTERN
+
+router = APIRouter(prefix="/devices", tags=["devices"])
+
+DeviceIdPath = Annotated[
+    str, Path(pattern=DEVICE_ID_PATTERN, description="1-64 characters: A-Z a-z 0-9 . _ -")
+]
+
+
+def _public(device: Device) -> DevicePublic:
+    return DevicePublic.model_validate(device, from_attributes=True)
+
+
+def _parse_tags(raw: list[str]) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for item in raw:
+        key, sep, value = item.partition(":")
+        if not sep or not re.match(TAG_KEY_PATTERN, key):
+            raise InvalidInput(f"tag filter {item[:80]!r} must look like key:value")
+        tags[key] = value
+    return tags
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=DevicePublic)
+async def register_device(
+    body: DeviceCreate, session: SessionDep, principal: WriteAccess
+) -> DevicePublic:
+    """Register a device so it can be provisioned and targeted."""
+    return _public(await service.register(session=session, data=body, actor=principal.actor))
+
+
+@router.get("", response_model=DevicesPublic)
+async def list_devices(
+    session: SessionDep,
+    _: ReadAccess,
+    page: PageDep,
+    status_: Annotated[DeviceStatus | None, Query(alias="status")] = None,
+    online: bool | None = None,
+    device_type: Annotated[str | None, Query(max_length=64)] = None,
+    version: Annotated[str | None, Query(max_length=64)] = None,
+    tag: Annotated[
+        list[str], Query(max_length=200, description="key:value; repeat to require several")
+    ] = [],  # noqa: B006 - FastAPI copies defaults per request
+) -> DevicesPublic:
+    """List devices, filtered and paginated."""
+    if len(tag) > 16:
+        raise InvalidInput("at most 16 tag filters may be combined")
+    filters = service.DeviceFilters(
+        status=status_, online=online, device_type=device_type, version=version, tags=_parse_tags(tag)
+    )
+    devices, count = await service.list_devices(session=session, filters=filters, page=page)
+    return DevicesPublic(data=[_public(d) for d in devices], count=count)
+
+
+@router.get("/{device_id}", response_model=DevicePublic)
+async def get_device(device_id: DeviceIdPath, session: SessionDep, _: ReadAccess) -> DevicePublic:
+    """One device."""
+    return _public(await service.get(session=session, device_id=device_id))
+
+
+@router.patch("/{device_id}", response_model=DevicePublic)
+async def update_device(
+    device_id: DeviceIdPath, body: DeviceUpdate, session: SessionDep, principal: WriteAccess
+) -> DevicePublic:
+    """Rename a device or replace its tags."""
+    return _public(
+        await service.update(session=session, device_id=device_id, data=body, actor=principal.actor)
+    )
+
+
+@router.post("/{device_id}/decommission", response_model=DevicePublic)
+async def decommission_device(
+    device_id: DeviceIdPath, session: SessionDep, principal: WriteAccess
+) -> DevicePublic:
+    """Retire a device: it is no longer targeted and may no longer change."""
+    return _public(
+        await service.decommission(session=session, device_id=device_id, actor=principal.actor)
+    )

@@ -1,0 +1,144 @@
+"""Device registration, inventory queries and lifecycle."""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kernex_backend.audit import service as audit
+from kernex_backend.core.db import utc_now
+from kernex_backend.core.errors import Conflict, NotFound
+from kernex_backend.core.pagination import Page
+from kernex_backend.devices.models import Device, DeviceStatus
+from kernex_backend.devices.schemas import DeviceCreate, DeviceUpdate
+
+
+class DeviceNotFound(NotFound):
+    """No device has that ID."""
+
+    slug = "device-not-found"
+    title = "Device not found"
+
+
+class DeviceAlreadyExists(Conflict):
+    """A device with that ID is registered already."""
+
+    slug = "device-exists"
+    title = "Device already exists"
+
+
+class DeviceDecommissioned(Conflict):
+    """The device is retired and can no longer change."""
+
+    slug = "device-decommissioned"
+    title = "Device decommissioned"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFilters:
+    """Inventory filters; each one given must match."""
+
+    status: DeviceStatus | None = None
+    online: bool | None = None
+    device_type: str | None = None
+    version: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    def conditions(self) -> list[Any]:
+        """SQL conditions for these filters."""
+        conditions: list[Any] = []
+        if self.status is not None:
+            conditions.append(col(Device.status) == self.status)
+        if self.online is not None:
+            conditions.append(col(Device.online).is_(self.online))
+        if self.device_type is not None:
+            conditions.append(col(Device.device_type) == self.device_type)
+        if self.version is not None:
+            conditions.append(col(Device.current_version) == self.version)
+        if self.tags:
+            conditions.append(col(Device.tags).contains(self.tags))  # jsonb @>, uses the GIN index
+        return conditions
+
+
+async def register(*, session: AsyncSession, data: DeviceCreate, actor: str) -> Device:
+    """Register a new device."""
+    device = Device(id=data.id, name=data.name, device_type=data.device_type, tags=data.tags)
+    session.add(device)
+    audit.record(
+        session,
+        actor=actor,
+        action="device.register",
+        object_type="device",
+        object_id=device.id,
+        details={"device_type": device.device_type, "name": device.name, "tags": device.tags},
+    )
+    try:
+        await session.commit()
+    except IntegrityError:
+        await session.rollback()
+        raise DeviceAlreadyExists(f"a device with ID {data.id!r} is already registered") from None
+    return device
+
+
+async def get(*, session: AsyncSession, device_id: str, for_update: bool = False) -> Device:
+    """The device with `device_id`."""
+    device = await session.get(Device, device_id, with_for_update=for_update)
+    if device is None:
+        raise DeviceNotFound(f"no device with ID {device_id!r}")
+    return device
+
+
+async def list_devices(
+    *, session: AsyncSession, filters: DeviceFilters, page: Page
+) -> tuple[list[Device], int]:
+    """Devices matching `filters`, ordered by ID, and how many match in all."""
+    conditions = filters.conditions()
+    count = (await session.exec(select(sa.func.count()).select_from(Device).where(*conditions))).one()
+    rows = await session.exec(
+        select(Device).where(*conditions).order_by(col(Device.id)).limit(page.limit).offset(page.offset)
+    )
+    return list(rows), count
+
+
+async def update(*, session: AsyncSession, device_id: str, data: DeviceUpdate, actor: str) -> Device:
+    """Change a device's name and/or tags."""
+    device = await get(session=session, device_id=device_id, for_update=True)
+    if device.status == DeviceStatus.DECOMMISSIONED:
+        raise DeviceDecommissioned(f"device {device_id!r} is decommissioned and cannot be changed")
+    changes = data.model_dump(exclude_unset=True)
+    before = {name: getattr(device, name) for name in changes}
+    if "name" in changes:
+        device.name = data.name
+    if "tags" in changes:
+        device.tags = data.tags or {}  # an explicit null clears the tags
+    device.updated_at = utc_now()
+    session.add(device)
+    audit.record(
+        session,
+        actor=actor,
+        action="device.update",
+        object_type="device",
+        object_id=device.id,
+        details={"before": before, "after": {name: getattr(device, name) for name in changes}},
+    )
+    await session.commit()
+    return device
+
+
+async def decommission(*, session: AsyncSession, device_id: str, actor: str) -> Device:
+    """Retire a device for good."""
+    device = await get(session=session, device_id=device_id, for_update=True)
+    if device.status == DeviceStatus.DECOMMISSIONED:
+        raise DeviceDecommissioned(f"device {device_id!r} is already decommissioned")
+    device.status = DeviceStatus.DECOMMISSIONED
+    device.online = False
+    device.updated_at = utc_now()
+    session.add(device)
+    audit.record(
+        session, actor=actor, action="device.decommission", object_type="device", object_id=device.id
+    )
+    await session.commit()
+    return device

@@ -1,0 +1,1 @@
+"""Telemetry: heartbeats and their time-partitioned store."""

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Prepare this checkout for `make demo` and `make test`: system packages (when root), a virtual
+# environment in .venv, and every Python dependency at the versions in constraints.txt.
+# Idempotent and quick when nothing changed: a stamp records what was installed.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+venv=.venv
+python=${PYTHON:-python3}
+
+apt_packages=(python3 python3-venv python3-dev mosquitto mosquitto-clients openssl ca-certificates)
+
+missing_apt=()
+for pkg in "${apt_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing_apt+=("$pkg")
+done
+if [ ${#missing_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "bootstrap: installing system packages: ${missing_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+    # The Debian package starts a system broker on 1883; Kernex runs its own on other ports.
+  else
+    echo "bootstrap: missing system packages: ${missing_apt[*]}" >&2
+    echo "bootstrap: install them (as root: apt-get install ${missing_apt[*]}) and run again" >&2
+    exit 1
+  fi
+fi
+
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+  echo "bootstrap: Python 3.11 or newer is required ($("$python" --version 2>&1))" >&2
+  exit 1
+fi
+
+stamp=$venv/.kernex-bootstrap
+want=$(cat constraints.txt requirements-dev.txt ./*/pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python" ]; then
+  exit 0
+fi
+
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+  -c constraints.txt -r requirements-dev.txt
+echo "$want" >"$stamp"
+echo "bootstrap: environment ready in $venv"

@@ -1,0 +1,73 @@
+"""Fixtures for tests that drive the backend app against a real database."""
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernex_backend.api_keys import service as api_keys
+from kernex_backend.api_keys.scopes import Scope
+from kernex_backend.core.config import Settings
+from kernex_backend.core.db import create_sessionmaker
+from kernex_backend.main import create_app
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.integration
+
+KeyFactory = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+def engine(app: FastAPI) -> AsyncEngine:
+    engine: AsyncEngine = app.state.engine
+    return engine
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://kernex.test") as c:
+        yield c
+
+
+@pytest.fixture
+def make_key(engine: AsyncEngine) -> KeyFactory:
+    """Create an API key with the given scopes straight in the database; returns its token."""
+
+    async def create(*scopes: Scope, name: str = "test") -> str:
+        async with create_sessionmaker(engine)() as session:
+            _, token = await api_keys.create(
+                session=session, name=name, scopes=list(scopes), actor="test"
+            )
+        return token
+
+    return create
+
+
+@pytest.fixture
+async def admin_headers(make_key: KeyFactory) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await make_key(Scope.ADMIN, name='admin')}"}
+
+
+@pytest.fixture
+async def write_headers(make_key: KeyFactory) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await make_key(Scope.WRITE, name='writer')}"}
+
+
+@pytest.fixture
+async def read_headers(make_key: KeyFactory) -> dict[str, str]:
+    return {"Authorization": f"Bearer {await make_key(Scope.READ, name='reader')}"}
