@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from kernex_backend.core.migrations import COMPARE_OPTIONS
 from kernex_backend.models import metadata
 
+
 def _database_url() -> str:
     url = context.config.attributes.get("database_url")
     if url:

@@ -53,7 +53,7 @@ class PostgresAdmin:
 def make_settings(database_url: str, **overrides: object) -> Settings:
     """Settings for a test: development mode, the given database."""
     return Settings(
-        database_url=database_url,  # type: ignore[arg-type]
+        database_url=database_url,
         environment="development",
         migrations_dir=MIGRATIONS_DIR,
         **overrides,  # type: ignore[arg-type]

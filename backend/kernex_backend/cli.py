@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from kernex_backend.api_keys.scopes import Scope
+from kernex_backend.core import bootstrap
 from kernex_backend.core.config import Settings, get_settings
 from kernex_backend.core.logging import configure_logging
 
@@ -24,7 +25,9 @@ def _settings() -> Settings:
 
 @app.command()
 def serve(
-    host: Annotated[str | None, typer.Option(help="bind address (default: KERNEX_API__HOST)")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="bind address (default: KERNEX_API__HOST)")
+    ] = None,
     port: Annotated[int | None, typer.Option(help="port (default: KERNEX_API__PORT)")] = None,
 ) -> None:
     """Serve the REST API."""
@@ -43,55 +46,25 @@ def serve(
     )
 
 
-async def _migrate(settings: Settings) -> None:
-    from kernex_backend.core import migrations
-    from kernex_backend.core.db import create_engine, utc_now
-    from kernex_backend.telemetry import partitions
-
-    engine = create_engine(settings)
-    try:
-        await migrations.upgrade(engine, settings.migrations_dir)
-        async with engine.begin() as conn:
-            await partitions.maintain(
-                conn,
-                today=utc_now().date(),
-                days_ahead=settings.telemetry.partitions_ahead_days,
-                retention_days=settings.telemetry.heartbeat_retention_days,
-            )
-        typer.echo(f"database at revision {await migrations.current_revision(engine)}")
-    finally:
-        await engine.dispose()
-
-
 @app.command()
 def migrate() -> None:
     """Upgrade the database schema to the latest revision."""
-    asyncio.run(_migrate(_settings()))
-
-
-async def _create_key(settings: Settings, name: str, scopes: list[Scope], replace: bool) -> str:
-    from kernex_backend.api_keys import service
-    from kernex_backend.core.db import create_engine, create_sessionmaker
-
-    engine = create_engine(settings)
-    try:
-        async with create_sessionmaker(engine)() as session:
-            if replace:
-                await service.revoke_named(session=session, name=name, actor="cli")
-            _, token = await service.create(session=session, name=name, scopes=scopes, actor="cli")
-            return token
-    finally:
-        await engine.dispose()
+    revision = asyncio.run(bootstrap.migrate(_settings()))
+    typer.echo(f"database at revision {revision}")
 
 
 @app.command("create-api-key")
 def create_api_key(
     name: Annotated[str, typer.Option(help="a label for the key")],
     scope: Annotated[list[Scope], typer.Option(help="repeat for several")] = [Scope.ADMIN],  # noqa: B006
-    replace: Annotated[bool, typer.Option(help="revoke live keys with the same name first")] = False,
+    replace: Annotated[
+        bool, typer.Option(help="revoke live keys with the same name first")
+    ] = False,
 ) -> None:
     """Create an API key and print its token (shown only this once)."""
-    token = asyncio.run(_create_key(_settings(), name, scope, replace))
+    token = asyncio.run(
+        bootstrap.create_api_key(_settings(), name=name, scopes=scope, replace=replace, actor="cli")
+    )
     typer.echo(token)
 
 

@@ -52,7 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         tasks = [
             asyncio.create_task(
                 run_periodically(
-                    "heartbeat_partitions", settings.telemetry.maintenance_interval_s, maintain_partitions
+                    "heartbeat_partitions",
+                    settings.telemetry.maintenance_interval_s,
+                    maintain_partitions,
                 )
             ),
             asyncio.create_task(
@@ -93,7 +95,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
-    for router in (devices_router, bundles_router, deployments_router, api_keys_router, audit_router):
+    for router in (
+        devices_router,
+        bundles_router,
+        deployments_router,
+        api_keys_router,
+        audit_router,
+    ):
         api.include_router(router)
     app.include_router(api)
     return app

@@ -5,6 +5,7 @@ listens on a loopback TCP port we choose and stops when we stop (see process.py)
 refuses to run as root, so under root it runs as an unprivileged system user.
 """
 
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -59,7 +60,12 @@ class EmbeddedPostgres:
         uid = self._user.pw_uid if self._user else None
         gid = self._user.pw_gid if self._user else None
         result = subprocess.run(
-            argv, check=False, capture_output=True, user=uid, group=gid, extra_groups=[] if uid else None
+            argv,
+            check=False,
+            capture_output=True,
+            user=uid,
+            group=gid,
+            extra_groups=[] if uid else None,
         )
         if result.returncode != 0:
             raise subprocess.CalledProcessError(
@@ -90,12 +96,11 @@ class EmbeddedPostgres:
     def _stop_leftover(self) -> None:
         """Stop a server left running on this data directory by a killed earlier run."""
         if (self.data_dir / "postmaster.pid").exists():
-            try:
+            # Fails when nothing runs: postgres then removes the stale pid file itself.
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self._run_as_owner(
                     [self._bin("pg_ctl"), "-D", str(self.data_dir), "stop", "-m", "fast", "-w"]
                 )
-            except subprocess.CalledProcessError:
-                pass  # not running: postgres removes a stale pid file itself
 
     def _ready(self) -> bool:
         result = subprocess.run(
@@ -125,7 +130,14 @@ class EmbeddedPostgres:
             "max_connections=200",
         ]
         if not self.durable:
-            argv += ["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]
+            argv += [
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]
         self._process = ManagedProcess(
             "postgres",
             argv,

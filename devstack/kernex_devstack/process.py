@@ -33,7 +33,7 @@ def unprivileged_user(name: str) -> pwd.struct_passwd:
     except KeyError:
         pass
     subprocess.run(
-        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
+        ["/usr/sbin/useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name],
         check=True,
         capture_output=True,
     )

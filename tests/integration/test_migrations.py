@@ -34,7 +34,8 @@ def _tables(connection: Connection) -> set[str]:
 
 def _diff(connection: Connection) -> list[Any]:
     context = MigrationContext.configure(connection, opts=migrations.COMPARE_OPTIONS)
-    return compare_metadata(context, metadata)
+    diff: list[Any] = compare_metadata(context, metadata)
+    return diff
 
 
 async def test_upgrade_downgrade_upgrade_on_empty_database(empty_database_url: str) -> None:
@@ -94,7 +95,9 @@ async def test_partitions_are_created_ahead_and_dropped_after_retention(database
     try:
         async with engine.begin() as conn:
             result = await partitions.maintain(conn, today=day0, days_ahead=2, retention_days=5)
-        assert result.created == [partitions.partition_name(day0 + timedelta(days=i)) for i in range(3)]
+        assert result.created == [
+            partitions.partition_name(day0 + timedelta(days=i)) for i in range(3)
+        ]
         async with engine.begin() as conn:
             again = await partitions.maintain(conn, today=day0, days_ahead=2, retention_days=5)
         assert again.created == [] and again.dropped == []
@@ -132,7 +135,9 @@ async def test_partition_maintenance_runs_once_across_replicas(database_url: str
     engine = create_engine(make_settings(database_url))
     try:
         async with engine.begin() as first:
-            held = await partitions.maintain(first, today=date(2026, 4, 1), days_ahead=0, retention_days=5)
+            held = await partitions.maintain(
+                first, today=date(2026, 4, 1), days_ahead=0, retention_days=5
+            )
             async with engine.begin() as second:
                 skipped = await partitions.maintain(
                     second, today=date(2026, 4, 1), days_ahead=0, retention_days=5

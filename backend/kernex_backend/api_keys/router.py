@@ -21,7 +21,9 @@ def _public(key: ApiKey) -> ApiKeyPublic:
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ApiKeyCreated)
-async def create_api_key(body: ApiKeyCreate, session: SessionDep, principal: AdminAccess) -> ApiKeyCreated:
+async def create_api_key(
+    body: ApiKeyCreate, session: SessionDep, principal: AdminAccess
+) -> ApiKeyCreated:
     """Create a key. The token in the answer is shown only this once."""
     key, token = await service.create(
         session=session, name=body.name, scopes=body.scopes, actor=principal.actor
@@ -37,6 +39,8 @@ async def list_api_keys(session: SessionDep, _: AdminAccess, page: PageDep) -> A
 
 
 @router.post("/{key_id}/revoke", response_model=ApiKeyPublic)
-async def revoke_api_key(key_id: KeyIdPath, session: SessionDep, principal: AdminAccess) -> ApiKeyPublic:
+async def revoke_api_key(
+    key_id: KeyIdPath, session: SessionDep, principal: AdminAccess
+) -> ApiKeyPublic:
     """Revoke a key; requests with it fail from now on."""
     return _public(await service.revoke(session=session, key_id=key_id, actor=principal.actor))

@@ -84,7 +84,9 @@ async def revoke(*, session: AsyncSession, key_id: str, actor: str) -> ApiKey:
     if key is None:
         raise ApiKeyNotFound(f"no API key with id {key_id!r}")
     if key.revoked_at is not None:
-        raise ApiKeyAlreadyRevoked(f"API key {key_id!r} was revoked at {key.revoked_at.isoformat()}")
+        raise ApiKeyAlreadyRevoked(
+            f"API key {key_id!r} was revoked at {key.revoked_at.isoformat()}"
+        )
     key.revoked_at = utc_now()
     session.add(key)
     audit.record(

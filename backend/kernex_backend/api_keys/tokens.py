@@ -10,7 +10,7 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-TOKEN_PREFIX = "kx"
+TOKEN_PREFIX = "kx"  # noqa: S105 - a public marker, not a secret
 _ID_HEX_CHARS = 16
 # Compared against when the id is unknown, so that case costs the same as a wrong secret.
 _DUMMY_DIGEST = hashlib.sha256(b"kernex-unknown-key").hexdigest()

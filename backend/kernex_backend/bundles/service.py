@@ -36,7 +36,9 @@ async def list_bundles(
         conditions.append(col(Bundle.name) == name)
     if device_type is not None:
         conditions.append(col(Bundle.device_type) == device_type)
-    count = (await session.exec(select(sa.func.count()).select_from(Bundle).where(*conditions))).one()
+    count = (
+        await session.exec(select(sa.func.count()).select_from(Bundle).where(*conditions))
+    ).one()
     rows = await session.exec(
         select(Bundle)
         .where(*conditions)

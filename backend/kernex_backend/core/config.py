@@ -147,4 +147,4 @@ class Settings(BaseSettings):
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """The process-wide settings, read once from the environment."""
-    return Settings()  # type: ignore[call-arg]  # database_url comes from the environment
+    return Settings()  # database_url comes from the environment

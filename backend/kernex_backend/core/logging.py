@@ -52,6 +52,8 @@ def configure_logging(level: str = "INFO", json_output: bool | None = None) -> N
     root.setLevel(level)
     # uvicorn's access log is replaced by our own request log line (see middleware.py).
     logging.getLogger("uvicorn.access").disabled = True
+    # httpx logs every request it makes at INFO, URLs included (presigned URLs are credentials).
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True

@@ -9,13 +9,14 @@ from alembic.config import Config
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-
 # Daily heartbeat partitions are managed at run time (telemetry/partitions.py), not by
 # migrations, so autogenerate must not propose dropping them.
 _RUNTIME_MANAGED_TABLE = re.compile(r"^heartbeats_p\d{8}$")
 
 
-def include_object(obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+def include_object(
+    obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
+) -> bool:
     """Autogenerate filter: leave run-time managed tables (and their indexes) out."""
     if type_ == "table" and name is not None and _RUNTIME_MANAGED_TABLE.match(name):
         return False
@@ -44,7 +45,8 @@ def alembic_config(migrations_dir: Path) -> Config:
     ini = migrations_dir / "alembic.ini"
     if not ini.is_file():
         raise FileNotFoundError(
-            f"no alembic.ini in {migrations_dir}; set KERNEX_MIGRATIONS_DIR to the migrations folder"
+            f"no alembic.ini in {migrations_dir}; "
+            "set KERNEX_MIGRATIONS_DIR to the migrations folder"
         )
     config = Config(str(ini))
     config.set_main_option("script_location", str(migrations_dir))

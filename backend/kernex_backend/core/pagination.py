@@ -18,7 +18,9 @@ class Page:
 
 def _page(
     request: Request,
-    limit: Annotated[int | None, Query(ge=1, description="page size (capped by the server)")] = None,
+    limit: Annotated[
+        int | None, Query(ge=1, description="page size (capped by the server)")
+    ] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Page:
     api = request.app.state.settings.api

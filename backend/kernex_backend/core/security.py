@@ -45,7 +45,9 @@ async def _authenticate(
 def _require(scope: Scope) -> object:
     async def check(principal: Annotated[Principal, Depends(_authenticate)]) -> Principal:
         if scope not in principal.scopes:
-            raise Forbidden(f"this operation needs the {scope.value!r} scope", required_scope=scope.value)
+            raise Forbidden(
+                f"this operation needs the {scope.value!r} scope", required_scope=scope.value
+            )
         return principal
 
     return Depends(check)

@@ -25,7 +25,11 @@ class DeploymentStatus(StrEnum):
     @property
     def finished(self) -> bool:
         """Whether no device will be asked to do anything more for this deployment."""
-        return self in {DeploymentStatus.COMPLETED, DeploymentStatus.CANCELED, DeploymentStatus.ABORTED}
+        return self in {
+            DeploymentStatus.COMPLETED,
+            DeploymentStatus.CANCELED,
+            DeploymentStatus.ABORTED,
+        }
 
 
 class ExecutionState(StrEnum):
@@ -98,7 +102,9 @@ class DeploymentExecution(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
     deployment_id: uuid.UUID = Field(foreign_key="deployments.id", ondelete="CASCADE")
     device_id: str = Field(foreign_key="devices.id", ondelete="CASCADE", max_length=64)
-    state: ExecutionState = enum_field(ExecutionState, ExecutionState.PENDING, name="execution_state")
+    state: ExecutionState = enum_field(
+        ExecutionState, ExecutionState.PENDING, name="execution_state"
+    )
     attempt: int = Field(default=0, nullable=False)
     progress: int = Field(default=0, nullable=False)
     error_code: str | None = Field(default=None, max_length=64)

@@ -61,7 +61,11 @@ async def list_devices(
     if len(tag) > 16:
         raise InvalidInput("at most 16 tag filters may be combined")
     filters = service.DeviceFilters(
-        status=status_, online=online, device_type=device_type, version=version, tags=_parse_tags(tag)
+        status=status_,
+        online=online,
+        device_type=device_type,
+        version=version,
+        tags=_parse_tags(tag),
     )
     devices, count = await service.list_devices(session=session, filters=filters, page=page)
     return DevicesPublic(data=[_public(d) for d in devices], count=count)

@@ -65,7 +65,15 @@ class DeviceFilters:
 
 async def register(*, session: AsyncSession, data: DeviceCreate, actor: str) -> Device:
     """Register a new device."""
-    device = Device(id=data.id, name=data.name, device_type=data.device_type, tags=data.tags)
+    now = utc_now()
+    device = Device(
+        id=data.id,
+        name=data.name,
+        device_type=data.device_type,
+        tags=data.tags,
+        created_at=now,
+        updated_at=now,
+    )
     session.add(device)
     audit.record(
         session,
@@ -96,14 +104,22 @@ async def list_devices(
 ) -> tuple[list[Device], int]:
     """Devices matching `filters`, ordered by ID, and how many match in all."""
     conditions = filters.conditions()
-    count = (await session.exec(select(sa.func.count()).select_from(Device).where(*conditions))).one()
+    count = (
+        await session.exec(select(sa.func.count()).select_from(Device).where(*conditions))
+    ).one()
     rows = await session.exec(
-        select(Device).where(*conditions).order_by(col(Device.id)).limit(page.limit).offset(page.offset)
+        select(Device)
+        .where(*conditions)
+        .order_by(col(Device.id))
+        .limit(page.limit)
+        .offset(page.offset)
     )
     return list(rows), count
 
 
-async def update(*, session: AsyncSession, device_id: str, data: DeviceUpdate, actor: str) -> Device:
+async def update(
+    *, session: AsyncSession, device_id: str, data: DeviceUpdate, actor: str
+) -> Device:
     """Change a device's name and/or tags."""
     device = await get(session=session, device_id=device_id, for_update=True)
     if device.status == DeviceStatus.DECOMMISSIONED:
@@ -138,7 +154,11 @@ async def decommission(*, session: AsyncSession, device_id: str, actor: str) -> 
     device.updated_at = utc_now()
     session.add(device)
     audit.record(
-        session, actor=actor, action="device.decommission", object_type="device", object_id=device.id
+        session,
+        actor=actor,
+        action="device.decommission",
+        object_type="device",
+        object_id=device.id,
     )
     await session.commit()
     return device

@@ -79,7 +79,8 @@ async def maintain(
         await conn.execute(
             sa.text(
                 f'CREATE TABLE "{name}" PARTITION OF "{PARENT}" '
-                f"FOR VALUES FROM ('{_day_start(day)}') TO ('{_day_start(day + timedelta(days=1))}')"
+                f"FOR VALUES FROM ('{_day_start(day)}') "
+                f"TO ('{_day_start(day + timedelta(days=1))}')"
             )
         )
         created.append(name)

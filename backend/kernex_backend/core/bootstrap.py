@@ -1,0 +1,46 @@
+"""Operations that prepare a database for use: migrate it, mint API keys outside the API."""
+
+from kernex_backend.api_keys import service as api_keys
+from kernex_backend.api_keys.scopes import Scope
+from kernex_backend.core import migrations
+from kernex_backend.core.config import Settings
+from kernex_backend.core.db import create_engine, create_sessionmaker, utc_now
+from kernex_backend.telemetry import partitions
+
+
+async def migrate(settings: Settings) -> str | None:
+    """Upgrade the schema to head and create the coming heartbeat partitions.
+
+    Returns the revision the database is at afterwards.
+    """
+    engine = create_engine(settings)
+    try:
+        await migrations.upgrade(engine, settings.migrations_dir)
+        async with engine.begin() as conn:
+            await partitions.maintain(
+                conn,
+                today=utc_now().date(),
+                days_ahead=settings.telemetry.partitions_ahead_days,
+                retention_days=settings.telemetry.heartbeat_retention_days,
+            )
+        return await migrations.current_revision(engine)
+    finally:
+        await engine.dispose()
+
+
+async def create_api_key(
+    settings: Settings, *, name: str, scopes: list[Scope], replace: bool, actor: str
+) -> str:
+    """Create a key directly in the database and return its token.
+
+    With `replace`, live keys of the same name are revoked first.
+    """
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            if replace:
+                await api_keys.revoke_named(session=session, name=name, actor=actor)
+            _, token = await api_keys.create(session=session, name=name, scopes=scopes, actor=actor)
+            return token
+    finally:
+        await engine.dispose()

@@ -1,0 +1,94 @@
+"""Read endpoints for bundles, deployments and executions, on rows written to the database."""
+
+import uuid
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernex_backend.bundles.models import Bundle
+from kernex_backend.core.db import create_sessionmaker
+from kernex_backend.deployments.models import Deployment, DeploymentExecution, ExecutionState
+from kernex_backend.devices.models import Device
+
+
+async def seed(engine: AsyncEngine) -> tuple[uuid.UUID, uuid.UUID]:
+    async with create_sessionmaker(engine)() as session:
+        bundle = Bundle(
+            name="firmware",
+            version="1.2.0",
+            device_type="gw",
+            sha256="a" * 64,
+            size_bytes=1024,
+            storage_key="bundles/" + "a" * 64,
+            created_by="test",
+        )
+        session.add(bundle)
+        for i in range(3):
+            session.add(Device(id=f"d-{i}", device_type="gw"))
+        await session.flush()
+        deployment = Deployment(
+            name="fw 1.2.0",
+            bundle_id=bundle.id,
+            target={"device_ids": ["d-0", "d-1", "d-2"]},
+            created_by="test",
+        )
+        session.add(deployment)
+        await session.flush()
+        states = [ExecutionState.SUCCEEDED, ExecutionState.DOWNLOADING, ExecutionState.PENDING]
+        for i, state in enumerate(states):
+            session.add(
+                DeploymentExecution(deployment_id=deployment.id, device_id=f"d-{i}", state=state)
+            )
+        await session.commit()
+        return bundle.id, deployment.id
+
+
+async def test_bundle_reads(
+    client: httpx.AsyncClient, engine: AsyncEngine, read_headers: dict[str, str]
+) -> None:
+    bundle_id, _ = await seed(engine)
+    listed = await client.get("/api/v1/bundles", headers=read_headers)
+    assert listed.status_code == 200
+    assert listed.json()["count"] == 1
+    one = await client.get(f"/api/v1/bundles/{bundle_id}", headers=read_headers)
+    assert one.json()["version"] == "1.2.0"
+    assert "storage_key" not in one.json()
+    assert (
+        await client.get("/api/v1/bundles", params={"name": "other"}, headers=read_headers)
+    ).json()["count"] == 0
+    missing = await client.get(f"/api/v1/bundles/{uuid.uuid4()}", headers=read_headers)
+    assert missing.status_code == 404
+    assert missing.json()["type"] == "urn:kernex:problem:bundle-not-found"
+    assert (await client.get("/api/v1/bundles/not-a-uuid", headers=read_headers)).status_code == 422
+
+
+async def test_deployment_reads(
+    client: httpx.AsyncClient, engine: AsyncEngine, read_headers: dict[str, str]
+) -> None:
+    _, deployment_id = await seed(engine)
+    listed = await client.get("/api/v1/deployments", headers=read_headers)
+    assert listed.json()["count"] == 1
+    detail = await client.get(f"/api/v1/deployments/{deployment_id}", headers=read_headers)
+    assert detail.status_code == 200
+    counts = detail.json()["execution_counts"]
+    assert counts["succeeded"] == 1 and counts["downloading"] == 1 and counts["pending"] == 1
+    assert counts["failed"] == 0
+
+    executions = await client.get(
+        f"/api/v1/deployments/{deployment_id}/executions", headers=read_headers
+    )
+    assert [e["device_id"] for e in executions.json()["data"]] == ["d-0", "d-1", "d-2"]
+    only_pending = await client.get(
+        f"/api/v1/deployments/{deployment_id}/executions",
+        params={"state": "pending"},
+        headers=read_headers,
+    )
+    assert [e["device_id"] for e in only_pending.json()["data"]] == ["d-2"]
+    missing = await client.get(
+        f"/api/v1/deployments/{uuid.uuid4()}/executions", headers=read_headers
+    )
+    assert missing.status_code == 404
+    by_status = await client.get(
+        "/api/v1/deployments", params={"status": "completed"}, headers=read_headers
+    )
+    assert by_status.json()["count"] == 0
