@@ -19,6 +19,7 @@ from kernex_backend.core.db import create_engine, create_sessionmaker, utc_now
 from kernex_backend.core.errors import install_error_handlers
 from kernex_backend.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from kernex_backend.deployments.router import router as deployments_router
+from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.router import router as devices_router
 from kernex_backend.telemetry import partitions
 
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.last_used = LastUsedTracker()
+    app.state.pki = Pki.from_settings(settings.pki)
     install_error_handlers(app)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)

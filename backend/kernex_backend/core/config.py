@@ -64,6 +64,20 @@ class TelemetrySettings(BaseModel):
     maintenance_interval_s: float = Field(default=3600.0, gt=0)
 
 
+class PkiSettings(BaseModel):
+    """The online issuing CA (for CSR signing and revocation) and the broker it feeds."""
+
+    # A CA directory made by `kernex-provision init-ca`; unset disables the certificate endpoints.
+    ca_dir: Path | None = None
+    ca_passphrase: SecretStr | None = None
+    # The broker directory whose CRL and ACL are refreshed on revocation; the broker is sent
+    # SIGHUP through the PID in its mosquitto.pid (same host), or reloads itself when it sees
+    # the files change (a sidecar in Kubernetes).
+    broker_dir: Path | None = None
+    device_cert_days: int = Field(default=365, ge=1, le=825)
+    crl_valid_days: int = Field(default=7, ge=1, le=90)
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -115,6 +129,7 @@ class Settings(BaseSettings):
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
+    pki: PkiSettings = PkiSettings()
     log: LogSettings = LogSettings()
     migrations_dir: Path = Path(__file__).resolve().parents[3] / "migrations"
 

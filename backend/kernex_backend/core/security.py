@@ -53,6 +53,21 @@ def _require(scope: Scope) -> object:
     return Depends(check)
 
 
+async def _optional_write(
+    request: Request,
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal | None:
+    if credentials is None:
+        return None
+    principal = await _authenticate(request, session, credentials)
+    if Scope.WRITE not in principal.scopes:
+        raise Forbidden("this operation needs the 'write' scope", required_scope="write")
+    return principal
+
+
 ReadAccess = Annotated[Principal, _require(Scope.READ)]
 WriteAccess = Annotated[Principal, _require(Scope.WRITE)]
 AdminAccess = Annotated[Principal, _require(Scope.ADMIN)]
+# Routes that devices may also call with proof of their own (checked by the service).
+OptionalWriteAccess = Annotated[Principal | None, Depends(_optional_write)]

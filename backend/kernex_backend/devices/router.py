@@ -1,18 +1,28 @@
 """Device endpoints."""
 
+import dataclasses
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, Query, Request, status
 
 from kernex_backend.core.db import SessionDep
 from kernex_backend.core.errors import InvalidInput
 from kernex_backend.core.pagination import PageDep
-from kernex_backend.core.security import ReadAccess, WriteAccess
+from kernex_backend.core.security import OptionalWriteAccess, ReadAccess, WriteAccess
 from kernex_backend.core.text import TAG_KEY_PATTERN
-from kernex_backend.devices import service
+from kernex_backend.devices import certificates, service
 from kernex_backend.devices.models import Device, DeviceStatus
-from kernex_backend.devices.schemas import DeviceCreate, DevicePublic, DevicesPublic, DeviceUpdate
+from kernex_backend.devices.schemas import (
+    CertificatePublic,
+    CertificateRequest,
+    DeviceCreate,
+    DevicePublic,
+    DevicesPublic,
+    DeviceUpdate,
+    RevocationPublic,
+    RevokeRequest,
+)
 from kernex_protocol.ids import DEVICE_ID_PATTERN
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -95,3 +105,52 @@ async def decommission_device(
     return _public(
         await service.decommission(session=session, device_id=device_id, actor=principal.actor)
     )
+
+
+@router.post(
+    "/{device_id}/certificate",
+    status_code=status.HTTP_201_CREATED,
+    response_model=CertificatePublic,
+)
+async def issue_certificate(
+    device_id: DeviceIdPath,
+    body: CertificateRequest,
+    request: Request,
+    session: SessionDep,
+    principal: OptionalWriteAccess,
+) -> CertificatePublic:
+    """Sign a device CSR. With a write-scoped API key this provisions a device (registering it if
+    `device_type` is given); without one, the device renews itself by proving it holds its
+    current certificate (`current_certificate` plus `proof`). The key never leaves the device."""
+    pki = certificates.require(request.app.state.pki)
+    issued = await certificates.issue(
+        session=session,
+        pki=pki,
+        device_id=device_id,
+        request=body,
+        operator=principal.actor if principal else None,
+    )
+    return CertificatePublic.model_validate(dataclasses.asdict(issued))
+
+
+@router.post("/{device_id}/revoke", response_model=RevocationPublic)
+async def revoke_certificate(
+    device_id: DeviceIdPath,
+    request: Request,
+    session: SessionDep,
+    principal: WriteAccess,
+    body: RevokeRequest | None = None,
+) -> RevocationPublic:
+    """Revoke one certificate by serial (after a rotation) or every certificate of the device,
+    which cuts it off: refused at the handshake, and its open session loses all access."""
+    pki = certificates.require(request.app.state.pki)
+    body = body or RevokeRequest()
+    result = await certificates.revoke(
+        session=session,
+        pki=pki,
+        device_id=device_id,
+        serial=body.serial,
+        reason=body.reason,
+        actor=principal.actor,
+    )
+    return RevocationPublic.model_validate(dataclasses.asdict(result))

@@ -58,3 +58,52 @@ class DevicesPublic(BaseModel):
 
     data: list[DevicePublic]
     count: int
+
+
+PEM_MAX_CHARS = 16_384
+
+
+class CertificateRequest(BaseModel):
+    """Request to sign a device CSR (first provisioning or renewal)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    csr: str = Field(max_length=PEM_MAX_CHARS, description="PEM CSR whose CN is the device ID")
+    device_type: Slug | None = Field(default=None, description="registers the device if it is new")
+    name: Label | None = None
+    days: int | None = Field(default=None, ge=1, le=825)
+    # Renewal by the device itself, without an API key: its current certificate, and its
+    # current key's signature over the new CSR (DER), base64.
+    current_certificate: str | None = Field(default=None, max_length=PEM_MAX_CHARS)
+    proof: str | None = Field(default=None, max_length=2048)
+
+
+class CertificatePublic(BaseModel):
+    """A freshly signed device certificate and the chain to trust."""
+
+    device_id: str
+    serial: str
+    not_after: datetime
+    certificate: str
+    ca_chain: str
+
+
+class RevokeRequest(BaseModel):
+    """Which certificate to revoke: one serial (after rotation), or all (cut the device off)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    serial: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{1,40}$")
+    reason: str = Field(
+        default="unspecified",
+        pattern=r"^(unspecified|keyCompromise|superseded|cessationOfOperation|affiliationChanged)$",
+    )
+
+
+class RevocationPublic(BaseModel):
+    """The outcome of a revocation."""
+
+    device_id: str
+    revoked_serials: list[str]
+    device_cut_off: bool
+    broker_reloaded: bool

@@ -1,0 +1,146 @@
+"""Mosquitto with Kernex's rendered mTLS configuration, on a free loopback port.
+
+On first use in a state directory it creates a CA, the broker's server certificate and the
+backend's service identity; later runs reuse them, so device kits stay valid across demo runs.
+"""
+
+import os
+import pwd
+import shutil
+import signal
+from pathlib import Path
+
+from kernex_devstack.ports import free_port
+from kernex_devstack.process import ManagedProcess, ServiceStartError
+from kernex_provision import broker as broker_files
+from kernex_provision.authority import CertificateAuthority, pem, write_private_key, write_public
+from kernex_provision.certificates import CertificateKind, new_key
+
+SERVICE_IDENTITY = broker_files.DEFAULT_SERVICE_IDENTITY
+# Debian's package creates this user; Mosquitto drops to it when started as root.
+BROKER_USER = "mosquitto"
+
+
+def mosquitto_binary() -> str:
+    """Path of the mosquitto executable (Debian puts it in /usr/sbin)."""
+    found = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin")
+    if found is None:
+        raise ServiceStartError("mosquitto is not installed; run `make bootstrap` (as root) first")
+    return found
+
+
+class EmbeddedBroker:
+    """A Mosquitto broker plus the CA whose certificates it trusts."""
+
+    def __init__(self, state_dir: Path, *, port: int | None = None) -> None:
+        self.state_dir = state_dir
+        self.ca_dir = state_dir / "ca"
+        self.service_dir = state_dir / "service"
+        self.layout = broker_files.BrokerLayout(state_dir / "broker")
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self._process: ManagedProcess | None = None
+        self._log_offset = 0
+
+    @property
+    def authority(self) -> CertificateAuthority:
+        """The CA that issues device certificates for this broker."""
+        return CertificateAuthority(self.ca_dir)
+
+    def _prepare(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if not (self.ca_dir / "issuing-ca.key").exists():
+            CertificateAuthority.initialise(self.ca_dir, organization="Kernex Dev")
+        authority = self.authority
+        layout = self.layout
+        layout.data_dir.mkdir(parents=True, exist_ok=True)
+        if not layout.server_cert.exists():
+            key = new_key()
+            cert = authority.issue(
+                key.public_key(),
+                kind=CertificateKind.SERVER,
+                common_name="localhost",
+                days=825,
+                dns_names=["localhost"],
+                ip_addresses=["127.0.0.1", "::1"],
+            )
+            write_private_key(layout.server_key, key)
+            write_public(layout.server_cert, pem(cert))
+        if not (self.service_dir / "service.crt").exists():
+            self.service_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            key = new_key()
+            cert = authority.issue(
+                key.public_key(),
+                kind=CertificateKind.SERVICE,
+                common_name=SERVICE_IDENTITY,
+                days=825,
+            )
+            write_private_key(self.service_dir / "service.key", key)
+            write_public(self.service_dir / "service.crt", pem(cert))
+            write_public(self.service_dir / "ca-chain.pem", authority.chain_pem)
+        run_as = None
+        if os.geteuid() == 0:
+            run_as = BROKER_USER
+            user = pwd.getpwnam(BROKER_USER)
+            # The broker reads its key and writes persistence after dropping privileges.
+            for path in (layout.server_key, layout.data_dir, *layout.data_dir.iterdir()):
+                os.chown(path, user.pw_uid, user.pw_gid)
+            for parent in [layout.directory, *layout.directory.parents]:
+                mode = parent.stat().st_mode
+                if not mode & 0o001:
+                    parent.chmod(mode | 0o001)
+        broker_files.install_ca_files(authority, layout)
+        broker_files.render_config(layout, port=self.port, bind_address=self.host, run_as=run_as)
+        broker_files.render_acl(layout, blocked=authority.blocked_identities())
+
+    def _log_since_start(self) -> str:
+        try:
+            with (self.state_dir / "mosquitto.log").open("rb") as log:
+                log.seek(self._log_offset)
+                return log.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def _ready(self) -> bool:
+        return " running" in self._log_since_start()
+
+    def start(self) -> None:
+        """Prepare certificates and configuration, then start the broker."""
+        self._prepare()
+        log_path = self.state_dir / "mosquitto.log"
+        self._log_offset = log_path.stat().st_size if log_path.exists() else 0
+        self._process = ManagedProcess(
+            "mosquitto",
+            [mosquitto_binary(), "-c", str(self.layout.conf)],
+            log_path=log_path,
+            ready=self._ready,
+        )
+        self._process.start(timeout=20)
+        self.layout.pid_file.write_text(str(self._process.pid))
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the ACL and the CRL without dropping connections."""
+        if self._process is not None:
+            self._process.signal(signal.SIGHUP)
+
+    def stop(self) -> None:
+        """Stop the broker (it saves its persistence file first)."""
+        if self._process is not None:
+            self._process.stop()
+            self._process = None
+        self.layout.pid_file.unlink(missing_ok=True)
+
+    def running(self) -> bool:
+        """Whether the broker process is alive."""
+        return self._process is not None and self._process.running()
+
+    def log(self) -> str:
+        """Everything the broker logged since it started."""
+        return self._log_since_start()
+
+    def __enter__(self) -> "EmbeddedBroker":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""Kernex device identity: certificate authorities, device certificates, revocation."""

@@ -1,0 +1,140 @@
+"""Rendering the Mosquitto configuration and ACL from broker-config/ templates."""
+
+import os
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+from string import Template
+
+from kernex_protocol.ids import validate_device_id
+from kernex_protocol.limits import BROKER_MAX_PAYLOAD_BYTES
+from kernex_provision.authority import CHAIN, CRL, CertificateAuthority, write_public
+
+TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "broker-config"
+CONF_TEMPLATE = "mosquitto.conf.template"
+ACL_TEMPLATE = "acl.template"
+DEFAULT_SERVICE_IDENTITY = "kernex-backend"
+# Fixed header (5) + topic (2 + ~60) + MQTT 5 properties: 1 KiB is ample room.
+MAX_PACKET_SIZE = BROKER_MAX_PAYLOAD_BYTES + 1024
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerLayout:
+    """Where the rendered broker files live."""
+
+    directory: Path
+
+    @property
+    def conf(self) -> Path:
+        """mosquitto.conf."""
+        return self.directory / "mosquitto.conf"
+
+    @property
+    def acl(self) -> Path:
+        """The ACL file."""
+        return self.directory / "acl"
+
+    @property
+    def ca_chain(self) -> Path:
+        """Trusted CAs (copied from the CA directory)."""
+        return self.directory / "ca-chain.pem"
+
+    @property
+    def crl(self) -> Path:
+        """The CRL (copied from the CA directory on every revocation)."""
+        return self.directory / "crl.pem"
+
+    @property
+    def server_cert(self) -> Path:
+        """The broker's certificate."""
+        return self.directory / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        """The broker's private key."""
+        return self.directory / "server.key"
+
+    @property
+    def data_dir(self) -> Path:
+        """Persistence."""
+        return self.directory / "data"
+
+    @property
+    def pid_file(self) -> Path:
+        """Where whoever starts the broker records its PID, for reload signals."""
+        return self.directory / "mosquitto.pid"
+
+
+def _template(templates_dir: Path, name: str) -> Template:
+    path = templates_dir / name
+    if not path.is_file():
+        raise FileNotFoundError(f"template {path} not found; pass the broker-config folder")
+    return Template(path.read_text())
+
+
+def render_acl(
+    layout: BrokerLayout,
+    *,
+    blocked: list[str],
+    service_identity: str = DEFAULT_SERVICE_IDENTITY,
+    templates_dir: Path = TEMPLATES_DIR,
+) -> None:
+    """Write the ACL with `blocked` device identities denied everything."""
+    blocks = "".join(f"user {validate_device_id(name)}\ntopic deny #\n\n" for name in blocked)
+    text = _template(templates_dir, ACL_TEMPLATE).substitute(
+        service_identity=validate_device_id(service_identity), blocked_identities=blocks
+    )
+    write_public(layout.acl, text.encode())
+
+
+def publish_revocations(
+    authority: CertificateAuthority, layout: BrokerLayout, **acl_options: str
+) -> None:
+    """Copy the current CRL and re-render the ACL's blocked identities into the broker dir."""
+    write_public(layout.crl, (authority.directory / CRL).read_bytes())
+    render_acl(layout, blocked=authority.blocked_identities(), **acl_options)  # type: ignore[arg-type]
+
+
+def render_config(
+    layout: BrokerLayout,
+    *,
+    port: int,
+    bind_address: str = "0.0.0.0",  # noqa: S104 - a broker serves devices on the network
+    run_as: str | None = None,
+    log_dest: str = "stderr",
+    templates_dir: Path = TEMPLATES_DIR,
+) -> None:
+    """Write mosquitto.conf for this layout."""
+    text = _template(templates_dir, CONF_TEMPLATE).substitute(
+        user_line=f"user {run_as}" if run_as else "",
+        port=port,
+        bind_address=bind_address,
+        ca_chain=layout.ca_chain,
+        server_cert=layout.server_cert,
+        server_key=layout.server_key,
+        crl=layout.crl,
+        acl_file=layout.acl,
+        data_dir=layout.data_dir,
+        max_packet_size=MAX_PACKET_SIZE,
+        log_dest=log_dest,
+    )
+    write_public(layout.conf, text.encode())
+
+
+def install_ca_files(authority: CertificateAuthority, layout: BrokerLayout) -> None:
+    """Copy the trust chain and CRL from the CA directory into the broker directory."""
+    write_public(layout.ca_chain, (authority.directory / CHAIN).read_bytes())
+    write_public(layout.crl, (authority.directory / CRL).read_bytes())
+
+
+def reload_broker(layout: BrokerLayout) -> bool:
+    """Ask the broker to re-read its ACL and CRL (SIGHUP). False if no broker PID is known."""
+    try:
+        pid = int(layout.pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return False
+    try:
+        os.kill(pid, signal.SIGHUP)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,91 @@
+"""Device kits: everything one device needs to connect, in one folder.
+
+device.crt        the device certificate
+device.key        its private key (0600; absent when the device made its own CSR)
+ca-chain.pem      the CAs that sign the broker's certificate
+release-keys/     trusted release public keys (*.pub)
+agent.toml        a ready agent configuration with paths relative to itself
+"""
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+
+from kernex_protocol.ids import validate_device_id
+from kernex_provision.authority import (
+    RELEASE_KEYS,
+    CertificateAuthority,
+    pem,
+    write_private_key,
+    write_public,
+)
+from kernex_provision.certificates import PrivateKey
+
+DEVICE_CERT = "device.crt"
+DEVICE_KEY = "device.key"
+CA_CHAIN = "ca-chain.pem"
+AGENT_CONFIG = "agent.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where devices reach the broker."""
+
+    host: str
+    port: int = 8883
+
+
+def _toml_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def agent_config(device_id: str, broker: BrokerAddress, *, has_key: bool) -> str:
+    """The agent.toml of a kit (see device-agent/README.md for every option)."""
+    key_line = (
+        f"key_file = {_toml_string(DEVICE_KEY)}"
+        if has_key
+        else "# key_file = <the key the CSR was made with>"
+    )
+    return f"""# Kernex agent configuration for {device_id}, from kernex-provision issue-device.
+# Relative paths are relative to this file.
+device_id = {_toml_string(device_id)}
+
+[mqtt]
+host = {_toml_string(broker.host)}
+port = {broker.port}
+ca_file = {_toml_string(CA_CHAIN)}
+cert_file = {_toml_string(DEVICE_CERT)}
+{key_line}
+
+[release]
+trusted_keys_dir = {_toml_string(RELEASE_KEYS)}
+"""
+
+
+def write_kit(
+    out: Path,
+    authority: CertificateAuthority,
+    *,
+    device_id: str,
+    certificate: x509.Certificate,
+    key: PrivateKey | None,
+    broker: BrokerAddress,
+) -> None:
+    """Write a device kit into `out` (created if needed)."""
+    validate_device_id(device_id)
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_public(out / DEVICE_CERT, pem(certificate))
+    if key is not None:
+        write_private_key(out / DEVICE_KEY, key)
+    write_public(out / CA_CHAIN, authority.chain_pem)
+    keys_out = out / RELEASE_KEYS
+    keys_out.mkdir(exist_ok=True)
+    source = authority.directory / RELEASE_KEYS
+    if source.is_dir():
+        for public_key in sorted(source.glob("*.pub")):
+            shutil.copyfile(public_key, keys_out / public_key.name)
+    write_public(
+        out / AGENT_CONFIG, agent_config(device_id, broker, has_key=key is not None).encode()
+    )

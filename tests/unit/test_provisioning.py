@@ -1,0 +1,262 @@
+"""The provisioning library and CLI: CA layout, CSR checks, revocation state, kits, rendering."""
+
+import datetime as dt
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from typer.testing import CliRunner
+
+from kernex_protocol.ids import InvalidDeviceId
+from kernex_provision import broker as broker_files
+from kernex_provision.authority import AuthorityError, CertificateAuthority
+from kernex_provision.certificates import (
+    CertificateKind,
+    CsrRejected,
+    check_csr,
+    make_csr,
+    new_key,
+)
+from kernex_provision.cli import app
+
+BAD_IDS = ["a/b", "a+b", "#", "$SYS", "", "x" * 65, "a\x00b"]
+
+
+@pytest.fixture(scope="module")
+def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
+    return CertificateAuthority.initialise(tmp_path_factory.mktemp("ca") / "ca")
+
+
+def mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_ca_layout_and_permissions(ca: CertificateAuthority) -> None:
+    d = ca.directory
+    for name in ("root-ca.crt", "issuing-ca.crt", "ca-chain.pem", "crl.pem", "index.json"):
+        assert (d / name).is_file(), name
+    assert mode(d / "root-ca.key") == 0o600
+    assert mode(d / "issuing-ca.key") == 0o600
+    root = x509.load_pem_x509_certificate((d / "root-ca.crt").read_bytes())
+    issuing = ca.issuing_certificate
+    issuing.verify_directly_issued_by(root)
+    assert issuing.extensions.get_extension_for_class(x509.BasicConstraints).value.path_length == 0
+    assert isinstance(issuing.public_key(), ec.EllipticCurvePublicKey)
+    with pytest.raises(AuthorityError, match="refusing to overwrite"):
+        CertificateAuthority.initialise(d)
+
+
+def test_root_key_can_live_elsewhere(tmp_path: Path) -> None:
+    CertificateAuthority.initialise(tmp_path / "ca", root_key_dir=tmp_path / "offline")
+    assert not (tmp_path / "ca" / "root-ca.key").exists()
+    assert (tmp_path / "offline" / "root-ca.key").exists()
+
+
+def test_passphrase_protects_the_keys(tmp_path: Path) -> None:
+    CertificateAuthority.initialise(tmp_path / "ca", passphrase=b"correct horse")
+    assert b"ENCRYPTED" in (tmp_path / "ca" / "issuing-ca.key").read_bytes()
+    key = new_key()
+    with pytest.raises(AuthorityError, match="encrypted"):
+        CertificateAuthority(tmp_path / "ca").issue(
+            key.public_key(), kind=CertificateKind.DEVICE, common_name="d", days=1
+        )
+    with pytest.raises(AuthorityError, match="wrong passphrase"):
+        CertificateAuthority(tmp_path / "ca", passphrase=b"nope").issue(
+            key.public_key(), kind=CertificateKind.DEVICE, common_name="d", days=1
+        )
+    cert = CertificateAuthority(tmp_path / "ca", passphrase=b"correct horse").issue(
+        key.public_key(), kind=CertificateKind.DEVICE, common_name="d", days=1
+    )
+    assert cert.subject.rfc4514_string().endswith("CN=d") or "CN=d" in cert.subject.rfc4514_string()
+
+
+@pytest.mark.parametrize("device_id", BAD_IDS)
+def test_device_certificates_refuse_bad_ids(ca: CertificateAuthority, device_id: str) -> None:
+    with pytest.raises(InvalidDeviceId):
+        ca.issue(new_key().public_key(), kind=CertificateKind.DEVICE, common_name=device_id, days=1)
+
+
+def test_device_certificate_profile(ca: CertificateAuthority) -> None:
+    cert = ca.issue(
+        new_key().public_key(), kind=CertificateKind.DEVICE, common_name="dev-p", days=30
+    )
+    cert.verify_directly_issued_by(ca.issuing_certificate)
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(eku) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+
+
+def test_csr_checks() -> None:
+    key = new_key()
+    assert check_csr(make_csr(key, "dev-1"), "dev-1") is not None
+    with pytest.raises(CsrRejected, match="common name must be the device ID 'dev-1'"):
+        check_csr(make_csr(key, "dev-2"), "dev-1")
+    der = bytearray(make_csr(key, "dev-1").public_bytes(serialization.Encoding.DER))
+    der[-3] ^= 0x01
+    with pytest.raises(CsrRejected, match="signature does not verify"):
+        check_csr(x509.load_der_x509_csr(bytes(der)), "dev-1")
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    with pytest.raises(CsrRejected, match="at least 2048"):
+        check_csr(make_csr(weak, "dev-1"), "dev-1")
+    odd_curve = ec.generate_private_key(ec.SECP256K1())
+    with pytest.raises(CsrRejected, match="unsupported elliptic curve"):
+        check_csr(make_csr(odd_curve, "dev-1"), "dev-1")
+    with pytest.raises(InvalidDeviceId):
+        check_csr(make_csr(key, "a/b"), "a/b")
+
+
+def test_revocation_index_crl_and_blocked_identities(tmp_path: Path) -> None:
+    ca = CertificateAuthority.initialise(tmp_path / "ca")
+    first = ca.issue(
+        new_key().public_key(), kind=CertificateKind.DEVICE, common_name="rot", days=30
+    )
+    second = ca.issue(
+        new_key().public_key(), kind=CertificateKind.DEVICE, common_name="rot", days=30
+    )
+    ca.issue(new_key().public_key(), kind=CertificateKind.DEVICE, common_name="gone", days=30)
+
+    ca.revoke(serial=f"{first.serial_number:x}", reason="superseded")
+    assert ca.blocked_identities() == []  # rot still holds a valid certificate
+    assert not ca.is_live(first.serial_number) and ca.is_live(second.serial_number)
+
+    ca.revoke(common_name="gone")
+    assert ca.blocked_identities() == ["gone"]
+    crl = x509.load_pem_x509_crl((tmp_path / "ca" / "crl.pem").read_bytes())
+    assert crl.is_signature_valid(ca.issuing_certificate.public_key())  # type: ignore[arg-type]
+    revoked = {r.serial_number for r in crl}
+    assert first.serial_number in revoked and second.serial_number not in revoked
+    with pytest.raises(AuthorityError, match="no live certificate"):
+        ca.revoke(common_name="gone")
+
+    # An expired certificate blocks its identity too.
+    ca.issue(
+        new_key().public_key(),
+        kind=CertificateKind.DEVICE,
+        common_name="old",
+        days=1,
+        issued_at=dt.datetime.now(dt.UTC) - dt.timedelta(days=5),
+    )
+    assert "old" in ca.blocked_identities()
+
+
+def test_crl_numbers_grow(tmp_path: Path) -> None:
+    ca = CertificateAuthority.initialise(tmp_path / "ca")
+    numbers = [
+        ca.write_crl(valid_days=1)
+        .extensions.get_extension_for_class(x509.CRLNumber)
+        .value.crl_number
+        for _ in range(3)
+    ]
+    assert numbers == sorted(set(numbers)) and len(numbers) == 3
+
+
+def test_broker_rendering(tmp_path: Path, ca: CertificateAuthority) -> None:
+    layout = broker_files.BrokerLayout(tmp_path / "broker")
+    layout.directory.mkdir()
+    broker_files.render_config(layout, port=8883, bind_address="127.0.0.1")
+    conf = layout.conf.read_text()
+    for line in (
+        "listener 8883 127.0.0.1",
+        "require_certificate true",
+        "use_identity_as_username true",
+        "use_username_as_clientid true",
+        "tls_version tlsv1.2",
+        "allow_anonymous false",
+        f"crlfile {layout.crl}",
+        "persistence true",
+        f"max_packet_size {broker_files.MAX_PACKET_SIZE}",
+    ):
+        assert line in conf.splitlines(), line
+    assert "$" not in conf.replace("$SYS", "")  # every placeholder was filled
+
+    broker_files.render_acl(layout, blocked=["dev-x"])
+    acl = layout.acl.read_text().splitlines()
+    assert acl.index("user dev-x") < acl.index("topic deny #")
+    assert "pattern read kernex/v1/devices/%u/deployment" in acl
+    assert not any(line.startswith("pattern write") and "deployment" in line for line in acl)
+    with pytest.raises(InvalidDeviceId):
+        broker_files.render_acl(layout, blocked=["x/#"])
+
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("device_id", ["a/b", "a+b", "#", "$SYS", "x" * 65, "has space"])
+def test_cli_refuses_bad_ids_with_a_clear_message(tmp_path: Path, device_id: str) -> None:
+    assert runner.invoke(app, ["init-ca", "--ca", str(tmp_path / "ca")]).exit_code == 0
+    result = runner.invoke(
+        app,
+        ["issue-device", device_id, "--ca", str(tmp_path / "ca"), "--out", str(tmp_path / "kit")],
+    )
+    assert result.exit_code == 1
+    assert "invalid device ID" in result.output
+    assert not (tmp_path / "kit").exists()
+
+
+def test_cli_kit_and_csr_flow(tmp_path: Path) -> None:
+    ca_dir = str(tmp_path / "ca")
+    assert runner.invoke(app, ["init-ca", "--ca", ca_dir]).exit_code == 0
+    (tmp_path / "ca" / "release-keys" / "release-1.pub").write_text("public key")
+    result = runner.invoke(
+        app,
+        [
+            "issue-device",
+            "dev-9",
+            "--ca",
+            ca_dir,
+            "--out",
+            str(tmp_path / "kit"),
+            "--broker-host",
+            "mqtt.example",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    kit = tmp_path / "kit"
+    assert mode(kit / "device.key") == 0o600
+    assert (kit / "release-keys" / "release-1.pub").read_text() == "public key"
+    config = (kit / "agent.toml").read_text()
+    assert 'device_id = "dev-9"' in config and 'host = "mqtt.example"' in config
+
+    # With a CSR, the key stays on the device: the kit has no key.
+    key = new_key()
+    (tmp_path / "dev.csr").write_bytes(
+        make_csr(key, "dev-10").public_bytes(serialization.Encoding.PEM)
+    )
+    result = runner.invoke(
+        app,
+        [
+            "issue-device",
+            "dev-10",
+            "--ca",
+            ca_dir,
+            "--csr",
+            str(tmp_path / "dev.csr"),
+            "--out",
+            str(tmp_path / "kit2"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "kit2" / "device.key").exists()
+    mismatch = runner.invoke(
+        app,
+        [
+            "issue-device",
+            "dev-11",
+            "--ca",
+            ca_dir,
+            "--csr",
+            str(tmp_path / "dev.csr"),
+            "--out",
+            str(tmp_path / "kit3"),
+        ],
+    )
+    assert mismatch.exit_code == 1 and "common name must be the device ID" in mismatch.output
+
+    listing = runner.invoke(app, ["list", "--ca", ca_dir])
+    assert "dev-9" in listing.output and "dev-10" in listing.output
+    revoked = runner.invoke(app, ["revoke", "dev-9", "--ca", ca_dir])
+    assert revoked.exit_code == 0 and "revoked dev-9" in revoked.output
+    assert "revoked" in runner.invoke(app, ["list", "--ca", ca_dir]).output
