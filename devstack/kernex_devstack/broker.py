@@ -5,7 +5,6 @@ backend's service identity; later runs reuse them, so device kits stay valid acr
 """
 
 import os
-import pwd
 import shutil
 import signal
 from pathlib import Path
@@ -81,10 +80,8 @@ class EmbeddedBroker:
         run_as = None
         if os.geteuid() == 0:
             run_as = BROKER_USER
-            user = pwd.getpwnam(BROKER_USER)
             # The broker reads its key and writes persistence after dropping privileges.
-            for path in (layout.server_key, layout.data_dir, *layout.data_dir.iterdir()):
-                os.chown(path, user.pw_uid, user.pw_gid)
+            broker_files.hand_over(layout, BROKER_USER)
             for parent in [layout.directory, *layout.directory.parents]:
                 mode = parent.stat().st_mode
                 if not mode & 0o001:

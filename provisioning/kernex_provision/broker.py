@@ -121,6 +121,17 @@ def render_config(
     write_public(layout.conf, text.encode())
 
 
+def hand_over(layout: BrokerLayout, user: str) -> None:
+    """Give `user` (the one Mosquitto drops privileges to) its key and persistence directory."""
+    import pwd
+
+    if os.geteuid() != 0:
+        return  # only root can chown; a non-root broker runs as its starter anyway
+    account = pwd.getpwnam(user)
+    for path in (layout.server_key, layout.data_dir, *layout.data_dir.iterdir()):
+        os.chown(path, account.pw_uid, account.pw_gid)
+
+
 def install_ca_files(authority: CertificateAuthority, layout: BrokerLayout) -> None:
     """Copy the trust chain and CRL from the CA directory into the broker directory."""
     write_public(layout.ca_chain, (authority.directory / CHAIN).read_bytes())

@@ -250,7 +250,7 @@ def broker_config(
 ) -> None:
     """Render mosquitto.conf and the ACL, and install the CA chain and CRL, into --out."""
     authority = CertificateAuthority(ca)
-    layout = broker_files.BrokerLayout(out)
+    layout = broker_files.BrokerLayout(out.resolve())  # Mosquitto resolves paths from its cwd
     if not layout.server_cert.exists() or not layout.server_key.exists():
         raise ValueError(
             f"no server certificate in {out}: run `kernex-provision issue-server --out {out}` first"
@@ -266,9 +266,10 @@ def broker_config(
         service_identity=service_identity,
         templates_dir=templates,
     )
-    typer.echo(
-        f"broker configuration written to {layout.conf}; start it with: mosquitto -c {layout.conf}"
-    )
+    if run_as:
+        broker_files.hand_over(layout, run_as)
+    typer.echo(f"broker configuration written to {layout.conf}")
+    typer.echo(f"start it with: mosquitto -c {layout.conf}")
 
 
 def main() -> None:
