@@ -8,9 +8,11 @@ tests never see each other's rows.
 
 import asyncio
 import os
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import pytest
@@ -19,6 +21,9 @@ from sqlalchemy.engine import make_url
 from kernex_backend.core import migrations
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import create_engine
+
+if TYPE_CHECKING:
+    from kernex_devstack.s3 import EmbeddedS3
 
 REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = REPO / "migrations"
@@ -51,7 +56,11 @@ class PostgresAdmin:
 
 
 def make_settings(database_url: str, **overrides: object) -> Settings:
-    """Settings for a test: development mode, the given database."""
+    """Settings for a test: development mode, the given database, local bundle storage in a new
+    temporary directory unless `storage` is given."""
+    overrides.setdefault(
+        "storage", {"backend": "local", "local_dir": tempfile.mkdtemp(prefix="kernex-bundles-")}
+    )
     return Settings(
         database_url=database_url,
         environment="development",
@@ -74,6 +83,17 @@ def postgres_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgre
         yield PostgresAdmin(server.url())
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["EmbeddedS3"]:
+    """A real S3 server (SeaweedFS), started on first use."""
+    from kernex_devstack.s3 import EmbeddedS3
+
+    server = EmbeddedS3(tmp_path_factory.mktemp("s3"))
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,41 @@ def create_api_key(
     typer.echo(token)
 
 
+async def _retention(settings: Settings, days: int, dry_run: bool) -> None:
+    import datetime as dt
+
+    from kernex_backend.bundles.retention import run_retention
+    from kernex_backend.bundles.storage import create_storage
+    from kernex_backend.core.db import create_engine, create_sessionmaker
+
+    engine = create_engine(settings)
+    try:
+        report = await run_retention(
+            sessionmaker=create_sessionmaker(engine),
+            storage=create_storage(settings.storage),
+            older_than=dt.timedelta(days=days),
+            dry_run=dry_run,
+        )
+    finally:
+        await engine.dispose()
+    if not report.ran:
+        typer.echo("another replica is running retention right now; nothing done")
+        return
+    verb = "would delete" if dry_run else "deleted"
+    typer.echo(f"{verb} {len(report.deleted)}: {', '.join(report.deleted) or '-'}")
+    typer.echo(f"kept (unfinished deployments): {', '.join(report.kept_in_use) or '-'}")
+    typer.echo(f"kept (installed on devices): {', '.join(report.kept_installed) or '-'}")
+
+
+@app.command("bundles-retention")
+def bundles_retention(
+    days: Annotated[int, typer.Option(min=1, help="delete unused bundles older than this")],
+    dry_run: Annotated[bool, typer.Option(help="report only")] = False,
+) -> None:
+    """Delete old bundles that no unfinished deployment uses and no device has installed."""
+    asyncio.run(_retention(_settings(), days, dry_run))
+
+
 def main() -> None:
     """Console script entry point."""
     app()

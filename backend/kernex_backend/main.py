@@ -2,6 +2,7 @@
 
 import asyncio
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator
 
 import structlog
@@ -11,7 +12,10 @@ from kernex_backend import __version__
 from kernex_backend.api_keys.last_used import LastUsedTracker
 from kernex_backend.api_keys.router import router as api_keys_router
 from kernex_backend.audit.router import router as audit_router
+from kernex_backend.bundles.local_downloads import router as local_downloads_router
+from kernex_backend.bundles.retention import run_retention
 from kernex_backend.bundles.router import router as bundles_router
+from kernex_backend.bundles.storage import StorageError, create_storage
 from kernex_backend.core import health
 from kernex_backend.core.background import run_periodically
 from kernex_backend.core.config import Settings, get_settings
@@ -22,6 +26,7 @@ from kernex_backend.deployments.router import router as deployments_router
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.router import router as devices_router
 from kernex_backend.telemetry import partitions
+from kernex_protocol.manifest import load_trusted_keys
 
 API_PREFIX = "/api/v1"
 log = structlog.get_logger(__name__)
@@ -35,6 +40,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings)
         app.state.engine = engine
+        try:
+            await app.state.storage.ensure_ready()
+        except StorageError as exc:
+            # Not fatal: /ready reports it and uploads answer 503 until the store is back.
+            log.warning("storage_not_ready", error=str(exc))
         app.state.sessionmaker = create_sessionmaker(engine)
         tracker: LastUsedTracker = app.state.last_used
 
@@ -50,7 +60,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         async def flush_last_used() -> None:
             await tracker.flush(engine)
 
-        tasks = [
+        tasks = []
+        retention_days = settings.storage.retention_days
+        if retention_days is not None:
+
+            async def bundle_retention() -> None:
+                await run_retention(
+                    sessionmaker=app.state.sessionmaker,
+                    storage=app.state.storage,
+                    older_than=dt.timedelta(days=retention_days),
+                    dry_run=settings.storage.retention_dry_run,
+                )
+
+            tasks.append(
+                asyncio.create_task(
+                    run_periodically(
+                        "bundle_retention", settings.storage.retention_interval_s, bundle_retention
+                    )
+                )
+            )
+        tasks += [
             asyncio.create_task(
                 run_periodically(
                     "heartbeat_partitions",
@@ -91,8 +120,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.last_used = LastUsedTracker()
     app.state.pki = Pki.from_settings(settings.pki)
+    app.state.storage = create_storage(settings.storage)
+    app.state.release_keys = (
+        load_trusted_keys(settings.release.trusted_keys_dir)
+        if settings.release.trusted_keys_dir
+        else {}
+    )
+    if settings.release.allow_unsigned:
+        log.warning(
+            "unsigned_bundles_allowed", note="development only: devices may get unsigned code"
+        )
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.api.max_body_bytes)
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_bytes=settings.api.max_body_bytes,
+        # Bundle uploads stream straight to storage; the manifest's size is checked there too.
+        overrides={f"{API_PREFIX}/bundles": settings.storage.max_bundle_bytes},
+    )
     app.add_middleware(RequestContextMiddleware)
 
     api = APIRouter(prefix=API_PREFIX)
@@ -100,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (
         devices_router,
         bundles_router,
+        local_downloads_router,
         deployments_router,
         api_keys_router,
         audit_router,

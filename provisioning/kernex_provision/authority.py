@@ -81,7 +81,7 @@ class IssuedCertificate:
         ) <= when < dt.datetime.fromisoformat(self.not_after)
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
+def write_atomic(path: Path, data: bytes, mode: int) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -117,12 +117,12 @@ def key_pem(key: PrivateKey, passphrase: bytes | None = None) -> bytes:
 
 def write_private_key(path: Path, key: PrivateKey, passphrase: bytes | None = None) -> None:
     """Write a private key readable by its owner only."""
-    _write_atomic(path, key_pem(key, passphrase), 0o600)
+    write_atomic(path, key_pem(key, passphrase), 0o600)
 
 
 def write_public(path: Path, data: bytes) -> None:
     """Write public material (certificates, chains, CRLs)."""
-    _write_atomic(path, data, 0o644)
+    write_atomic(path, data, 0o644)
 
 
 def load_private_key(path: Path, passphrase: bytes | None) -> PrivateKey:

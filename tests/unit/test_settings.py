@@ -10,6 +10,12 @@ from kernex_backend.core.config import Settings
 URL = "postgresql+asyncpg://kernex:s3cr3t-Value@db:5432/kernex"
 
 
+@pytest.fixture(autouse=True)
+def storage_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Production settings also need a real object-store secret."""
+    monkeypatch.setenv("KERNEX_STORAGE__SECRET_KEY", "a-real-looking-secret-value")
+
+
 def test_reads_prefixed_and_nested_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KERNEX_DATABASE_URL", URL)
     monkeypatch.setenv("KERNEX_API__PORT", "9001")
@@ -65,3 +71,17 @@ def test_wrong_driver_is_refused() -> None:
 def test_default_page_size_cannot_exceed_cap() -> None:
     with pytest.raises(ValidationError, match="page_size_default"):
         Settings(database_url=URL, api={"page_size_default": 600, "page_size_max": 500})
+
+
+def test_production_refuses_default_storage_secrets_and_unsigned_bundles(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("KERNEX_STORAGE__SECRET_KEY", "minioadmin")
+    with pytest.raises(ValidationError, match=r"storage\.secret_key"):
+        Settings(database_url=URL)
+    monkeypatch.setenv("KERNEX_STORAGE__SECRET_KEY", "a-real-looking-secret-value")
+    with pytest.raises(ValidationError, match="allow_unsigned is for development only"):
+        Settings(database_url=URL, release={"allow_unsigned": True})
+    with pytest.raises(ValidationError, match="download_signing_key"):
+        Settings(database_url=URL, storage={"backend": "local", "download_signing_key": "short"})
+    assert Settings(database_url=URL, environment="development", release={"allow_unsigned": True})

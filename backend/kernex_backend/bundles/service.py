@@ -1,5 +1,6 @@
-"""Bundle queries."""
+"""Bundle queries, deletion and download links."""
 
+import datetime as dt
 import uuid
 from typing import Any
 
@@ -7,9 +8,14 @@ import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from kernex_backend.audit import service as audit
 from kernex_backend.bundles.models import Bundle
-from kernex_backend.core.errors import NotFound
+from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
+from kernex_backend.core.errors import Conflict, NotFound
 from kernex_backend.core.pagination import Page
+from kernex_backend.deployments.models import Deployment, DeploymentStatus
+
+UNFINISHED = [s.value for s in DeploymentStatus if not s.finished]
 
 
 class BundleNotFound(NotFound):
@@ -19,9 +25,16 @@ class BundleNotFound(NotFound):
     title = "Bundle not found"
 
 
-async def get(*, session: AsyncSession, bundle_id: uuid.UUID) -> Bundle:
+class BundleInUse(Conflict):
+    """An unfinished deployment still needs the bundle."""
+
+    slug = "bundle-in-use"
+    title = "Bundle in use"
+
+
+async def get(*, session: AsyncSession, bundle_id: uuid.UUID, for_update: bool = False) -> Bundle:
     """The bundle with `bundle_id`."""
-    bundle = await session.get(Bundle, bundle_id)
+    bundle = await session.get(Bundle, bundle_id, with_for_update=for_update)
     if bundle is None:
         raise BundleNotFound(f"no bundle with id {bundle_id}")
     return bundle
@@ -47,3 +60,69 @@ async def list_bundles(
         .offset(page.offset)
     )
     return list(rows), count
+
+
+async def unfinished_deployments(*, session: AsyncSession, bundle_id: uuid.UUID) -> list[uuid.UUID]:
+    """Ids of deployments of this bundle that are not finished."""
+    rows = await session.exec(
+        select(Deployment.id).where(
+            Deployment.bundle_id == bundle_id, col(Deployment.status).in_(UNFINISHED)
+        )
+    )
+    return list(rows)
+
+
+async def delete_object_if_unreferenced(
+    *, session: AsyncSession, storage: BundleStorage, storage_key: str
+) -> bool:
+    """Remove an object no bundle row refers to any more (content is shared by digest)."""
+    still_used = await session.exec(select(Bundle.id).where(Bundle.storage_key == storage_key))
+    if still_used.first() is not None:
+        return False
+    await storage.delete(storage_key)
+    return True
+
+
+async def delete(
+    *,
+    session: AsyncSession,
+    storage: BundleStorage,
+    bundle_id: uuid.UUID,
+    actor: str,
+    reason: str = "api",
+) -> Bundle:
+    """Delete a bundle nobody needs: its row, its audit event, then its object."""
+    bundle = await get(session=session, bundle_id=bundle_id, for_update=True)
+    blocking = await unfinished_deployments(session=session, bundle_id=bundle_id)
+    if blocking:
+        raise BundleInUse(
+            f"{len(blocking)} unfinished deployment(s) use this bundle; "
+            "finish or cancel them first",
+            deployments=[str(d) for d in blocking],
+        )
+    await session.delete(bundle)
+    audit.record(
+        session,
+        actor=actor,
+        action="bundle.delete",
+        object_type="bundle",
+        object_id=str(bundle.id),
+        details={
+            "name": bundle.name,
+            "version": bundle.version,
+            "sha256": bundle.sha256,
+            "reason": reason,
+        },
+    )
+    await session.commit()
+    await delete_object_if_unreferenced(
+        session=session, storage=storage, storage_key=bundle.storage_key
+    )
+    return bundle
+
+
+async def download_url(
+    *, storage: BundleStorage, bundle: Bundle, expires: dt.timedelta
+) -> DownloadUrl:
+    """A presigned URL for the bundle's content."""
+    return await storage.download_url(bundle.storage_key, expires)

@@ -78,6 +78,38 @@ class PkiSettings(BaseModel):
     crl_valid_days: int = Field(default=7, ge=1, le=90)
 
 
+class StorageSettings(BaseModel):
+    """Where bundles live: any S3 API (MinIO, SeaweedFS, AWS) or a local directory."""
+
+    backend: Literal["s3", "local"] = "s3"
+    endpoint: str = "127.0.0.1:9000"  # host:port of the S3 API
+    secure: bool = True  # HTTPS to the S3 API
+    region: str | None = None
+    access_key: SecretStr = SecretStr("")
+    secret_key: SecretStr = SecretStr("")
+    bucket: str = Field(default="kernex-bundles", pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    local_dir: Path = Path("/var/lib/kernex/bundles")
+    # The local backend serves its own signed download URLs under this base URL, signed with
+    # this key (shared by every replica).
+    public_base_url: str = "http://127.0.0.1:8000"
+    download_signing_key: SecretStr = SecretStr("")
+    url_expiry_s: int = Field(default=900, ge=60, le=3600)
+    max_bundle_bytes: int = Field(default=2 * 1024**3, ge=1)
+    # Retention: delete bundles older than this many days that nothing uses; None disables it.
+    retention_days: int | None = Field(default=None, ge=1)
+    retention_dry_run: bool = False
+    retention_interval_s: float = Field(default=3600.0, gt=0)
+
+
+class ReleaseSettings(BaseModel):
+    """Which release keys the backend trusts."""
+
+    # A directory of Ed25519 *.pub files from `kernex-release keygen`.
+    trusted_keys_dir: Path | None = None
+    # Development only: accept bundles without a release signature (logged loudly).
+    allow_unsigned: bool = False
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -130,6 +162,8 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     telemetry: TelemetrySettings = TelemetrySettings()
     pki: PkiSettings = PkiSettings()
+    storage: StorageSettings = StorageSettings()
+    release: ReleaseSettings = ReleaseSettings()
     log: LogSettings = LogSettings()
     migrations_dir: Path = Path(__file__).resolve().parents[3] / "migrations"
 
@@ -154,6 +188,18 @@ class Settings(BaseSettings):
                 "database_url uses a well-known default password; set a real one, "
                 "or KERNEX_ENVIRONMENT=development for local use"
             )
+        if self.environment == "production":
+            if self.release.allow_unsigned:
+                raise ValueError("release.allow_unsigned is for development only")
+            if self.storage.backend == "s3" and (
+                self.storage.secret_key.get_secret_value() in KNOWN_DEFAULT_SECRETS
+            ):
+                raise ValueError("storage.secret_key is empty or a well-known default")
+            if (
+                self.storage.backend == "local"
+                and len(self.storage.download_signing_key.get_secret_value()) < 32
+            ):
+                raise ValueError("storage.download_signing_key needs at least 32 characters")
         if self.api.page_size_default > self.api.page_size_max:
             raise ValueError("api.page_size_default must not exceed api.page_size_max")
         return self

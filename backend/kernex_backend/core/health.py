@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
 from kernex_backend import __version__
+from kernex_backend.bundles.storage import StorageError
 from kernex_backend.core.errors import ServiceUnavailable
 
 router = APIRouter(tags=["health"])
@@ -37,7 +38,7 @@ async def health() -> Health:
 
 @router.get("/ready", response_model=Readiness, responses={503: {"description": "not ready"}})
 async def ready(request: Request) -> Readiness:
-    """Readiness: the database answers within the timeout."""
+    """Readiness: the database and the bundle storage answer within the timeout."""
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_S):
@@ -46,5 +47,13 @@ async def ready(request: Request) -> Readiness:
         checks["database"] = "ok"
     except (TimeoutError, OSError, sa.exc.SQLAlchemyError) as exc:
         checks["database"] = type(exc).__name__
-        raise ServiceUnavailable("the database is not reachable", checks=checks) from None
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S):
+            await request.app.state.storage.check()
+        checks["storage"] = "ok"
+    except (TimeoutError, StorageError) as exc:
+        checks["storage"] = type(exc).__name__
+    failing = sorted(name for name, state in checks.items() if state != "ok")
+    if failing:
+        raise ServiceUnavailable(f"not ready: {', '.join(failing)} unreachable", checks=checks)
     return Readiness(status="ok", checks=checks)

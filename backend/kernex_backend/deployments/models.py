@@ -71,7 +71,11 @@ class Deployment(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(max_length=128)
-    bundle_id: uuid.UUID = Field(foreign_key="bundles.id", ondelete="RESTRICT", index=True)
+    # SET NULL: a bundle may be deleted once no unfinished deployment needs it; the finished
+    # deployment keeps its history (the bundle's name and digest stay in the audit trail).
+    bundle_id: uuid.UUID | None = Field(
+        default=None, foreign_key="bundles.id", ondelete="SET NULL", index=True
+    )
     # {"device_ids": [...]} or {"tags": {...}, "device_type": "..."}; see deployments/schemas.py.
     target: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB, nullable=False)
     # {"waves": [percent, ...], "wave_interval_s": ...}

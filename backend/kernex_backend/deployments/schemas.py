@@ -14,7 +14,7 @@ class DeploymentPublic(BaseModel):
 
     id: uuid.UUID
     name: str
-    bundle_id: uuid.UUID
+    bundle_id: uuid.UUID | None
     target: dict[str, Any]
     strategy: dict[str, Any]
     abort_criteria: dict[str, Any]

@@ -25,7 +25,18 @@ async def test_health_needs_no_key(client: httpx.AsyncClient) -> None:
 async def test_ready_checks_the_database(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/ready")
     assert response.status_code == 200
-    assert response.json()["checks"] == {"database": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "storage": "ok"}
+
+
+async def test_ready_is_503_when_storage_is_gone(client: httpx.AsyncClient, app: FastAPI) -> None:
+    import shutil
+
+    shutil.rmtree(app.state.settings.storage.local_dir)
+    response = await client.get("/api/v1/ready")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == PROBLEM
+    assert response.json()["checks"] == {"database": "ok", "storage": "StorageError"}
+    assert (await client.get("/api/v1/health")).status_code == 200  # liveness is unaffected
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,209 @@
+"""Streaming bundle upload: verify the release signature, stream into storage while hashing,
+check digest and size, then publish under the content address and record the row.
+
+Whatever fails, nothing is left behind: the temporary object is always removed, and the final
+object only stays when a row refers to it.
+"""
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import structlog
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kernex_backend.audit import service as audit
+from kernex_backend.bundles.models import Bundle
+from kernex_backend.bundles.storage import BundleStorage, StorageError, bundle_key
+from kernex_backend.core.errors import (
+    BadRequest,
+    Conflict,
+    InvalidInput,
+    PayloadTooLarge,
+    ServiceUnavailable,
+)
+from kernex_protocol.manifest import ManifestInvalid, SignatureInvalid, SignedRelease, verify
+
+log = structlog.get_logger(__name__)
+
+
+class BundleExists(Conflict):
+    """(name, version) is released already."""
+
+    slug = "bundle-exists"
+    title = "Bundle already exists"
+
+
+class SignatureRefused(InvalidInput):
+    """The release signature is missing, unknown or wrong."""
+
+    slug = "bundle-signature-invalid"
+    title = "Release signature refused"
+
+
+class ContentMismatch(InvalidInput):
+    """The uploaded bytes are not what the manifest describes."""
+
+    slug = "bundle-content-mismatch"
+    title = "Bundle content does not match its manifest"
+
+
+class _TooLong(Exception):
+    pass
+
+
+class _Measured:
+    """Passes chunks through while hashing and counting; stops past `limit` bytes."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], limit: int) -> None:
+        self._chunks = chunks
+        self._limit = limit
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            if not chunk:
+                continue
+            self.size += len(chunk)
+            if self.size > self._limit:
+                raise _TooLong
+            self.sha256.update(chunk)
+            yield chunk
+
+
+async def _store_and_measure(storage: BundleStorage, measured: _Measured, size: int) -> str:
+    """Stream the body into a temporary object and return its key. A body longer or shorter
+    than `size` is refused, and then no temporary object is left behind."""
+    chunks = aiter(measured)
+    temporary: str | None = None
+    try:
+        temporary = await storage.write_temporary(chunks, size)
+        # A store that knows the length (S3) stops reading at `size`: whatever follows must
+        # still be read, and is refused by the limit if it holds a single byte.
+        async for _ in chunks:
+            pass
+    except BaseException as exc:
+        if temporary is not None:
+            await storage.delete(temporary)
+        if isinstance(exc, _TooLong):
+            raise ContentMismatch(f"the body is longer than the manifest's {size} bytes") from None
+        if isinstance(exc, StorageError):
+            if measured.size < size:
+                raise ContentMismatch(
+                    f"the body ended after {measured.size} of {size} bytes"
+                ) from None
+            raise ServiceUnavailable(str(exc)) from None
+        raise
+    return temporary
+
+
+def parse_release(header: str | None) -> SignedRelease:
+    """The signed release from the upload's header (JSON, as kernex-release writes it)."""
+    if not header:
+        raise BadRequest(
+            "missing Kernex-Release header: the signed release JSON from `kernex-release sign`"
+        )
+    try:
+        return SignedRelease.from_json(header)
+    except ManifestInvalid as exc:
+        raise InvalidInput(f"release manifest: {exc}") from None
+
+
+def check_signature(
+    release: SignedRelease, trusted: dict[str, Ed25519PublicKey], *, allow_unsigned: bool
+) -> str | None:
+    """The key id that signed the release; None only for an allowed unsigned upload."""
+    if release.signature is None and allow_unsigned:
+        log.warning(
+            "unsigned_bundle_accepted", name=release.manifest.name, version=release.manifest.version
+        )
+        return None
+    try:
+        return verify(release, trusted)
+    except SignatureInvalid as exc:
+        raise SignatureRefused(str(exc)) from None
+
+
+async def upload(
+    *,
+    session: AsyncSession,
+    storage: BundleStorage,
+    release: SignedRelease,
+    key_id: str | None,
+    body: AsyncIterator[bytes],
+    declared_length: int | None,
+    max_bytes: int,
+    actor: str,
+) -> Bundle:
+    """Store a verified release and record it."""
+    manifest = release.manifest
+    if manifest.size > max_bytes:
+        raise PayloadTooLarge(f"bundles are limited to {max_bytes} bytes", max_bytes=max_bytes)
+    if declared_length is not None and declared_length != manifest.size:
+        raise ContentMismatch(
+            f"the body is {declared_length} bytes but the manifest says {manifest.size}"
+        )
+    existing = await session.exec(
+        select(Bundle.id).where(Bundle.name == manifest.name, Bundle.version == manifest.version)
+    )
+    if existing.first() is not None:
+        raise BundleExists(f"{manifest.name} {manifest.version} is released already")
+
+    measured = _Measured(body, manifest.size)
+    temporary: str | None = None
+    final = bundle_key(manifest.sha256)
+    promoted = False
+    try:
+        temporary = await _store_and_measure(storage, measured, manifest.size)
+        if measured.size != manifest.size or measured.sha256.hexdigest() != manifest.sha256:
+            raise ContentMismatch("the body's sha256 or size differs from the signed manifest")
+        already_stored = await storage.exists(final)
+        await storage.promote(temporary, final)
+        temporary = None
+        promoted = not already_stored
+
+        bundle = Bundle(
+            name=manifest.name,
+            version=manifest.version,
+            device_type=manifest.device_type,
+            sha256=manifest.sha256,
+            size_bytes=manifest.size,
+            storage_key=final,
+            signature=release.signature,
+            signing_key_id=key_id,
+            created_by=actor,
+        )
+        session.add(bundle)
+        audit.record(
+            session,
+            actor=actor,
+            action="bundle.upload",
+            object_type="bundle",
+            object_id=str(bundle.id),
+            details={
+                "name": manifest.name,
+                "version": manifest.version,
+                "sha256": manifest.sha256,
+                "size": manifest.size,
+                "key_id": key_id,
+            },
+        )
+        try:
+            await session.commit()
+        except IntegrityError:
+            await session.rollback()
+            raise BundleExists(f"{manifest.name} {manifest.version} is released already") from None
+        promoted = False  # the row owns the object now
+        return bundle
+    finally:
+        if temporary is not None:
+            await storage.delete(temporary)
+        if promoted:
+            # We created the final object but our row did not land: remove it unless another
+            # release of the same content (uploaded concurrently) refers to it.
+            referenced = await session.exec(select(Bundle.id).where(Bundle.storage_key == final))
+            if referenced.first() is None:
+                await storage.delete(final)

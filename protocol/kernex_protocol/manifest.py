@@ -1,0 +1,211 @@
+"""Release manifests: what the release team signs offline, and what devices verify.
+
+A manifest names one artefact (name, semantic version, device type) and pins its content
+(sha256, size). The release key signs the manifest's canonical JSON with Ed25519; the signed
+form carries the signature and the id of the key that made it. The backend never holds a release
+private key, so a compromised backend cannot make devices install anything unsigned.
+"""
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from kernex_protocol.canonical import canonical_json
+from kernex_protocol.ids import DEVICE_ID_PATTERN
+
+MANIFEST_VERSION: Final = 1
+MAX_SIGNED_RELEASE_BYTES: Final = 8 * 1024
+# Semantic Versioning 2.0.0, from semver.org.
+SEMVER_PATTERN: Final = (
+    r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)"
+    r"(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?"
+    r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$"
+)
+_SEMVER_RE: Final = re.compile(SEMVER_PATTERN)
+_NAME_RE: Final = re.compile(DEVICE_ID_PATTERN)
+_SHA256_RE: Final = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ManifestInvalid(ValueError):
+    """A manifest or signed release is malformed; the message says which field."""
+
+
+class SignatureInvalid(ValueError):
+    """The signature does not verify, or no trusted key has its key id."""
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    """A short, stable id for a release public key: the first 16 hex of SHA-256 of its raw bytes."""
+    raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def parse_semver(version: str) -> tuple[int, int, int, tuple[tuple[int, int | str], ...]]:
+    """A sort key for a semantic version (pre-releases sort before the release)."""
+    match = _SEMVER_RE.match(version)
+    if match is None:
+        raise ManifestInvalid(f"version {version!r} is not a semantic version (like 1.4.2)")
+    major, minor, patch, pre = int(match[1]), int(match[2]), int(match[3]), match[4]
+    if pre is None:
+        return major, minor, patch, ((2, 0),)  # a release outranks every pre-release
+    parts: list[tuple[int, int | str]] = []
+    for item in pre.split("."):
+        parts.append((0, int(item)) if item.isdigit() else (1, item))
+    return major, minor, patch, tuple(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseManifest:
+    """The signed facts about one release artefact."""
+
+    name: str
+    version: str
+    device_type: str
+    sha256: str
+    size: int
+    created_at: str  # ISO 8601 UTC
+
+    def __post_init__(self) -> None:
+        if not _NAME_RE.match(self.name):
+            raise ManifestInvalid("name must be 1-64 characters from A-Z a-z 0-9 . _ -")
+        parse_semver(self.version)
+        if len(self.version) > 64:
+            raise ManifestInvalid("version is longer than 64 characters")
+        if not _NAME_RE.match(self.device_type):
+            raise ManifestInvalid("device_type must be 1-64 characters from A-Z a-z 0-9 . _ -")
+        if not _SHA256_RE.match(self.sha256):
+            raise ManifestInvalid("sha256 must be 64 lowercase hex digits")
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size < 0:
+            raise ManifestInvalid("size must be a non-negative integer")
+        try:
+            created = dt.datetime.fromisoformat(self.created_at)
+        except ValueError:
+            raise ManifestInvalid("created_at must be an ISO 8601 timestamp") from None
+        if created.tzinfo is None:
+            raise ManifestInvalid("created_at must carry a time zone")
+
+    def document(self) -> dict[str, Any]:
+        """The manifest as a JSON object (with its schema version)."""
+        return {
+            "v": MANIFEST_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "device_type": self.device_type,
+            "sha256": self.sha256,
+            "size": self.size,
+            "created_at": self.created_at,
+        }
+
+    def canonical(self) -> bytes:
+        """The bytes the signature covers."""
+        return canonical_json(self.document())
+
+    @classmethod
+    def from_document(cls, document: object) -> "ReleaseManifest":
+        """Parse and validate a manifest object."""
+        if not isinstance(document, dict):
+            raise ManifestInvalid("the manifest must be a JSON object")
+        if document.get("v") != MANIFEST_VERSION:
+            raise ManifestInvalid(f"unsupported manifest version {document.get('v')!r}")
+        expected = {"v", "name", "version", "device_type", "sha256", "size", "created_at"}
+        if set(document) != expected:
+            extra, missing = set(document) - expected, expected - set(document)
+            raise ManifestInvalid(
+                f"manifest fields differ: missing {sorted(missing)}, unexpected {sorted(extra)}"
+            )
+        for field in ("name", "version", "device_type", "sha256", "created_at"):
+            if not isinstance(document[field], str):
+                raise ManifestInvalid(f"{field} must be a string")
+        return cls(
+            name=document["name"],
+            version=document["version"],
+            device_type=document["device_type"],
+            sha256=document["sha256"],
+            size=document["size"],
+            created_at=document["created_at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRelease:
+    """A manifest with its detached signature; unsigned when signature is None."""
+
+    manifest: ReleaseManifest
+    signature: str | None = None  # base64 Ed25519 signature over manifest.canonical()
+    key_id: str | None = None
+
+    def to_json(self) -> str:
+        """The file/header form."""
+        out: dict[str, Any] = {"manifest": self.manifest.document()}
+        if self.signature is not None:
+            out["signature"] = self.signature
+            out["key_id"] = self.key_id
+        return json.dumps(out, sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, data: str | bytes) -> "SignedRelease":
+        """Parse the file/header form."""
+        if len(data) > MAX_SIGNED_RELEASE_BYTES:
+            raise ManifestInvalid(f"a signed release is at most {MAX_SIGNED_RELEASE_BYTES} bytes")
+        try:
+            document = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ManifestInvalid("the signed release is not valid JSON") from None
+        if not isinstance(document, dict) or set(document) - {"manifest", "signature", "key_id"}:
+            raise ManifestInvalid("a signed release has only manifest, signature and key_id")
+        signature, kid = document.get("signature"), document.get("key_id")
+        if (signature is None) != (kid is None):
+            raise ManifestInvalid("signature and key_id go together")
+        if signature is not None and not (isinstance(signature, str) and isinstance(kid, str)):
+            raise ManifestInvalid("signature and key_id must be strings")
+        return cls(ReleaseManifest.from_document(document.get("manifest")), signature, kid)
+
+
+def sign(manifest: ReleaseManifest, private_key: Ed25519PrivateKey) -> SignedRelease:
+    """Sign a manifest (done offline by the release team)."""
+    signature = private_key.sign(manifest.canonical())
+    return SignedRelease(
+        manifest, base64.b64encode(signature).decode(), key_id(private_key.public_key())
+    )
+
+
+def verify(release: SignedRelease, trusted: dict[str, Ed25519PublicKey]) -> str:
+    """Check the signature against the trusted keys; returns the key id that verified it."""
+    if release.signature is None or release.key_id is None:
+        raise SignatureInvalid("the release is not signed")
+    public_key = trusted.get(release.key_id)
+    if public_key is None:
+        raise SignatureInvalid(f"the release was signed by an unknown key ({release.key_id})")
+    try:
+        signature = base64.b64decode(release.signature, validate=True)
+        public_key.verify(signature, release.manifest.canonical())
+    except (binascii.Error, ValueError, InvalidSignature):
+        raise SignatureInvalid("the release signature does not verify") from None
+    return release.key_id
+
+
+def load_public_key(pem: bytes) -> Ed25519PublicKey:
+    """Parse a PEM Ed25519 public key."""
+    key = serialization.load_pem_public_key(pem)
+    if not isinstance(key, Ed25519PublicKey):
+        raise ValueError("release keys must be Ed25519")
+    return key
+
+
+def load_trusted_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
+    """Every `*.pub` Ed25519 key in `directory`, by key id."""
+    keys: dict[str, Ed25519PublicKey] = {}
+    for path in sorted(directory.glob("*.pub")):
+        key = load_public_key(path.read_bytes())
+        keys[key_id(key)] = key
+    return keys

@@ -1,0 +1,124 @@
+"""`kernex-release`: offline release keys and signed release manifests.
+
+Run it on the release team's machine, not on the backend: the backend only ever sees public
+keys and signatures.
+"""
+
+import datetime as dt
+import hashlib
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kernex_protocol.manifest import (
+    ManifestInvalid,
+    ReleaseManifest,
+    SignatureInvalid,
+    SignedRelease,
+    key_id,
+    load_trusted_keys,
+    sign,
+    verify,
+)
+from kernex_provision.authority import write_atomic, write_public
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+_CHUNK = 1024 * 1024
+
+
+def digest_file(path: Path) -> tuple[str, int]:
+    """SHA-256 and size of a file, read in chunks."""
+    sha = hashlib.sha256()
+    size = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
+
+
+def _load_private_key(path: Path) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise typer.BadParameter("release keys must be Ed25519 (made by kernex-release keygen)")
+    return key
+
+
+@app.command()
+def keygen(
+    out: Annotated[Path, typer.Option(help="directory for release-<id>.key and release-<id>.pub")],
+) -> None:
+    """Create an Ed25519 release key pair. Keep the .key offline; distribute the .pub."""
+    key = Ed25519PrivateKey.generate()
+    kid = key_id(key.public_key())
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_atomic(out / f"release-{kid}.key", private, 0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    write_public(out / f"release-{kid}.pub", public)
+    typer.echo(f"release key {kid}: {out / f'release-{kid}.key'} (secret), .pub (public)")
+
+
+@app.command("sign")
+def sign_command(
+    file: Annotated[Path, typer.Argument(help="the bundle to release")],
+    key: Annotated[Path, typer.Option(help="the release private key")],
+    name: Annotated[str, typer.Option()],
+    version: Annotated[str, typer.Option(help="semantic version, e.g. 1.4.2")],
+    device_type: Annotated[str, typer.Option()],
+    out: Annotated[Path | None, typer.Option(help="default: FILE.release.json")] = None,
+) -> None:
+    """Write a signed release manifest for FILE."""
+    sha256, size = digest_file(file)
+    try:
+        manifest = ReleaseManifest(
+            name=name,
+            version=version,
+            device_type=device_type,
+            sha256=sha256,
+            size=size,
+            created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        )
+    except ManifestInvalid as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    signed = sign(manifest, _load_private_key(key))
+    target = out or file.with_name(file.name + ".release.json")
+    write_public(target, signed.to_json().encode())
+    typer.echo(
+        f"{name} {version} ({size} bytes, sha256 {sha256[:12]}...) "
+        f"signed by {signed.key_id} -> {target}"
+    )
+
+
+@app.command("verify")
+def verify_command(
+    release: Annotated[Path, typer.Argument(help="the .release.json file")],
+    keys: Annotated[Path, typer.Option(help="directory of trusted *.pub release keys")],
+    file: Annotated[
+        Path | None, typer.Option(help="also check this file's digest and size")
+    ] = None,
+) -> None:
+    """Verify a signed release (and optionally the file it describes)."""
+    try:
+        signed = SignedRelease.from_json(release.read_bytes())
+        kid = verify(signed, load_trusted_keys(keys))
+    except (ManifestInvalid, SignatureInvalid) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if file is not None and digest_file(file) != (signed.manifest.sha256, signed.manifest.size):
+        typer.echo("error: the file does not match the manifest's sha256 and size", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"valid: {signed.manifest.name} {signed.manifest.version}, signed by {kid}")
+
+
+def main() -> None:
+    """Console script entry point."""
+    app()

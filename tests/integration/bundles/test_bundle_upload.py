@@ -1,0 +1,306 @@
+"""Upload, download and delete bundles through the API, on S3 and on local storage."""
+
+import asyncio
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernex_backend.bundles.storage import BundleStorage, bundle_key
+from kernex_backend.core.db import create_sessionmaker
+from kernex_backend.deployments.models import Deployment, DeploymentStatus
+from tests.integration.bundles.conftest import ReleaseFactory
+
+PROBLEM = "application/problem+json"
+MiB = 1024 * 1024
+
+
+async def upload(
+    client: httpx.AsyncClient, headers: dict[str, str], payload: bytes, release: dict[str, str]
+) -> httpx.Response:
+    return await client.post("/api/v1/bundles", content=payload, headers={**headers, **release})
+
+
+async def no_leftovers(app: FastAPI, client: httpx.AsyncClient, headers: dict[str, str]) -> None:
+    """No bundle row and no object (temporary or final) remains."""
+    assert (await client.get("/api/v1/bundles", headers=headers)).json()["count"] == 0
+    storage = app.state.storage
+    if hasattr(storage, "_client"):
+        objects = list(storage._client.list_objects(storage._bucket, recursive=True))
+        assert [o.object_name for o in objects] == []
+    else:
+        root = storage._root
+        assert [p for p in root.rglob("*") if p.is_file()] == []
+
+
+async def test_round_trip(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    write_headers: dict[str, str],
+    make_release: ReleaseFactory,
+) -> None:
+    payload = os.urandom(3 * MiB + 17)
+    response = await upload(client, write_headers, payload, make_release(payload))
+    assert response.status_code == 201, response.text
+    bundle = response.json()
+    assert bundle["sha256"] == hashlib.sha256(payload).hexdigest()
+    assert bundle["size_bytes"] == len(payload)
+    assert bundle["signing_key_id"] and bundle["signature"]
+
+    content = await client.get(f"/api/v1/bundles/{bundle['id']}/content", headers=write_headers)
+    assert content.status_code == 200
+    assert content.content == payload
+    assert content.headers["x-content-sha256"] == bundle["sha256"]
+
+    storage: BundleStorage = app.state.storage
+    assert await storage.exists(bundle_key(bundle["sha256"]))
+    deleted = await client.delete(f"/api/v1/bundles/{bundle['id']}", headers=write_headers)
+    assert deleted.status_code == 204
+    assert not await storage.exists(bundle_key(bundle["sha256"]))
+    assert (
+        await client.get(f"/api/v1/bundles/{bundle['id']}", headers=write_headers)
+    ).status_code == 404
+    await no_leftovers(app, client, write_headers)
+
+
+async def test_large_bundle_streams_up_and_down(
+    client: httpx.AsyncClient, write_headers: dict[str, str], make_release: ReleaseFactory
+) -> None:
+    size = 100 * MiB
+    block = os.urandom(MiB)
+    digest = hashlib.sha256()
+    for i in range(100):
+        digest.update(block[i:] + block[:i])
+
+    async def body() -> AsyncIterator[bytes]:
+        for i in range(100):
+            yield block[i:] + block[:i]
+
+    release = make_release(b"", size=size, sha256=digest.hexdigest())
+    response = await client.post(
+        "/api/v1/bundles",
+        content=body(),
+        headers={**write_headers, **release, "Content-Length": str(size)},
+    )
+    assert response.status_code == 201, response.text
+    bundle_id = response.json()["id"]
+
+    received = hashlib.sha256()
+    count = 0
+    async with client.stream(
+        "GET", f"/api/v1/bundles/{bundle_id}/content", headers=write_headers
+    ) as stream:
+        async for chunk in stream.aiter_bytes():
+            received.update(chunk)
+            count += len(chunk)
+    assert count == size
+    assert received.hexdigest() == digest.hexdigest()
+
+
+async def test_twenty_concurrent_uploads_and_downloads(
+    client: httpx.AsyncClient, write_headers: dict[str, str], make_release: ReleaseFactory
+) -> None:
+    payloads = [os.urandom(256 * 1024 + i) for i in range(20)]
+    responses = await asyncio.gather(
+        *(
+            upload(client, write_headers, p, make_release(p, name=f"app{i}", version=f"1.0.{i}"))
+            for i, p in enumerate(payloads)
+        )
+    )
+    assert [r.status_code for r in responses] == [201] * 20
+    ids = [r.json()["id"] for r in responses]
+    downloads = await asyncio.gather(
+        *(client.get(f"/api/v1/bundles/{i}/content", headers=write_headers) for i in ids)
+    )
+    assert [d.content for d in downloads] == payloads
+
+
+async def test_duplicate_release_is_409_and_same_content_is_shared(
+    client: httpx.AsyncClient, write_headers: dict[str, str], make_release: ReleaseFactory
+) -> None:
+    payload = os.urandom(1000)
+    assert (await upload(client, write_headers, payload, make_release(payload))).status_code == 201
+    again = await upload(client, write_headers, payload, make_release(payload))
+    assert again.status_code == 409
+    assert again.json()["type"] == "urn:kernex:problem:bundle-exists"
+    other = await upload(client, write_headers, payload, make_release(payload, version="1.0.1"))
+    assert other.status_code == 201  # same bytes, another release: one stored object
+
+
+@pytest.mark.parametrize(
+    "problem",
+    [
+        "unsigned",
+        "unknown-key",
+        "tampered-manifest",
+        "bad-signature-encoding",
+        "no-header",
+        "garbage-header",
+    ],
+)
+async def test_signature_problems_are_refused(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    write_headers: dict[str, str],
+    make_release: ReleaseFactory,
+    problem: str,
+) -> None:
+    payload = os.urandom(2048)
+    release = make_release(payload)
+    if problem == "unsigned":
+        release = make_release(payload, signed=False)
+    elif problem == "unknown-key":
+        release = make_release(payload, key=Ed25519PrivateKey.generate())
+    elif problem == "tampered-manifest":
+        document = json.loads(release["Kernex-Release"])
+        document["manifest"]["version"] = "9.9.9"  # the signature covered 1.0.0
+        release["Kernex-Release"] = json.dumps(document)
+    elif problem == "bad-signature-encoding":
+        document = json.loads(release["Kernex-Release"])
+        document["signature"] = "!!not base64!!"
+        release["Kernex-Release"] = json.dumps(document)
+    elif problem == "no-header":
+        del release["Kernex-Release"]
+    else:
+        release["Kernex-Release"] = "{not json"
+    response = await upload(client, write_headers, payload, release)
+    expected = {"no-header": 400, "garbage-header": 422}.get(problem, 422)
+    assert response.status_code == expected, response.text
+    assert response.headers["content-type"] == PROBLEM
+    if expected == 422 and problem != "garbage-header":
+        assert response.json()["type"] == "urn:kernex:problem:bundle-signature-invalid"
+    await no_leftovers(app, client, write_headers)
+
+
+@pytest.mark.parametrize(
+    "problem", ["longer-body", "shorter-body", "wrong-digest", "content-length-mismatch"]
+)
+async def test_content_that_differs_from_the_manifest_leaves_nothing(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    write_headers: dict[str, str],
+    make_release: ReleaseFactory,
+    problem: str,
+) -> None:
+    payload = os.urandom(9 * MiB)  # more than one S3 part, so multipart aborts are exercised
+    release = make_release(payload)
+    headers = {**write_headers, **release}
+    if problem == "longer-body":
+        body: bytes | AsyncIterator[bytes]
+        headers["Content-Length"] = str(len(payload))  # lie consistently with the manifest
+
+        async def longer() -> AsyncIterator[bytes]:
+            yield payload
+            yield b"extra"
+
+        body = longer()
+    elif problem == "shorter-body":
+
+        async def shorter() -> AsyncIterator[bytes]:
+            yield payload[: 5 * MiB]
+
+        body = shorter()
+    elif problem == "wrong-digest":
+        body = payload
+        release = make_release(payload, sha256="0" * 64)
+        headers = {**write_headers, **release}
+    else:
+        body = payload[:-1]
+    response = await client.post("/api/v1/bundles", content=body, headers=headers)
+    assert response.status_code == 422, response.text
+    assert response.json()["type"] == "urn:kernex:problem:bundle-content-mismatch"
+    await no_leftovers(app, client, write_headers)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("name", "../etc"),
+        ("name", "a/b"),
+        ("name", "x" * 65),
+        ("version", "1.0"),
+        ("version", "v1.0.0"),
+        ("version", "1.0.0/../../x"),
+        ("device_type", "#"),
+    ],
+)
+async def test_odd_names_and_versions_are_refused(
+    client: httpx.AsyncClient,
+    write_headers: dict[str, str],
+    make_release: ReleaseFactory,
+    field: str,
+    value: str,
+) -> None:
+    payload = b"data"
+    document = json.loads(make_release(payload)["Kernex-Release"])
+    document["manifest"][field] = value
+    headers = {**write_headers, "Kernex-Release": json.dumps(document)}
+    response = await client.post("/api/v1/bundles", content=payload, headers=headers)
+    assert response.status_code == 422
+    assert field in response.json()["detail"] or "version" in response.json()["detail"]
+
+
+async def test_oversize_is_413(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    write_headers: dict[str, str],
+    make_release: ReleaseFactory,
+) -> None:
+    app.state.settings.storage.max_bundle_bytes = 1 * MiB
+    payload = os.urandom(MiB + 1)
+    response = await upload(client, write_headers, payload, make_release(payload))
+    assert response.status_code == 413
+    assert response.headers["content-type"] == PROBLEM
+    await no_leftovers(app, client, write_headers)
+
+
+async def test_read_key_cannot_upload_or_delete(
+    client: httpx.AsyncClient, read_headers: dict[str, str], make_release: ReleaseFactory
+) -> None:
+    payload = b"x"
+    assert (await upload(client, read_headers, payload, make_release(payload))).status_code == 403
+    assert (
+        await client.delete(f"/api/v1/bundles/{uuid.uuid4()}", headers=read_headers)
+    ).status_code == 403
+
+
+async def test_delete_is_refused_while_an_unfinished_deployment_uses_the_bundle(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    admin_headers: dict[str, str],
+    make_release: ReleaseFactory,
+) -> None:
+    payload = os.urandom(100)
+    bundle = (await upload(client, admin_headers, payload, make_release(payload))).json()
+    async with create_sessionmaker(engine)() as session:
+        deployment = Deployment(name="d", bundle_id=uuid.UUID(bundle["id"]), created_by="t")
+        session.add(deployment)
+        await session.commit()
+        deployment_id = deployment.id
+
+    refused = await client.delete(f"/api/v1/bundles/{bundle['id']}", headers=admin_headers)
+    assert refused.status_code == 409
+    assert refused.json()["type"] == "urn:kernex:problem:bundle-in-use"
+
+    async with create_sessionmaker(engine)() as session:
+        row = await session.get(Deployment, deployment_id)
+        assert row is not None
+        row.status = DeploymentStatus.COMPLETED
+        session.add(row)
+        await session.commit()
+    assert (
+        await client.delete(f"/api/v1/bundles/{bundle['id']}", headers=admin_headers)
+    ).status_code == 204
+    kept = await client.get(f"/api/v1/deployments/{deployment_id}", headers=admin_headers)
+    assert kept.status_code == 200 and kept.json()["bundle_id"] is None  # history stays
+    events = await client.get(
+        "/api/v1/audit-events", params={"object_id": bundle["id"]}, headers=admin_headers
+    )
+    assert [e["action"] for e in events.json()["data"]] == ["bundle.delete", "bundle.upload"]
