@@ -106,3 +106,7 @@ def bundles_retention(
 def main() -> None:
     """Console script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

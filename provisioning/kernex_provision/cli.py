@@ -275,3 +275,7 @@ def broker_config(
 def main() -> None:
     """Console script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -122,3 +122,7 @@ def verify_command(
 def main() -> None:
     """Console script entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()
