@@ -117,7 +117,7 @@ def main() -> int:
             direct = Minio(
                 s3.endpoint, access_key=creds.access_key, secret_key=creds.secret_key, secure=False
             )
-            kernex_rates, direct_rates, growth = [], [], []
+            kernex_rates, direct_rates, growth, cpu_per_gib = [], [], [], []
             for run in range(args.runs):
                 manifest = ReleaseManifest(
                     name="bench",
@@ -128,7 +128,9 @@ def main() -> int:
                     created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
                 )
                 header = sign(manifest, key).to_json()
-                baseline_rss = psutil.Process(server.pid).memory_info().rss
+                backend = psutil.Process(server.pid)
+                baseline_rss = backend.memory_info().rss
+                cpu_before = sum(backend.cpu_times()[:2])
                 with RssSampler(server.pid) as sampler, payload.open("rb") as handle:
                     started = time.perf_counter()
                     response = httpx.post(
@@ -143,6 +145,7 @@ def main() -> int:
                     )
                     elapsed = time.perf_counter() - started
                 assert response.status_code == 201, response.text
+                cpu_per_gib.append((sum(backend.cpu_times()[:2]) - cpu_before) / (size / 1024**3))
                 kernex_rates.append(size / MiB / elapsed)
                 growth.append((sampler.peak - baseline_rss) / MiB)
                 bundle_id = response.json()["id"]
@@ -189,6 +192,7 @@ def main() -> int:
             ratio=round(kernex / direct_rate, 3),
         ),
         Figure("upload.rss_growth_mib", median(growth), "MiB"),
+        Figure("upload.backend_cpu_s_per_gib", median(cpu_per_gib), "CPU s/GiB"),
     ]
     for figure in figures:
         print(
