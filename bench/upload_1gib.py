@@ -12,6 +12,7 @@ import argparse
 import datetime as dt
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,13 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kernex-bench-upload-"))
+    try:
+        return _run(args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, work: Path) -> int:
     payload = work / "bundle.bin"
     sha256 = make_file(payload, args.size_mib)
     size = payload.stat().st_size

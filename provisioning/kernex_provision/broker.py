@@ -10,7 +10,13 @@ from kernex_protocol.ids import validate_device_id
 from kernex_protocol.limits import BROKER_MAX_PAYLOAD_BYTES
 from kernex_provision.authority import CHAIN, CRL, CertificateAuthority, write_public
 
-TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "broker-config"
+# The repository's broker-config/ folder; installed images point KERNEX_BROKER_TEMPLATES_DIR at
+# their copy of it.
+TEMPLATES_DIR = Path(
+    os.environ.get(
+        "KERNEX_BROKER_TEMPLATES_DIR", Path(__file__).resolve().parents[2] / "broker-config"
+    )
+)
 CONF_TEMPLATE = "mosquitto.conf.template"
 ACL_TEMPLATE = "acl.template"
 DEFAULT_SERVICE_IDENTITY = "kernex-backend"
