@@ -103,10 +103,12 @@ class EmbeddedS3:
             f"-ip.bind={self.host}",
             f"-master.port={ports['master']}",
             f"-master.port.grpc={ports['master.grpc']}",
-            "-master.volumeSizeLimitMB=1024",
+            "-master.volumeSizeLimitMB=256",
             f"-volume.port={ports['volume']}",
             f"-volume.port.grpc={ports['volume.grpc']}",
-            "-volume.max=0",
+            # Each bucket is a collection that grows ~7 volumes; volumes are sparse files, so
+            # many small ones cost nothing until written (tests use a bucket apiece).
+            "-volume.max=1000",
             f"-filer.port={ports['filer']}",
             f"-filer.port.grpc={ports['filer.grpc']}",
             f"-filer.localSocket={self.state_dir / 'filer.sock'}",

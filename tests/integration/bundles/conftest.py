@@ -3,12 +3,13 @@
 import datetime as dt
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from minio import Minio
 
 from kernex_backend.core.config import Settings
 from kernex_devstack.s3 import EmbeddedS3
@@ -47,6 +48,18 @@ def s3_storage_settings(server: EmbeddedS3, bucket: str = "kernex-test") -> dict
     }
 
 
+def remove_bucket(server: EmbeddedS3, bucket: str) -> None:
+    creds = server.credentials()
+    client = Minio(
+        server.endpoint, access_key=creds.access_key, secret_key=creds.secret_key, secure=False
+    )
+    if not client.bucket_exists(bucket):
+        return
+    for item in client.list_objects(bucket, recursive=True):
+        client.remove_object(bucket, item.object_name or "")
+    client.remove_bucket(bucket)
+
+
 @pytest.fixture(params=["s3", "local"])
 def backend_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
@@ -55,12 +68,16 @@ def backend_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def storage_settings(
     backend_kind: str, request: pytest.FixtureRequest, tmp_path: Path
-) -> dict[str, object]:
+) -> Iterator[dict[str, object]]:
     if backend_kind == "s3":
-        # A bucket per test, so no test sees another's objects.
+        # A bucket per test, so no test sees another's objects; removed afterwards, which
+        # frees the SeaweedFS collection (and its volumes) behind it.
+        server: EmbeddedS3 = request.getfixturevalue("s3_server")
         bucket = f"kernex-test-{uuid.uuid4().hex[:12]}"
-        return s3_storage_settings(request.getfixturevalue("s3_server"), bucket)
-    return {
+        yield s3_storage_settings(server, bucket)
+        remove_bucket(server, bucket)
+        return
+    yield {
         "backend": "local",
         "local_dir": str(tmp_path / "bundles"),
         "public_base_url": "http://kernex.test",
