@@ -2,30 +2,26 @@
 
 import asyncio
 import contextlib
-import datetime as dt
 from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import APIRouter, FastAPI
 
-from kernex_backend import __version__
+from kernex_backend import __version__, jobs
 from kernex_backend.api_keys.last_used import LastUsedTracker
 from kernex_backend.api_keys.router import router as api_keys_router
 from kernex_backend.audit.router import router as audit_router
 from kernex_backend.bundles.local_downloads import router as local_downloads_router
-from kernex_backend.bundles.retention import run_retention
 from kernex_backend.bundles.router import router as bundles_router
 from kernex_backend.bundles.storage import StorageError, create_storage
 from kernex_backend.core import health
-from kernex_backend.core.background import run_periodically
 from kernex_backend.core.config import Settings, get_settings
-from kernex_backend.core.db import create_engine, create_sessionmaker, utc_now
+from kernex_backend.core.db import create_engine, create_sessionmaker
 from kernex_backend.core.errors import install_error_handlers
 from kernex_backend.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from kernex_backend.deployments.router import router as deployments_router
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.router import router as devices_router
-from kernex_backend.telemetry import partitions
 from kernex_protocol.manifest import load_trusted_keys
 
 API_PREFIX = "/api/v1"
@@ -46,56 +42,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Not fatal: /ready reports it and uploads answer 503 until the store is back.
             log.warning("storage_not_ready", error=str(exc))
         app.state.sessionmaker = create_sessionmaker(engine)
-        tracker: LastUsedTracker = app.state.last_used
-
-        async def maintain_partitions() -> None:
-            async with engine.begin() as conn:
-                await partitions.maintain(
-                    conn,
-                    today=utc_now().date(),
-                    days_ahead=settings.telemetry.partitions_ahead_days,
-                    retention_days=settings.telemetry.heartbeat_retention_days,
-                )
-
-        async def flush_last_used() -> None:
-            await tracker.flush(engine)
-
-        tasks = []
-        retention_days = settings.storage.retention_days
-        if retention_days is not None:
-
-            async def bundle_retention() -> None:
-                await run_retention(
-                    sessionmaker=app.state.sessionmaker,
-                    storage=app.state.storage,
-                    older_than=dt.timedelta(days=retention_days),
-                    dry_run=settings.storage.retention_dry_run,
-                )
-
-            tasks.append(
-                asyncio.create_task(
-                    run_periodically(
-                        "bundle_retention", settings.storage.retention_interval_s, bundle_retention
-                    )
-                )
-            )
-        tasks += [
-            asyncio.create_task(
-                run_periodically(
-                    "heartbeat_partitions",
-                    settings.telemetry.maintenance_interval_s,
-                    maintain_partitions,
-                )
-            ),
-            asyncio.create_task(
-                run_periodically(
-                    "api_key_last_used",
-                    settings.auth.last_used_flush_interval_s,
-                    flush_last_used,
-                    run_first=False,
-                )
-            ),
-        ]
+        tasks = jobs.start(app, settings)
         log.info("backend_started", version=__version__, environment=settings.environment)
         try:
             yield
@@ -104,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
-                await tracker.flush(engine)
+                await app.state.last_used.flush(engine)
             await engine.dispose()
             log.info("backend_stopped")
 

@@ -6,10 +6,12 @@ and revocation touch files and do public-key work, so they run in a worker threa
 
 import base64
 import binascii
+import datetime as dt
 from dataclasses import dataclass
 
 import anyio.to_thread
 from cryptography import x509
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.audit import service as audit
@@ -259,3 +261,31 @@ async def revoke(
     )
     await session.commit()
     return Revocation(device_id, serials, cut_off, reloaded)
+
+
+async def sync_from_index(*, session: AsyncSession, pki: Pki) -> int:
+    """Copy each registered device's newest valid certificate (serial, expiry) from the CA's
+    issuance index, so certificates issued offline with `kernex-provision` show up too.
+    Returns how many devices changed."""
+    rows = await anyio.to_thread.run_sync(pki.authority.certificates)
+    now = utc_now()
+    newest: dict[str, tuple[str, str]] = {}
+    for row in rows:
+        if row.kind != CertificateKind.DEVICE.value or not row.valid_at(now):
+            continue
+        if row.common_name not in newest or row.not_after > newest[row.common_name][1]:
+            newest[row.common_name] = (row.serial, row.not_after)
+    if not newest:
+        return 0
+    changed = 0
+    devices = await session.exec(select(Device).where(col(Device.id).in_(list(newest))))
+    for device in devices:
+        serial, not_after = newest[device.id]
+        if device.cert_serial != serial:
+            device.cert_serial = serial
+            device.cert_not_after = dt.datetime.fromisoformat(not_after)
+            device.updated_at = now
+            session.add(device)
+            changed += 1
+    await session.commit()
+    return changed

@@ -10,6 +10,7 @@ import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from fastapi import FastAPI
 
 from kernex_backend.core.config import Settings
 from kernex_devstack.broker import EmbeddedBroker
@@ -239,3 +240,27 @@ async def test_without_a_ca_the_certificate_endpoints_answer_503(database_url: s
             )
     assert response.status_code == 503
     assert "KERNEX_PKI__CA_DIR" in response.json()["detail"]
+
+
+async def test_certificates_issued_offline_reach_the_device_row(
+    app: FastAPI, client: httpx.AsyncClient, write_headers: dict[str, str], broker: EmbeddedBroker
+) -> None:
+    from kernex_backend.core.db import create_sessionmaker
+    from kernex_backend.devices.certificates import sync_from_index
+    from kernex_provision.certificates import CertificateKind
+
+    name = unique("offline")
+    await client.post(
+        "/api/v1/devices", json={"id": name, "device_type": "gw"}, headers=write_headers
+    )
+    # As `kernex-provision issue-device` does, straight on the CA directory.
+    cert = broker.authority.issue(
+        new_key().public_key(), kind=CertificateKind.DEVICE, common_name=name, days=30
+    )
+    before = (await client.get(f"/api/v1/devices/{name}", headers=write_headers)).json()
+    assert before["cert_serial"] is None
+    async with create_sessionmaker(app.state.engine)() as session:
+        assert await sync_from_index(session=session, pki=app.state.pki) >= 1
+    after = (await client.get(f"/api/v1/devices/{name}", headers=write_headers)).json()
+    assert after["cert_serial"] == f"{cert.serial_number:x}"
+    assert after["cert_not_after"].startswith(cert.not_valid_after_utc.date().isoformat())
