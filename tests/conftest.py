@@ -8,6 +8,7 @@ tests never see each other's rows.
 
 import asyncio
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -69,20 +70,33 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     )
 
 
+def service_state_dir(name: str) -> Iterator[Path]:
+    """A state directory for a service that runs as another user (PostgreSQL as kernex-pg,
+    Mosquitto as mosquitto). Not under pytest's temporary root: pytest resets that to 0700 when
+    another test session starts, which would lock those users out mid-run."""
+    path = Path(tempfile.mkdtemp(prefix=f"kernex-test-{name}-"))
+    path.chmod(0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def postgres_admin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresAdmin]:
+def postgres_admin() -> Iterator[PostgresAdmin]:
     external = os.environ.get("KERNEX_TEST_DATABASE_URL")
     if external:
         yield PostgresAdmin(external)
         return
     from kernex_devstack.postgres import EmbeddedPostgres
 
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), durable=False)
-    server.start()
-    try:
-        yield PostgresAdmin(server.url())
-    finally:
-        server.stop()
+    for state_dir in service_state_dir("postgres"):
+        server = EmbeddedPostgres(state_dir / "postgres", durable=False)
+        server.start()
+        try:
+            yield PostgresAdmin(server.url())
+        finally:
+            server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import pytest
 from kernex_devstack.broker import SERVICE_IDENTITY, EmbeddedBroker
 from kernex_provision.authority import CertificateAuthority, pem, write_private_key, write_public
 from kernex_provision.certificates import CertificateKind, new_key
+from tests.conftest import service_state_dir
 from tests.integration.broker.mqtt_client import Identity, Probe, connect
 
 pytestmark = pytest.mark.integration
@@ -18,11 +19,12 @@ Connector = Callable[..., Probe]
 
 
 @pytest.fixture(scope="session")
-def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
-    server = EmbeddedBroker(tmp_path_factory.mktemp("broker"))
-    server.start()
-    yield server
-    server.stop()
+def broker() -> Iterator[EmbeddedBroker]:
+    for state_dir in service_state_dir("broker"):
+        server = EmbeddedBroker(state_dir / "broker")
+        server.start()
+        yield server
+        server.stop()
 
 
 @pytest.fixture

@@ -1,0 +1,3 @@
+"""Kernex device agent."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The update state machine: one transition table, state saved before every step."""

@@ -1,0 +1,196 @@
+"""The update state machine: the table's guarantees, the runner, resuming, the loop guard."""
+
+from collections import deque
+from pathlib import Path
+
+import pytest
+
+from kernex_agent.update.machine import (
+    TERMINAL,
+    TRANSITIONS,
+    Event,
+    InvalidTransition,
+    State,
+    next_state,
+)
+from kernex_agent.update.runner import UpdateRunner
+from kernex_agent.update.store import FileStateStore, UpdateRecord
+
+WORKING = [s for s in State if s not in TERMINAL and s != State.IDLE]
+BEFORE_INSTALL = [State.DOWNLOADING, State.VERIFYING]
+
+
+@pytest.mark.parametrize("state", WORKING)
+def test_every_working_state_handles_failure_retry_and_loops(state: State) -> None:
+    for event in (Event.FAILURE, Event.RETRY, Event.LOOP_DETECTED, Event.SUCCESS):
+        assert (state, event) in TRANSITIONS, (state, event)
+
+
+def test_every_path_ends_idle() -> None:
+    """From any reachable state some sequence of events leads to IDLE, and nothing is stuck."""
+    reachable: set[State] = set()
+    queue = deque([State.DOWNLOADING])
+    while queue:
+        state = queue.popleft()
+        if state in reachable or state == State.IDLE:
+            continue
+        reachable.add(state)
+        queue.extend(after for (before, _), after in TRANSITIONS.items() if before == state)
+    for state in reachable:
+        seen, frontier = {state}, [state]
+        while frontier and State.IDLE not in seen:
+            current = frontier.pop()
+            for (before, _), after in TRANSITIONS.items():
+                if before == current and after not in seen:
+                    seen.add(after)
+                    frontier.append(after)
+        assert State.IDLE in seen, f"{state} cannot reach IDLE"
+
+
+def test_cancel_only_before_installing() -> None:
+    for state in BEFORE_INSTALL:
+        assert next_state(state, Event.ABORTED) == State.CANCELED
+    for state in (State.INSTALLING, State.HEALTH_CHECK, State.COMMITTING, State.ROLLING_BACK):
+        with pytest.raises(InvalidTransition):
+            next_state(state, Event.ABORTED)
+
+
+def test_failures_after_touching_the_system_roll_back() -> None:
+    for state in (State.INSTALLING, State.HEALTH_CHECK, State.COMMITTING):
+        assert next_state(state, Event.FAILURE) == State.ROLLING_BACK
+    for state in BEFORE_INSTALL:
+        assert next_state(state, Event.FAILURE) == State.FAILED  # nothing to undo yet
+
+
+class Crash(Exception):
+    """Stands for a power cut in the middle of a state."""
+
+
+class FakeDevice:
+    """Handlers that script events per state and record every call."""
+
+    def __init__(self, script: dict[State, list[Event]]) -> None:
+        self.script = {state: list(events) for state, events in script.items()}
+        self.calls: list[State] = []
+        self.crash_in: State | None = None
+
+    def handlers(self) -> dict[State, object]:
+        def make(state: State):
+            async def handle(record: UpdateRecord) -> Event:
+                self.calls.append(state)
+                if self.crash_in == state:
+                    self.crash_in = None
+                    raise Crash
+                events = self.script.get(state) or [Event.SUCCESS]
+                return events.pop(0) if len(events) > 1 else events[0]
+
+            return handle
+
+        return {state: make(state) for state in State if state != State.IDLE}
+
+
+class RecordingStore(FileStateStore):
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.saved: list[State] = []
+
+    def save(self, record: UpdateRecord) -> None:
+        super().save(record)
+        self.saved.append(record.state)
+
+
+async def test_happy_path_saves_before_each_state_and_ends_idle(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "state.json")
+    device = FakeDevice({})
+    runner = UpdateRunner(store, device.handlers())  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    final = await runner.run()
+    assert final.state == State.IDLE
+    expected = [
+        State.DOWNLOADING,
+        State.VERIFYING,
+        State.INSTALLING,
+        State.HEALTH_CHECK,
+        State.COMMITTING,
+        State.COMMITTED,
+    ]
+    assert store.saved == [*expected, State.IDLE]
+    assert device.calls == expected
+    assert store.load() == UpdateRecord()
+
+
+async def test_health_check_failure_rolls_back(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "state.json")
+    device = FakeDevice({State.HEALTH_CHECK: [Event.FAILURE]})
+    runner = UpdateRunner(store, device.handlers())  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    await runner.run()
+    assert store.saved[-3:] == [State.ROLLING_BACK, State.ROLLED_BACK, State.IDLE]
+    assert State.COMMITTING not in device.calls
+
+
+@pytest.mark.parametrize(
+    "crash_in",
+    [
+        State.DOWNLOADING,
+        State.VERIFYING,
+        State.INSTALLING,
+        State.HEALTH_CHECK,
+        State.COMMITTING,
+        State.ROLLING_BACK,
+    ],
+)
+async def test_a_crash_resumes_in_the_state_it_interrupted(tmp_path: Path, crash_in: State) -> None:
+    store = RecordingStore(tmp_path / "state.json")
+    script = {State.HEALTH_CHECK: [Event.FAILURE]} if crash_in == State.ROLLING_BACK else {}
+    device = FakeDevice(script)
+    device.crash_in = crash_in
+    UpdateRunner(store, device.handlers()).begin({"deployment_id": "d1"})  # type: ignore[arg-type]
+    with pytest.raises(Crash):
+        await UpdateRunner(store, device.handlers()).run()  # type: ignore[arg-type]
+    assert store.load().state == crash_in  # what a rebooted agent finds
+
+    # A new agent process with the same store picks up exactly there and finishes.
+    resumed = await UpdateRunner(FileStateStore(store.path), device.handlers()).run()  # type: ignore[arg-type]
+    assert resumed.state == State.IDLE
+    assert device.calls.count(crash_in) == 2  # handlers are re-run, so they must be idempotent
+
+
+async def test_loop_guard_turns_an_endless_retry_into_a_rollback(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "state.json")
+    device = FakeDevice({State.HEALTH_CHECK: [Event.RETRY]})  # retries forever
+    runner = UpdateRunner(store, device.handlers(), max_saves=10)  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    final = await runner.run()
+    assert final.state == State.IDLE
+    assert store.saved[-3:] == [State.ROLLING_BACK, State.ROLLED_BACK, State.IDLE]
+    assert device.calls.count(State.HEALTH_CHECK) < 12
+    assert State.ROLLING_BACK in device.calls  # the rollback really ran, with a budget of its own
+
+
+async def test_a_looping_rollback_ends_failed_not_forever(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "state.json")
+    device = FakeDevice({State.INSTALLING: [Event.FAILURE], State.ROLLING_BACK: [Event.RETRY]})
+    runner = UpdateRunner(store, device.handlers(), max_saves=5)  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    await runner.run()
+    assert store.saved[-2:] == [State.FAILED, State.IDLE]
+
+
+async def test_begin_is_refused_while_an_update_runs(tmp_path: Path) -> None:
+    runner = UpdateRunner(FileStateStore(tmp_path / "s.json"), {})
+    runner.begin({"deployment_id": "d1"})
+    with pytest.raises(RuntimeError, match="in progress"):
+        runner.begin({"deployment_id": "d2"})
+
+
+def test_store_round_trip_is_atomic_and_strict(tmp_path: Path) -> None:
+    store = FileStateStore(tmp_path / "agent" / "state.json")
+    assert store.load() == UpdateRecord()
+    record = UpdateRecord(state=State.INSTALLING, deployment={"id": "d"}, attempt=2, store_count=7)
+    store.save(record)
+    assert store.load() == record
+    assert [p.name for p in store.path.parent.iterdir()] == ["state.json"]  # no temp file left
+    store.path.write_text('{"schema": 99, "state": "idle"}')
+    with pytest.raises(ValueError, match="schema"):
+        store.load()
