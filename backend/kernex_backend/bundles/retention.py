@@ -15,9 +15,12 @@ from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kernex_backend.audit import service as audit
 from kernex_backend.bundles.models import Bundle
-from kernex_backend.bundles.service import UNFINISHED, delete_object_if_unreferenced
+from kernex_backend.bundles.service import (
+    UNFINISHED,
+    delete_object_if_unreferenced,
+    delete_row,
+)
 from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.deployments.models import Deployment
 from kernex_backend.devices.models import Device
@@ -83,19 +86,11 @@ async def run_retention(
             if dry_run:
                 continue
             deleted_keys.append(bundle.storage_key)
-            await session.delete(bundle)
-            audit.record(
-                session,
+            await delete_row(
+                session=session,
+                bundle=bundle,
                 actor=ACTOR,
-                action="bundle.delete",
-                object_type="bundle",
-                object_id=str(bundle.id),
-                details={
-                    "name": bundle.name,
-                    "version": bundle.version,
-                    "sha256": bundle.sha256,
-                    "reason": f"retention: older than {older_than.days} days and unused",
-                },
+                reason=f"retention: older than {older_than.days} days and unused",
             )
         await session.commit()
         # Objects go after the rows are gone; content shared by digest stays while referenced.

@@ -83,6 +83,25 @@ async def delete_object_if_unreferenced(
     return True
 
 
+async def delete_row(*, session: AsyncSession, bundle: Bundle, actor: str, reason: str) -> None:
+    """Delete a bundle's row with its audit event, in the caller's transaction (the object is
+    removed after commit, see delete_object_if_unreferenced)."""
+    await session.delete(bundle)
+    audit.record(
+        session,
+        actor=actor,
+        action="bundle.delete",
+        object_type="bundle",
+        object_id=str(bundle.id),
+        details={
+            "name": bundle.name,
+            "version": bundle.version,
+            "sha256": bundle.sha256,
+            "reason": reason,
+        },
+    )
+
+
 async def delete(
     *,
     session: AsyncSession,
@@ -100,20 +119,7 @@ async def delete(
             "finish or cancel them first",
             deployments=[str(d) for d in blocking],
         )
-    await session.delete(bundle)
-    audit.record(
-        session,
-        actor=actor,
-        action="bundle.delete",
-        object_type="bundle",
-        object_id=str(bundle.id),
-        details={
-            "name": bundle.name,
-            "version": bundle.version,
-            "sha256": bundle.sha256,
-            "reason": reason,
-        },
-    )
+    await delete_row(session=session, bundle=bundle, actor=actor, reason=reason)
     await session.commit()
     await delete_object_if_unreferenced(
         session=session, storage=storage, storage_key=bundle.storage_key
