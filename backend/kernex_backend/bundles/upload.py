@@ -16,6 +16,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.audit import service as audit
 from kernex_backend.bundles.models import Bundle
+from kernex_backend.bundles.service import delete_object_if_unreferenced
 from kernex_backend.bundles.storage import BundleStorage, StorageError, bundle_key
 from kernex_backend.core.errors import (
     BadRequest,
@@ -204,6 +205,4 @@ async def upload(
         if promoted:
             # We created the final object but our row did not land: remove it unless another
             # release of the same content (uploaded concurrently) refers to it.
-            referenced = await session.exec(select(Bundle.id).where(Bundle.storage_key == final))
-            if referenced.first() is None:
-                await storage.delete(final)
+            await delete_object_if_unreferenced(session=session, storage=storage, storage_key=final)
