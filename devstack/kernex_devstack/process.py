@@ -40,6 +40,15 @@ def unprivileged_user(name: str) -> pwd.struct_passwd:
     return pwd.getpwnam(name)
 
 
+def ensure_traversable(path: Path) -> None:
+    """Let an unprivileged service user reach `path` (it needs search permission on each
+    parent directory)."""
+    for directory in [path, *path.parents]:
+        mode = directory.stat().st_mode
+        if not mode & 0o001:
+            directory.chmod(mode | 0o001)
+
+
 def log_tail(path: Path, lines: int = 30) -> str:
     """The last `lines` lines of a log file, or a note that it is missing."""
     try:

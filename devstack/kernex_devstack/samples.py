@@ -4,11 +4,9 @@ import io
 import tarfile
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from kernex_protocol.manifest import key_id
-from kernex_provision.authority import write_atomic, write_public
+from kernex_provision.release import load_private_key, save_key_pair
 
 HELLO_SCRIPT = b"""#!/bin/sh
 # A sample application installed by Kernex.
@@ -20,28 +18,9 @@ def load_or_create_release_key(directory: Path) -> Ed25519PrivateKey:
     """The demo's release key (a real deployment keeps it offline, see docs/security.md)."""
     private_path = directory / "release.key"
     if private_path.exists():
-        key = serialization.load_pem_private_key(private_path.read_bytes(), password=None)
-        assert isinstance(key, Ed25519PrivateKey)
-        return key
+        return load_private_key(private_path)
     key = Ed25519PrivateKey.generate()
-    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    write_atomic(
-        private_path,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )
-    public = key.public_key()
-    (directory / "public").mkdir(exist_ok=True)
-    write_public(
-        directory / "public" / f"release-{key_id(public)}.pub",
-        public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ),
-    )
+    save_key_pair(key, private_path=private_path, public_dir=directory / "public")
     return key
 
 

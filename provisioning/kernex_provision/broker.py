@@ -94,11 +94,14 @@ def render_acl(
 
 
 def publish_revocations(
-    authority: CertificateAuthority, layout: BrokerLayout, **acl_options: str
+    authority: CertificateAuthority,
+    layout: BrokerLayout,
+    *,
+    service_identity: str = DEFAULT_SERVICE_IDENTITY,
 ) -> None:
     """Copy the current CRL and re-render the ACL's blocked identities into the broker dir."""
     write_public(layout.crl, (authority.directory / CRL).read_bytes())
-    render_acl(layout, blocked=authority.blocked_identities(), **acl_options)  # type: ignore[arg-type]
+    render_acl(layout, blocked=authority.blocked_identities(), service_identity=service_identity)
 
 
 def render_config(

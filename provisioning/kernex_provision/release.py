@@ -40,11 +40,36 @@ def digest_file(path: Path) -> tuple[str, int]:
     return sha.hexdigest(), size
 
 
-def _load_private_key(path: Path) -> Ed25519PrivateKey:
+def save_key_pair(key: Ed25519PrivateKey, *, private_path: Path, public_dir: Path) -> Path:
+    """Write a release key pair: the private key 0600, the public key as release-<id>.pub in
+    `public_dir`. Returns the public key's path."""
+    private_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    public_dir.mkdir(parents=True, exist_ok=True)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_atomic(private_path, private, 0o600)
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    public_path = public_dir / f"release-{key_id(key.public_key())}.pub"
+    write_public(public_path, public)
+    return public_path
+
+
+def load_private_key(path: Path) -> Ed25519PrivateKey:
+    """Load a release private key; ValueError unless it is an Ed25519 PEM key."""
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, Ed25519PrivateKey):
-        raise typer.BadParameter("release keys must be Ed25519 (made by kernex-release keygen)")
+        raise ValueError("release keys must be Ed25519 (made by kernex-release keygen)")
     return key
+
+
+def _load_private_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        return load_private_key(path)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 @app.command()
@@ -54,15 +79,7 @@ def keygen(
     """Create an Ed25519 release key pair. Keep the .key offline; distribute the .pub."""
     key = Ed25519PrivateKey.generate()
     kid = key_id(key.public_key())
-    out.mkdir(parents=True, exist_ok=True, mode=0o700)
-    private = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    write_atomic(out / f"release-{kid}.key", private, 0o600)
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    write_public(out / f"release-{kid}.pub", public)
+    save_key_pair(key, private_path=out / f"release-{kid}.key", public_dir=out)
     typer.echo(f"release key {kid}: {out / f'release-{kid}.key'} (secret), .pub (public)")
 
 

@@ -1,6 +1,5 @@
 """Column helpers shared by the table models."""
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
@@ -37,6 +36,3 @@ def enum_field(enum: type[StrEnum], default: StrEnum, *, name: str, index: bool 
         nullable=False,
         index=index,
     )
-
-
-__all__ = ["created_at_field", "datetime", "enum_field", "optional_timestamp_field"]

@@ -7,7 +7,6 @@ and can stop an oversized body while it streams in.
 import re
 import time
 import uuid
-from typing import Any
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -129,8 +128,3 @@ class BodySizeLimitMiddleware:
             instance=scope["path"],
         )
         await response(scope, receive, send)
-
-
-def request_id_of(state: Any) -> str | None:
-    """The request id bound by RequestContextMiddleware, if any."""
-    return getattr(state, "request_id", None)
