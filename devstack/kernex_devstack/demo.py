@@ -162,6 +162,7 @@ async def _provision_samples(client: httpx.AsyncClient, stack: DemoStack) -> Non
             kit,
             stack.broker.authority,
             device_id=device_id,
+            device_type=device["device_type"],
             certificate=x509.load_pem_x509_certificate(response.json()["certificate"].encode()),
             key=key,
             broker=BrokerAddress(stack.broker.host, stack.broker.port),

@@ -179,19 +179,136 @@ def sign(manifest: ReleaseManifest, private_key: Ed25519PrivateKey) -> SignedRel
     )
 
 
+class UnknownKey(SignatureInvalid):
+    """The document was signed by a key that is not among the trusted ones."""
+
+
+def _verify_signature(
+    what: str,
+    signature: str | None,
+    kid: str | None,
+    message: bytes,
+    trusted: dict[str, Ed25519PublicKey],
+) -> str:
+    if signature is None or kid is None:
+        raise SignatureInvalid(f"the {what} is not signed")
+    public_key = trusted.get(kid)
+    if public_key is None:
+        raise UnknownKey(f"the {what} was signed by an unknown key ({kid[:16]})")
+    try:
+        public_key.verify(base64.b64decode(signature, validate=True), message)
+    except (binascii.Error, ValueError, InvalidSignature):
+        raise SignatureInvalid(f"the {what} signature does not verify") from None
+    return kid
+
+
 def verify(release: SignedRelease, trusted: dict[str, Ed25519PublicKey]) -> str:
     """Check the signature against the trusted keys; returns the key id that verified it."""
-    if release.signature is None or release.key_id is None:
-        raise SignatureInvalid("the release is not signed")
-    public_key = trusted.get(release.key_id)
-    if public_key is None:
-        raise SignatureInvalid(f"the release was signed by an unknown key ({release.key_id})")
-    try:
-        signature = base64.b64decode(release.signature, validate=True)
-        public_key.verify(signature, release.manifest.canonical())
-    except (binascii.Error, ValueError, InvalidSignature):
-        raise SignatureInvalid("the release signature does not verify") from None
-    return release.key_id
+    return _verify_signature(
+        "release", release.signature, release.key_id, release.manifest.canonical(), trusted
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RollbackApproval:
+    """The release team's signed permission to install one release over newer versions.
+
+    Devices refuse a version lower than the one they run unless the notice carries an approval
+    for exactly that artefact (name, device type, version and sha256), so a compromised backend
+    cannot push a fleet back to an old, vulnerable release.
+    """
+
+    name: str
+    device_type: str
+    version: str
+    sha256: str
+    created_at: str
+
+    def __post_init__(self) -> None:
+        # The same field rules as a manifest's.
+        ReleaseManifest(self.name, self.version, self.device_type, self.sha256, 0, self.created_at)
+
+    def document(self) -> dict[str, Any]:
+        """The approval as a JSON object."""
+        return {
+            "v": MANIFEST_VERSION,
+            "kind": "rollback",
+            "name": self.name,
+            "device_type": self.device_type,
+            "version": self.version,
+            "sha256": self.sha256,
+            "created_at": self.created_at,
+        }
+
+    def permits(self, manifest: ReleaseManifest) -> bool:
+        """Whether this approval is for exactly `manifest`'s artefact."""
+        return (self.name, self.device_type, self.version, self.sha256) == (
+            manifest.name,
+            manifest.device_type,
+            manifest.version,
+            manifest.sha256,
+        )
+
+    @classmethod
+    def for_manifest(cls, manifest: ReleaseManifest, created_at: str) -> "RollbackApproval":
+        """An approval to roll back to `manifest`'s artefact."""
+        return cls(
+            manifest.name, manifest.device_type, manifest.version, manifest.sha256, created_at
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRollback:
+    """A rollback approval with its signature."""
+
+    approval: RollbackApproval
+    signature: str
+    key_id: str
+
+    def to_document(self) -> dict[str, Any]:
+        """The JSON form carried in a notice."""
+        return {
+            "approval": self.approval.document(),
+            "signature": self.signature,
+            "key_id": self.key_id,
+        }
+
+    @classmethod
+    def from_document(cls, document: object) -> "SignedRollback":
+        """Parse the JSON form."""
+        if not isinstance(document, dict) or set(document) != {"approval", "signature", "key_id"}:
+            raise ManifestInvalid("a signed rollback has exactly approval, signature and key_id")
+        approval, signature, kid = document["approval"], document["signature"], document["key_id"]
+        if not isinstance(signature, str) or not isinstance(kid, str):
+            raise ManifestInvalid("signature and key_id must be strings")
+        expected = {"v", "kind", "name", "device_type", "version", "sha256", "created_at"}
+        if not isinstance(approval, dict) or set(approval) != expected:
+            raise ManifestInvalid(f"a rollback approval has exactly the fields {sorted(expected)}")
+        if approval["v"] != MANIFEST_VERSION or approval["kind"] != "rollback":
+            raise ManifestInvalid("unsupported rollback approval version or kind")
+        fields = ("name", "device_type", "version", "sha256", "created_at")
+        if not all(isinstance(approval[f], str) for f in fields):
+            raise ManifestInvalid("rollback approval fields must be strings")
+        return cls(RollbackApproval(*(approval[f] for f in fields)), signature, kid)
+
+
+def sign_rollback(approval: RollbackApproval, private_key: Ed25519PrivateKey) -> SignedRollback:
+    """Sign a rollback approval (done offline by the release team)."""
+    signature = private_key.sign(canonical_json(approval.document()))
+    return SignedRollback(
+        approval, base64.b64encode(signature).decode(), key_id(private_key.public_key())
+    )
+
+
+def verify_rollback(signed: SignedRollback, trusted: dict[str, Ed25519PublicKey]) -> str:
+    """Check a rollback approval's signature; returns the key id that verified it."""
+    return _verify_signature(
+        "rollback approval",
+        signed.signature,
+        signed.key_id,
+        canonical_json(signed.approval.document()),
+        trusted,
+    )
 
 
 def load_public_key(pem: bytes) -> Ed25519PublicKey:

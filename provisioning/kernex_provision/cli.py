@@ -142,6 +142,9 @@ def issue_device(
     ca: CaDir,
     device_id: Annotated[str, typer.Argument(help="A-Z a-z 0-9 . _ - ; 1-64 characters")],
     out: Annotated[Path, typer.Option(help="directory for the device kit")],
+    device_type: Annotated[
+        str, typer.Option(help="hardware/product type; releases for other types are refused")
+    ],
     csr: Annotated[
         Path | None, typer.Option(help="sign this CSR (the key stays on the device)")
     ] = None,
@@ -165,6 +168,7 @@ def issue_device(
         out,
         authority,
         device_id=device_id,
+        device_type=device_type,
         certificate=certificate,
         key=key,
         broker=BrokerAddress(broker_host, broker_port),

@@ -7,6 +7,7 @@ release-keys/     trusted release public keys (*.pub)
 agent.toml        a ready agent configuration with paths relative to itself
 """
 
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +28,8 @@ DEVICE_CERT = "device.crt"
 DEVICE_KEY = "device.key"
 CA_CHAIN = "ca-chain.pem"
 AGENT_CONFIG = "agent.toml"
+# The same rule as a release manifest's device_type.
+DEVICE_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +44,7 @@ def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def agent_config(device_id: str, broker: BrokerAddress, *, has_key: bool) -> str:
+def agent_config(device_id: str, device_type: str, broker: BrokerAddress, *, has_key: bool) -> str:
     """The agent.toml of a kit (see device-agent/README.md for every option)."""
     key_line = (
         f"key_file = {_toml_string(DEVICE_KEY)}"
@@ -51,6 +54,8 @@ def agent_config(device_id: str, broker: BrokerAddress, *, has_key: bool) -> str
     return f"""# Kernex agent configuration for {device_id}, from kernex-provision issue-device.
 # Relative paths are relative to this file.
 device_id = {_toml_string(device_id)}
+# Releases for other device types are refused.
+device_type = {_toml_string(device_type)}
 
 [mqtt]
 host = {_toml_string(broker.host)}
@@ -69,12 +74,15 @@ def write_kit(
     authority: CertificateAuthority,
     *,
     device_id: str,
+    device_type: str,
     certificate: x509.Certificate,
     key: PrivateKey | None,
     broker: BrokerAddress,
 ) -> None:
     """Write a device kit into `out` (created if needed)."""
     validate_device_id(device_id)
+    if not DEVICE_TYPE_RE.fullmatch(device_type):
+        raise ValueError("device type must be 1-64 characters from A-Z a-z 0-9 . _ -")
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_public(out / DEVICE_CERT, pem(certificate))
     if key is not None:
@@ -87,5 +95,6 @@ def write_kit(
         for public_key in sorted(source.glob("*.pub")):
             shutil.copyfile(public_key, keys_out / public_key.name)
     write_public(
-        out / AGENT_CONFIG, agent_config(device_id, broker, has_key=key is not None).encode()
+        out / AGENT_CONFIG,
+        agent_config(device_id, device_type, broker, has_key=key is not None).encode(),
     )

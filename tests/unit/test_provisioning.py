@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from typer.testing import CliRunner
 
+from kernex_agent.config import load_config
 from kernex_protocol.ids import InvalidDeviceId
 from kernex_provision import broker as broker_files
 from kernex_provision.authority import AuthorityError, CertificateAuthority
@@ -189,7 +190,16 @@ def test_cli_refuses_bad_ids_with_a_clear_message(tmp_path: Path, device_id: str
     assert runner.invoke(app, ["init-ca", "--ca", str(tmp_path / "ca")]).exit_code == 0
     result = runner.invoke(
         app,
-        ["issue-device", device_id, "--ca", str(tmp_path / "ca"), "--out", str(tmp_path / "kit")],
+        [
+            "issue-device",
+            device_id,
+            "--device-type",
+            "gw",
+            "--ca",
+            str(tmp_path / "ca"),
+            "--out",
+            str(tmp_path / "kit"),
+        ],
     )
     assert result.exit_code == 1
     assert "invalid device ID" in result.output
@@ -204,6 +214,8 @@ def test_cli_kit_and_csr_flow(tmp_path: Path) -> None:
         app,
         [
             "issue-device",
+            "--device-type",
+            "gw",
             "dev-9",
             "--ca",
             ca_dir,
@@ -219,6 +231,15 @@ def test_cli_kit_and_csr_flow(tmp_path: Path) -> None:
     assert (kit / "release-keys" / "release-1.pub").read_text() == "public key"
     config = (kit / "agent.toml").read_text()
     assert 'device_id = "dev-9"' in config and 'host = "mqtt.example"' in config
+    # The agent reads the kit's configuration as it is, paths relative to the kit.
+    loaded = load_config(kit / "agent.toml", environ={})
+    assert (loaded.device_id, loaded.device_type, loaded.mqtt.host) == (
+        "dev-9",
+        "gw",
+        "mqtt.example",
+    )
+    assert loaded.mqtt.key_file == (kit / "device.key").resolve()
+    assert loaded.release.trusted_keys_dir == (kit / "release-keys").resolve()
 
     # With a CSR, the key stays on the device: the kit has no key.
     key = new_key()
@@ -229,6 +250,8 @@ def test_cli_kit_and_csr_flow(tmp_path: Path) -> None:
         app,
         [
             "issue-device",
+            "--device-type",
+            "gw",
             "dev-10",
             "--ca",
             ca_dir,
@@ -244,6 +267,8 @@ def test_cli_kit_and_csr_flow(tmp_path: Path) -> None:
         app,
         [
             "issue-device",
+            "--device-type",
+            "gw",
             "dev-11",
             "--ca",
             ca_dir,

@@ -18,6 +18,8 @@ import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
+from kernex_agent.files import fsync_directory
+
 _CHUNK = 1024 * 1024
 
 
@@ -103,21 +105,13 @@ def unpack(archive: Path, destination: Path, *, max_bytes: int) -> None:
         raise InstallRefused(f"the archive cannot be unpacked: {exc}") from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _point(link: Path, target: str) -> None:
     """Make `link` point at `target` atomically (a new link renamed over the old one)."""
     tmp = link.with_name(f".{link.name}.tmp")
     tmp.unlink(missing_ok=True)
     os.symlink(target, tmp)
     os.replace(tmp, link)
-    _fsync_dir(link.parent)
+    fsync_directory(link.parent)
 
 
 class DirectoryInstaller:
@@ -155,7 +149,7 @@ class DirectoryInstaller:
             shutil.rmtree(staging, ignore_errors=True)
             unpack(bundle, staging, max_bytes=self.max_unpacked_bytes)
             os.replace(staging, final)
-            _fsync_dir(self.versions)
+            fsync_directory(self.versions)
         if running is not None:
             _point(self.previous, f"versions/{running}")
         _point(self.current, f"versions/{version}")
@@ -170,7 +164,7 @@ class DirectoryInstaller:
 
     def commit(self, version: str) -> None:
         self.previous.unlink(missing_ok=True)
-        _fsync_dir(self.root)
+        fsync_directory(self.root)
         installed = sorted(
             (p for p in self.versions.iterdir() if p.is_dir() and not p.name.startswith(".")),
             key=lambda p: p.stat().st_mtime,

@@ -7,13 +7,22 @@ LOOP_DETECTED instead of running the handler again, which leads to rollback or f
 """
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from kernex_agent.update.machine import Event, State, next_state
 from kernex_agent.update.store import StateStore, UpdateRecord
 
-Handler = Callable[[UpdateRecord], Awaitable[Event]]
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """A handler's FAILURE with the reason, kept in the record and reported at the end."""
+
+    code: str
+    detail: str = ""
+
+
+Handler = Callable[[UpdateRecord], Awaitable[Event | Failed]]
 Observer = Callable[[UpdateRecord], Awaitable[None]]
 
 
@@ -53,14 +62,18 @@ class UpdateRunner:
             if self._on_enter is not None:
                 await self._on_enter(record)
             if record.store_count > self._max_saves:
-                event = Event.LOOP_DETECTED
+                event: Event | Failed = Event.LOOP_DETECTED
             else:
                 event = await self._handlers[record.state](record)
+            if isinstance(event, Failed):
+                record = replace(record, error={"code": event.code, "detail": event.detail})
+                event = Event.FAILURE
             following = next_state(record.state, event)
             if event == Event.LOOP_DETECTED:
                 # The recovery path (rollback, then reporting) gets a budget of its own; the
                 # chain of recovery states is finite, so this still ends.
-                record = replace(record, store_count=0)
+                error = record.error or {"code": "loop_detected", "detail": record.state.value}
+                record = replace(record, store_count=0, error=error)
             if following == State.IDLE:
                 record = UpdateRecord()
                 self._store.save(record)

@@ -6,11 +6,11 @@ the new one, never half of one.
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from kernex_agent.files import write_atomic
 from kernex_agent.update.machine import State
 
 SCHEMA = 1
@@ -24,6 +24,7 @@ class UpdateRecord:
     deployment: dict[str, Any] = field(default_factory=dict)  # the verified notice
     attempt: int = 0  # how often the current state has been entered in a row
     store_count: int = 0  # how many times this update's state was saved: the loop guard
+    error: dict[str, str] | None = None  # {"code", "detail"} of the failure being handled
     schema: int = SCHEMA
 
     def to_json(self) -> bytes:
@@ -43,6 +44,7 @@ class UpdateRecord:
             deployment=dict(data.get("deployment") or {}),
             attempt=int(data.get("attempt", 0)),
             store_count=int(data.get("store_count", 0)),
+            error=data.get("error"),
         )
 
 
@@ -69,17 +71,4 @@ class FileStateStore:
             return UpdateRecord()
 
     def save(self, record: UpdateRecord) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, record.to_json())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomic(self.path, record.to_json())

@@ -7,8 +7,8 @@ import uuid
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.topics import Channel, topic_for
 from kernex_provision import broker as broker_files
-from tests.integration.broker.conftest import Connector, IdentityFactory
-from tests.integration.broker.mqtt_client import Probe
+from tests.integration.conftest import Connector, IdentityFactory
+from tests.integration.mqtt_client import Probe
 
 CUT_OFF_LIMIT_S = 5.0
 

@@ -1,0 +1,415 @@
+"""The agent: keeps the connection, beats, and turns deployment notices into updates.
+
+Three things run side by side in one event loop: the MQTT transport (its own thread, messages
+handed over with call_soon_threadsafe), the heartbeat loop, and the update loop. The update loop
+first resumes an update a crash interrupted, then acts on each new notice: verify, then run the
+state machine to IDLE. Only one update runs at a time; a newer notice arriving meanwhile
+cancels the current one if it has not reached INSTALLING, and is considered next.
+"""
+
+import asyncio
+import datetime as dt
+import importlib.metadata
+import json
+import logging
+import os
+import random
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+
+from kernex_agent.config import AgentConfig
+from kernex_agent.counter import PersistentCounter
+from kernex_agent.files import write_atomic
+from kernex_agent.notices import NoticeRejected, Verdict, check_notice
+from kernex_agent.telemetry import system_metrics, system_uptime_s
+from kernex_agent.transport import MqttTransport
+from kernex_agent.update.download import HttpDownloader
+from kernex_agent.update.health import CommandHealthCheck
+from kernex_agent.update.installer import DirectoryInstaller
+from kernex_agent.update.machine import TERMINAL, State
+from kernex_agent.update.runner import UpdateRunner
+from kernex_agent.update.states import AgentStopping, UpdateStates, notice_of
+from kernex_agent.update.store import FileStateStore, UpdateRecord
+from kernex_protocol.manifest import load_trusted_keys
+from kernex_protocol.payloads import (
+    ErrorCode,
+    Heartbeat,
+    Notice,
+    PayloadInvalid,
+    Presence,
+    Progress,
+    ProgressError,
+    ProgressState,
+    UrlRequest,
+    UrlResponse,
+)
+from kernex_protocol.topics import Channel
+
+log = logging.getLogger("kernex_agent")
+
+try:
+    AGENT_VERSION = importlib.metadata.version("kernex-agent")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    AGENT_VERSION = "0.0.0"
+
+_URL_WAIT_S = 30.0
+_ACK_WAIT_S = 10.0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+def _certificate_serial(path: Path) -> str | None:
+    try:
+        return format(x509.load_pem_x509_certificate(path.read_bytes()).serial_number, "x")
+    except (OSError, ValueError):
+        return None
+
+
+class Agent:
+    """One device's agent."""
+
+    def __init__(self, config: AgentConfig, *, crash_in: State | None = None) -> None:
+        self.config = config
+        update = config.update
+        update.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.installer = DirectoryInstaller(
+            update.install_root,
+            keep_versions=update.keep_versions,
+            max_unpacked_bytes=update.max_unpacked_bytes,
+        )
+        health = (
+            CommandHealthCheck(
+                update.health_command, timeout_s=update.health_timeout_s, cwd=update.install_root
+            )
+            if update.health_command
+            else (lambda: True)
+        )
+        self.store = FileStateStore(update.state_dir / "update.json")
+        self._outcome_path = update.state_dir / "last-outcome.json"
+        self._progress_seq = PersistentCounter(update.state_dir / "progress-seq")
+        self.transport = MqttTransport(
+            config.mqtt,
+            config.device_id,
+            sessions=PersistentCounter(update.state_dir / "session"),
+            birth=self._birth,
+            on_message=self._from_network_thread,
+        )
+        self.states = UpdateStates(
+            update,
+            installer=self.installer,
+            health_check=health,
+            downloader=HttpDownloader(
+                timeout_s=update.download_timeout_s, rate_limit_bps=update.download_rate_limit_bps
+            ),
+            reporter=self,
+            deployments=self,
+        )
+        self.runner = UpdateRunner(
+            self.store,
+            self.states.handlers(),
+            max_saves=update.max_state_saves,
+            on_enter=self._on_enter,
+        )
+        self._crash_in = crash_in
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._latest_notice: bytes | None = None  # None: nothing heard since start; b"": cleared
+        self._latest_notice_id: str | None = None
+        self._notice_changed = asyncio.Event()
+        self._url_waiters: dict[str, asyncio.Future[UrlResponse]] = {}
+        self._stopping = False
+        self.malformed_messages = 0
+
+    # --- life cycle ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until `stop` is set; an update in progress is left saved, to resume later."""
+        self._loop = asyncio.get_running_loop()
+        log.info(
+            "agent.starting",
+            extra={"device_id": self.config.device_id, "agent_version": AGENT_VERSION},
+        )
+        self.transport.start()
+        tasks = [
+            asyncio.create_task(self._heartbeats(), name="heartbeats"),
+            asyncio.create_task(self._updates(), name="updates"),
+        ]
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        self._stopping = True
+        for task in tasks:
+            task.cancel()
+        for result in await asyncio.gather(*tasks, return_exceptions=True):
+            if isinstance(result, BaseException) and not isinstance(
+                result, asyncio.CancelledError | AgentStopping
+            ):
+                log.error("agent.task_failed", exc_info=result)
+        stopped.cancel()
+        await asyncio.to_thread(self.transport.stop)
+        log.info("agent.stopped")
+
+    @property
+    def stopping(self) -> bool:
+        """Whether the agent is shutting down."""
+        return self._stopping
+
+    def _birth(self, session: int) -> Presence:
+        return Presence(
+            online=True,
+            session=session,
+            agent_version=AGENT_VERSION,
+            installed_version=self.installer.current_version(),
+            cert_serial=_certificate_serial(self.config.mqtt.cert_file),
+        )
+
+    # --- messages from the broker -------------------------------------------------------
+
+    def _from_network_thread(self, channel: Channel, payload: bytes) -> None:
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._on_message, channel, payload)
+
+    def _on_message(self, channel: Channel, payload: bytes) -> None:
+        if channel == Channel.DEPLOYMENT:
+            self._latest_notice = payload
+            self._latest_notice_id = self._deployment_id_of(payload)
+            self._notice_changed.set()
+        elif channel == Channel.URL_RESPONSE:
+            try:
+                response = UrlResponse.parse(payload)
+            except PayloadInvalid as exc:
+                self._count_malformed(channel, exc)
+                return
+            waiter = self._url_waiters.pop(response.request_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(response)
+
+    def _count_malformed(self, channel: Channel, exc: Exception) -> None:
+        self.malformed_messages += 1
+        log.warning(
+            "mqtt.malformed_payload",
+            extra={
+                "channel": channel.value,
+                "reason": str(exc)[:200],
+                "count": self.malformed_messages,
+            },
+        )
+
+    @staticmethod
+    def _deployment_id_of(payload: bytes) -> str | None:
+        if not payload:
+            return None
+        try:
+            return Notice.parse(payload).deployment_id
+        except PayloadInvalid:
+            return None
+
+    # --- the Deployments protocol used by the update states -------------------------------
+
+    def withdrawn(self, deployment_id: str) -> bool:
+        """True once a notice other than this deployment's (or none) was heard since start."""
+        return self._latest_notice is not None and self._latest_notice_id != deployment_id
+
+    async def fresh_url(self, deployment_id: str) -> str | None:
+        """Ask over url/request and wait for the matching url/response."""
+        if not await self._wait_connected(_URL_WAIT_S):
+            return None
+        request_id = secrets.token_hex(8)
+        waiter: asyncio.Future[UrlResponse] = asyncio.get_running_loop().create_future()
+        self._url_waiters[request_id] = waiter
+        self.transport.publish(
+            Channel.URL_REQUEST, UrlRequest(request_id, deployment_id).to_payload()
+        )
+        try:
+            response = await asyncio.wait_for(waiter, _URL_WAIT_S)
+        except TimeoutError:
+            log.warning("download.no_url_response", extra={"deployment_id": deployment_id})
+            return None
+        finally:
+            self._url_waiters.pop(request_id, None)
+        if response.url is None:
+            log.warning(
+                "download.url_denied",
+                extra={"deployment_id": deployment_id, "reason": response.error},
+            )
+        return response.url
+
+    async def _wait_connected(self, limit_s: float | None) -> bool:
+        deadline = None if limit_s is None else time.monotonic() + limit_s
+        while not self.transport.connected.is_set():
+            if self._stopping or (deadline is not None and time.monotonic() > deadline):
+                return False
+            await asyncio.sleep(0.2)
+        return True
+
+    # --- the Reporter protocol -----------------------------------------------------------
+
+    def _progress(
+        self, record: UpdateRecord, state: ProgressState, *, percent: int | None = None
+    ) -> Progress:
+        notice = notice_of(record)
+        error = None
+        if record.error is not None:
+            try:
+                code = ErrorCode(record.error["code"])
+            except ValueError:
+                code = ErrorCode.INSTALL_FAILED
+            error = ProgressError(code, record.error.get("detail", ""))
+        elif state == ProgressState.CANCELED and self._latest_notice_id is not None:
+            error = ProgressError(ErrorCode.SUPERSEDED, f"replaced by {self._latest_notice_id}")
+        return Progress(
+            deployment_id=notice.deployment_id,
+            state=state,
+            seq=self._progress_seq.advance(),
+            sent_at=_now(),
+            version=notice.manifest.version,
+            percent=percent,
+            error=error,
+        )
+
+    def progress(self, record: UpdateRecord, *, percent: int | None = None) -> None:
+        """Report the state `record` is in; paho queues it while offline."""
+        message = self._progress(record, ProgressState(record.state.value), percent=percent)
+        self.transport.publish(Channel.PROGRESS, message.to_payload())
+
+    async def final(self, record: UpdateRecord) -> bool:
+        """Report a terminal state and wait for the broker's acknowledgement."""
+        message = self._progress(record, ProgressState(record.state.value))
+        return await self._report_outcome(message)
+
+    async def _report_outcome(self, message: Progress) -> bool:
+        payload = message.to_payload()
+        # Remembered first: the same notice arriving again is answered with this outcome.
+        outcome = {"deployment_id": message.deployment_id, "progress": payload.decode()}
+        write_atomic(self._outcome_path, json.dumps(outcome).encode())
+        log.info(
+            "update.outcome",
+            extra={
+                "deployment_id": message.deployment_id,
+                "state": message.state.value,
+                "error": None if message.error is None else message.error.code.value,
+            },
+        )
+        if not await self._wait_connected(None):
+            return False
+        info = self.transport.publish(Channel.PROGRESS, payload)
+        try:
+            await asyncio.to_thread(info.wait_for_publish, _ACK_WAIT_S)
+        except (RuntimeError, ValueError):
+            return False
+        return info.is_published()
+
+    def _last_outcome(self) -> dict[str, Any] | None:
+        try:
+            outcome = json.loads(self._outcome_path.read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        return outcome if isinstance(outcome, dict) else None
+
+    # --- the update loop -----------------------------------------------------------------
+
+    async def _on_enter(self, record: UpdateRecord) -> None:
+        if self._crash_in == record.state:
+            self._crash_for_test(record.state)
+        if record.state not in TERMINAL:
+            self.progress(record)
+
+    def _crash_for_test(self, state: State) -> None:
+        """Fault injection for the power-cut tests: die once, right after entering `state`."""
+        marker = self.config.update.state_dir / f"crashed-in-{state.value}"
+        if not marker.exists():
+            write_atomic(marker, b"")
+            log.warning("agent.fault_injected", extra={"state": state.value})
+            os._exit(137)
+
+    async def _updates(self) -> None:
+        await asyncio.to_thread(self.installer.cleanup)
+        if self.store.load().state != State.IDLE:
+            log.info("update.resuming", extra={"state": self.store.load().state.value})
+            await self.runner.run()
+        while True:
+            await self._notice_changed.wait()
+            self._notice_changed.clear()
+            if self._latest_notice:
+                await self._consider(self._latest_notice)
+
+    async def _consider(self, raw: bytes) -> None:
+        try:
+            notice = Notice.parse(raw)
+        except PayloadInvalid as exc:
+            self._count_malformed(Channel.DEPLOYMENT, exc)
+            return
+        last = self._last_outcome()
+        if last is not None and last.get("deployment_id") == notice.deployment_id:
+            # Seen before (a retained notice after a reconnect): say the outcome again.
+            if await self._wait_connected(_ACK_WAIT_S):
+                self.transport.publish(Channel.PROGRESS, str(last["progress"]).encode())
+            return
+        try:
+            verdict = check_notice(
+                notice,
+                device_id=self.config.device_id,
+                device_type=self.config.device_type,
+                trusted_keys=load_trusted_keys(self.config.release.trusted_keys_dir),
+                installed_version=self.installer.current_version(),
+                max_bundle_bytes=self.config.update.max_bundle_bytes,
+                now=dt.datetime.now(dt.UTC),
+            )
+        except NoticeRejected as exc:
+            log.warning(
+                "update.notice_rejected",
+                extra={"deployment_id": notice.deployment_id, "code": exc.code.value},
+            )
+            await self._report_outcome(self._immediate(notice, ProgressState.REJECTED, exc))
+            return
+        if verdict == Verdict.ALREADY_INSTALLED:
+            await self._report_outcome(self._immediate(notice, ProgressState.ALREADY_INSTALLED))
+            return
+        log.info(
+            "update.starting",
+            extra={"deployment_id": notice.deployment_id, "version": notice.manifest.version},
+        )
+        self.runner.begin({"id": notice.deployment_id, "notice": raw.decode()})
+        await self.runner.run()
+
+    def _immediate(
+        self, notice: Notice, state: ProgressState, rejected: NoticeRejected | None = None
+    ) -> Progress:
+        return Progress(
+            deployment_id=notice.deployment_id,
+            state=state,
+            seq=self._progress_seq.advance(),
+            sent_at=_now(),
+            version=notice.manifest.version,
+            error=None if rejected is None else ProgressError(rejected.code, rejected.detail),
+        )
+
+    # --- heartbeats ------------------------------------------------------------------------
+
+    async def _heartbeats(self) -> None:
+        telemetry = self.config.telemetry
+        interval = telemetry.heartbeat_interval_s
+        if telemetry.start_jitter:
+            await asyncio.sleep(random.uniform(0, interval))  # noqa: S311 - jitter only
+        started = time.monotonic()
+        seq = 0
+        while True:
+            if self.transport.connected.is_set():
+                metrics = system_metrics(self.config.update.install_root)
+                metrics["agent_uptime_s"] = int(time.monotonic() - started)
+                beat = Heartbeat(
+                    seq=seq,
+                    session=self.transport.session,
+                    sent_at=_now(),
+                    uptime_s=system_uptime_s(),
+                    agent_version=AGENT_VERSION,
+                    installed_version=self.installer.current_version(),
+                    metrics=metrics,
+                )
+                self.transport.publish(Channel.HEARTBEAT, beat.to_payload())
+                seq += 1
+            await asyncio.sleep(interval)

@@ -1,0 +1,64 @@
+"""`kernex-agent --config /etc/kernex/agent.toml`: run the agent until SIGTERM or SIGINT."""
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import ssl
+import sys
+from pathlib import Path
+
+from kernex_agent import logs
+from kernex_agent.agent import AGENT_VERSION, Agent
+from kernex_agent.config import ConfigError, load_config
+from kernex_agent.update.machine import State
+
+# Fault injection for the power-cut tests only: the agent dies once, right after entering the
+# named state. Deliberately outside the KERNEX_AGENT_ namespace of configuration options.
+FAULT_ENV = "KERNEX_FAULT_CRASH_IN"
+
+log = logging.getLogger("kernex_agent")
+
+
+async def _serve(agent: Agent) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await agent.run(stop)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a configuration problem)."""
+    parser = argparse.ArgumentParser(prog="kernex-agent", description=__doc__)
+    parser.add_argument(
+        "--config", type=Path, default=Path("/etc/kernex/agent.toml"), help="agent.toml to read"
+    )
+    parser.add_argument(
+        "--check-config", action="store_true", help="validate the configuration and exit"
+    )
+    parser.add_argument("--version", action="version", version=f"kernex-agent {AGENT_VERSION}")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"kernex-agent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log.level, config.log.format)
+    crash_in = os.environ.get(FAULT_ENV)
+    try:
+        agent = Agent(config, crash_in=State(crash_in) if crash_in else None)
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        # Unreadable certificate, key or CA files: nothing will work until they are fixed.
+        print(f"kernex-agent: cannot start: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"kernex-agent: configuration of {config.device_id} is valid")
+        return 0
+    asyncio.run(_serve(agent))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

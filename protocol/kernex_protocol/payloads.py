@@ -1,0 +1,433 @@
+"""The JSON payload of every channel, with the checks a receiver applies before trusting it.
+
+Each payload is a UTF-8 JSON object with a schema version `"v": 1`. `parse` refuses oversized
+payloads before decoding them, unknown schema versions, missing or mistyped fields, and device
+IDs or deployment IDs that could not be used safely; the error says which field. Unknown extra
+fields are ignored, so a newer sender can add fields without breaking an older receiver.
+docs/protocol.md documents every field.
+"""
+
+import json
+import re
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Final, Self, TypeVar
+
+from kernex_protocol.ids import is_valid_device_id
+from kernex_protocol.limits import MAX_PAYLOAD_BYTES
+from kernex_protocol.manifest import (
+    ManifestInvalid,
+    ReleaseManifest,
+    SignedRelease,
+    SignedRollback,
+)
+from kernex_protocol.topics import Channel
+
+PAYLOAD_VERSION: Final = 1
+# Deployment and request IDs become file names on the device and keys in logs.
+_TOKEN_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_DETAIL_CHARS: Final = 500
+
+T = TypeVar("T")
+
+
+class PayloadInvalid(ValueError):
+    """A payload is malformed; the message names the field."""
+
+
+class ProgressState(StrEnum):
+    """What a device reports about one deployment on its progress topic."""
+
+    # Refused before anything started (signature, device type, expiry, downgrade, size).
+    REJECTED = "rejected"
+    # The target version already runs; nothing was done.
+    ALREADY_INSTALLED = "already_installed"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    INSTALLING = "installing"
+    HEALTH_CHECK = "health_check"
+    COMMITTING = "committing"
+    ROLLING_BACK = "rolling_back"
+    COMMITTED = "committed"
+    ROLLED_BACK = "rolled_back"
+    FAILED = "failed"
+    CANCELED = "canceled"
+
+
+FINAL_STATES: Final = frozenset(
+    {
+        ProgressState.REJECTED,
+        ProgressState.ALREADY_INSTALLED,
+        ProgressState.COMMITTED,
+        ProgressState.ROLLED_BACK,
+        ProgressState.FAILED,
+        ProgressState.CANCELED,
+    }
+)
+
+
+class ErrorCode(StrEnum):
+    """Why a deployment did not succeed; stable strings an operator can filter on."""
+
+    MALFORMED_NOTICE = "malformed_notice"
+    WRONG_DEVICE = "wrong_device"
+    WRONG_DEVICE_TYPE = "wrong_device_type"
+    NOTICE_EXPIRED = "notice_expired"
+    SIGNATURE_INVALID = "signature_invalid"
+    UNKNOWN_KEY = "unknown_key"
+    DOWNGRADE_REFUSED = "downgrade_refused"
+    TOO_LARGE = "too_large"
+    DISK_FULL = "disk_full"
+    DOWNLOAD_FAILED = "download_failed"
+    URL_UNAVAILABLE = "url_unavailable"
+    SIZE_MISMATCH = "size_mismatch"
+    DIGEST_MISMATCH = "digest_mismatch"
+    INSTALL_FAILED = "install_failed"
+    HEALTH_CHECK_FAILED = "health_check_failed"
+    COMMIT_FAILED = "commit_failed"
+    ROLLBACK_FAILED = "rollback_failed"
+    LOOP_DETECTED = "loop_detected"
+    SUPERSEDED = "superseded"
+
+
+# --- field helpers ------------------------------------------------------------------------
+
+
+def _decode(raw: bytes, channel: Channel) -> dict[str, Any]:
+    limit = MAX_PAYLOAD_BYTES[channel]
+    if len(raw) > limit:
+        raise PayloadInvalid(f"payload of {len(raw)} bytes exceeds the {limit}-byte limit")
+    try:
+        document = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise PayloadInvalid("payload is not UTF-8 JSON") from None
+    if not isinstance(document, dict):
+        raise PayloadInvalid("payload must be a JSON object")
+    if document.get("v") != PAYLOAD_VERSION:
+        raise PayloadInvalid(f"unsupported payload version {document.get('v')!r}")
+    return document
+
+
+def _typed(document: dict[str, Any], name: str, kind: type[T], *, optional: bool = False) -> T:
+    value = document.get(name)
+    if value is None and optional:
+        return value  # type: ignore[return-value]
+    # bool is an int in Python; a JSON true is never a count.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise PayloadInvalid(f"{name} must be {'a' if optional else 'a required'} {kind.__name__}")
+    return value
+
+
+def _count(document: dict[str, Any], name: str, *, optional: bool = False) -> int:
+    value = _typed(document, name, int, optional=optional)
+    if value is not None and value < 0:
+        raise PayloadInvalid(f"{name} must not be negative")
+    return value
+
+
+def _token(document: dict[str, Any], name: str) -> str:
+    value = _typed(document, name, str)
+    if not _TOKEN_RE.fullmatch(value):
+        raise PayloadInvalid(f"{name} must be 1-64 characters from A-Z a-z 0-9 . _ -")
+    return value
+
+
+def _device_id(document: dict[str, Any]) -> str:
+    value = _typed(document, "device_id", str)
+    if not is_valid_device_id(value):
+        raise PayloadInvalid("device_id is not a valid device ID")
+    return value
+
+
+def _short_text(value: str | None, limit: int = 64) -> str | None:
+    return None if value is None else value[:limit]
+
+
+def _encode(document: dict[str, Any]) -> bytes:
+    body = {"v": PAYLOAD_VERSION, **{k: v for k, v in document.items() if v is not None}}
+    return json.dumps(body, separators=(",", ":"), sort_keys=True).encode()
+
+
+# --- device -> cloud ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Presence:
+    """Birth (online) and Last Will or goodbye (offline) of one MQTT session.
+
+    `session` grows with every connection attempt, across reboots, so a receiver ignores an
+    offline that belongs to an older session than the online it already has.
+    """
+
+    online: bool
+    session: int
+    agent_version: str | None = None
+    installed_version: str | None = None
+    cert_serial: str | None = None  # hex; lets the backend retire a superseded certificate
+    reason: str | None = None  # offline only: "shutdown" or "lost" (the Last Will)
+
+    def to_payload(self) -> bytes:
+        """The wire form."""
+        return _encode(
+            {
+                "online": self.online,
+                "session": self.session,
+                "agent_version": self.agent_version,
+                "installed_version": self.installed_version,
+                "cert_serial": self.cert_serial,
+                "reason": self.reason,
+            }
+        )
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        """Validate and decode."""
+        d = _decode(raw, Channel.PRESENCE)
+        return cls(
+            online=_typed(d, "online", bool),
+            session=_count(d, "session"),
+            agent_version=_short_text(_typed(d, "agent_version", str, optional=True)),
+            installed_version=_short_text(_typed(d, "installed_version", str, optional=True)),
+            cert_serial=_short_text(_typed(d, "cert_serial", str, optional=True), 40),
+            reason=_short_text(_typed(d, "reason", str, optional=True), 32),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Periodic liveness and health of a device."""
+
+    seq: int  # restarts at 0 with each agent start
+    session: int
+    sent_at: str  # ISO 8601 UTC, the device's clock
+    uptime_s: int
+    agent_version: str
+    installed_version: str | None = None
+    metrics: dict[str, int] = field(default_factory=dict)  # integers: see docs/protocol.md
+
+    def to_payload(self) -> bytes:
+        """The wire form."""
+        return _encode(
+            {
+                "seq": self.seq,
+                "session": self.session,
+                "sent_at": self.sent_at,
+                "uptime_s": self.uptime_s,
+                "agent_version": self.agent_version,
+                "installed_version": self.installed_version,
+                "metrics": self.metrics,
+            }
+        )
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        """Validate and decode."""
+        d = _decode(raw, Channel.HEARTBEAT)
+        metrics = _typed(d, "metrics", dict, optional=True) or {}
+        if len(metrics) > 32 or not all(
+            isinstance(k, str) and len(k) <= 32 and isinstance(v, int) and not isinstance(v, bool)
+            for k, v in metrics.items()
+        ):
+            raise PayloadInvalid("metrics must map at most 32 short names to integers")
+        return cls(
+            seq=_count(d, "seq"),
+            session=_count(d, "session"),
+            sent_at=_typed(d, "sent_at", str)[:40],
+            uptime_s=_count(d, "uptime_s"),
+            agent_version=_typed(d, "agent_version", str)[:64],
+            installed_version=_short_text(_typed(d, "installed_version", str, optional=True)),
+            metrics=metrics,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressError:
+    """Why a deployment failed or was refused."""
+
+    code: ErrorCode
+    detail: str = ""
+
+    def document(self) -> dict[str, str]:
+        """The JSON form."""
+        return {"code": self.code.value, "detail": self.detail[:MAX_DETAIL_CHARS]}
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """One step of a deployment on a device."""
+
+    deployment_id: str
+    state: ProgressState
+    seq: int  # grows per deployment on this device, so duplicates and reordering show
+    sent_at: str
+    version: str | None = None  # the target version
+    percent: int | None = None  # while downloading
+    error: ProgressError | None = None
+
+    def to_payload(self) -> bytes:
+        """The wire form."""
+        return _encode(
+            {
+                "deployment_id": self.deployment_id,
+                "state": self.state.value,
+                "seq": self.seq,
+                "sent_at": self.sent_at,
+                "version": self.version,
+                "percent": self.percent,
+                "error": None if self.error is None else self.error.document(),
+            }
+        )
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        """Validate and decode."""
+        d = _decode(raw, Channel.PROGRESS)
+        try:
+            state = ProgressState(_typed(d, "state", str))
+        except ValueError:
+            raise PayloadInvalid(f"unknown state {str(d.get('state'))[:32]!r}") from None
+        percent = _count(d, "percent", optional=True)
+        if percent is not None and percent > 100:
+            raise PayloadInvalid("percent must be 0-100")
+        error = None
+        raw_error = _typed(d, "error", dict, optional=True)
+        if raw_error is not None:
+            try:
+                code = ErrorCode(_typed(raw_error, "code", str))
+            except ValueError:
+                raise PayloadInvalid("error.code is not a known code") from None
+            detail = _typed(raw_error, "detail", str, optional=True) or ""
+            error = ProgressError(code, detail[:MAX_DETAIL_CHARS])
+        return cls(
+            deployment_id=_token(d, "deployment_id"),
+            state=state,
+            seq=_count(d, "seq"),
+            sent_at=_typed(d, "sent_at", str)[:40],
+            version=_short_text(_typed(d, "version", str, optional=True)),
+            percent=percent,
+            error=error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UrlRequest:
+    """A device asks for a fresh download URL (the one it had expired or was refused)."""
+
+    request_id: str
+    deployment_id: str
+
+    def to_payload(self) -> bytes:
+        """The wire form."""
+        return _encode({"request_id": self.request_id, "deployment_id": self.deployment_id})
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        """Validate and decode."""
+        d = _decode(raw, Channel.URL_REQUEST)
+        return cls(request_id=_token(d, "request_id"), deployment_id=_token(d, "deployment_id"))
+
+
+# --- cloud -> device ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class UrlResponse:
+    """The answer to a UrlRequest: a presigned URL, or why there is none."""
+
+    request_id: str
+    deployment_id: str
+    url: str | None = None  # a bearer credential: never log it
+    expires_at: str | None = None
+    error: str | None = None  # e.g. "deployment_not_active"
+
+    def to_payload(self) -> bytes:
+        """The wire form."""
+        return _encode(
+            {
+                "request_id": self.request_id,
+                "deployment_id": self.deployment_id,
+                "url": self.url,
+                "expires_at": self.expires_at,
+                "error": self.error,
+            }
+        )
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        """Validate and decode."""
+        d = _decode(raw, Channel.URL_RESPONSE)
+        url = _typed(d, "url", str, optional=True)
+        error = _short_text(_typed(d, "error", str, optional=True))
+        if (url is None) == (error is None):
+            raise PayloadInvalid("a URL response carries either url or error")
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise PayloadInvalid("url must be an http(s) URL")
+        return cls(
+            request_id=_token(d, "request_id"),
+            deployment_id=_token(d, "deployment_id"),
+            url=url,
+            expires_at=_short_text(_typed(d, "expires_at", str, optional=True), 40),
+            error=error,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A deployment notice, retained on the device's deployment topic; empty = none.
+
+    Only the backend may publish it (broker ACL over mutual TLS): that is its origin. What is
+    installed is decided by `release`, signed offline by the release team and verified by the
+    device against its trusted release keys; `rollback` is the signed permission a downgrade
+    needs. `url` is optional: without it the device asks over url/request.
+    """
+
+    deployment_id: str
+    device_id: str
+    release: SignedRelease
+    issued_at: str
+    expires_at: str | None = None  # after this the device does not start the deployment
+    url: str | None = None
+    rollback: SignedRollback | None = None
+
+    @property
+    def manifest(self) -> ReleaseManifest:
+        """The release manifest (verified separately)."""
+        return self.release.manifest
+
+    def to_payload(self) -> bytes:
+        """The wire form."""
+        return _encode(
+            {
+                "deployment_id": self.deployment_id,
+                "device_id": self.device_id,
+                "release": json.loads(self.release.to_json()),
+                "issued_at": self.issued_at,
+                "expires_at": self.expires_at,
+                "url": self.url,
+                "rollback": None if self.rollback is None else self.rollback.to_document(),
+            }
+        )
+
+    @classmethod
+    def parse(cls, raw: bytes) -> Self:
+        """Validate and decode (signatures are checked by the receiver, against its keys)."""
+        d = _decode(raw, Channel.DEPLOYMENT)
+        release_doc = _typed(d, "release", dict)
+        url = _typed(d, "url", str, optional=True)
+        if url is not None and not url.startswith(("https://", "http://")):
+            raise PayloadInvalid("url must be an http(s) URL")
+        try:
+            release = SignedRelease.from_json(json.dumps(release_doc))
+            rollback_doc = d.get("rollback")
+            rollback = None if rollback_doc is None else SignedRollback.from_document(rollback_doc)
+        except ManifestInvalid as exc:
+            raise PayloadInvalid(str(exc)) from None
+        return cls(
+            deployment_id=_token(d, "deployment_id"),
+            device_id=_device_id(d),
+            release=release,
+            issued_at=_typed(d, "issued_at", str)[:40],
+            expires_at=_short_text(_typed(d, "expires_at", str, optional=True), 40),
+            url=url,
+            rollback=rollback,
+        )
