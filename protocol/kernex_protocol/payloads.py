@@ -29,6 +29,12 @@ _TOKEN_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_DETAIL_CHARS: Final = 500
 
 T = TypeVar("T")
+_JSON_TYPES: Final[dict[type, str]] = {
+    str: "a string",
+    int: "an integer",
+    bool: "true or false",
+    dict: "a JSON object",
+}
 
 
 class PayloadInvalid(ValueError):
@@ -114,7 +120,8 @@ def _typed(document: dict[str, Any], name: str, kind: type[T], *, optional: bool
         return value  # type: ignore[return-value]
     # bool is an int in Python; a JSON true is never a count.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise PayloadInvalid(f"{name} must be {'a' if optional else 'a required'} {kind.__name__}")
+        described = _JSON_TYPES.get(kind, kind.__name__)
+        raise PayloadInvalid(f"{name} must be {described}" + ("" if optional else " (required)"))
     return value
 
 

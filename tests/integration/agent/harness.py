@@ -351,3 +351,12 @@ class AgentProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
+
+
+def deploy(
+    backend: BackendStandIn, store: BundleStore, device_id: str, version: str, **notice: Any
+) -> list[Progress]:
+    """Store, sign and announce `version`; wait for the final state of its deployment."""
+    release = store.put(app_archive(version), version)
+    deployment = backend.notify(device_id, release, **notice)
+    return backend.progress_until_final(device_id, deployment)
