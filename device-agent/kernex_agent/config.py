@@ -106,6 +106,13 @@ _SECTIONS: Final = {
 }
 
 
+class _EnvText(str):
+    """A value from the environment: text that may stand for a number, a flag or a command,
+    unlike a TOML string, which must already have the option's type."""
+
+    __slots__ = ()
+
+
 _TRUE: Final = frozenset({"1", "true", "yes", "on"})
 _FALSE: Final = frozenset({"0", "false", "no", "off"})
 
@@ -113,14 +120,14 @@ _FALSE: Final = frozenset({"0", "false", "no", "off"})
 def _to_bool(value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+    if isinstance(value, _EnvText) and value.lower() in _TRUE | _FALSE:
         return value.lower() in _TRUE
     raise ValueError
 
 
 def _to_number(value: Any, kind: type[int] | type[float]) -> int | float:
     # Environment values arrive as text; TOML values must already be numbers (never booleans).
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
+    if isinstance(value, bool) or not isinstance(value, _EnvText | int | float):
         raise ValueError
     if kind is int and isinstance(value, float):
         raise ValueError
@@ -128,8 +135,8 @@ def _to_number(value: Any, kind: type[int] | type[float]) -> int | float:
 
 
 def _to_command(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = value.split()  # from the environment: a command line split on white space
+    if isinstance(value, _EnvText):
+        value = value.split()  # a command line, split on white space
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError
     return tuple(value)
@@ -184,9 +191,9 @@ def _with_environment(document: dict[str, Any], environ: Mapping[str, str]) -> d
         if sep:
             if section not in _SECTIONS:
                 raise ConfigError(f"{key}: unknown section {section!r}")
-            merged.setdefault(section, {})[name] = value
+            merged.setdefault(section, {})[name] = _EnvText(value)
         else:
-            merged[section] = value
+            merged[section] = _EnvText(value)
     return merged
 
 

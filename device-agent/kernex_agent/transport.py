@@ -17,6 +17,7 @@ paho-mqtt does the protocol; this module owns the connection's life in one threa
 
 import contextlib
 import logging
+import re
 import ssl
 import threading
 from collections.abc import Callable
@@ -60,6 +61,7 @@ _CONNACK_PERMANENT = frozenset(
         "Banned",
     }
 )
+_TLS_ALERT = re.compile(r"\[SSL: ([A-Z0-9_]+)\]")
 _MAX_QUEUED = 1000  # QoS 1 messages kept while offline; beyond that the oldest news is dropped
 
 
@@ -128,6 +130,7 @@ class MqttTransport:
         self._stopping = threading.Event()
         self.connected = threading.Event()
         self._connack_failure: ConnectionOutcome | None = None
+        self._last_socket_error = ""
         self._thread: threading.Thread | None = None
         self._context = tls_context(config)  # fails early on unreadable files
 
@@ -145,6 +148,7 @@ class MqttTransport:
         client.on_connect = self._handle_connect
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
+        client.on_log = self._handle_log
         self._client = client
 
     @property
@@ -220,6 +224,7 @@ class MqttTransport:
             retain=True,
         )
         self._connack_failure = None
+        self._last_socket_error = ""
         try:
             # Re-read the certificate and key: a renewal replaces them on disk.
             self._context.load_cert_chain(str(self._config.cert_file), str(self._config.key_file))
@@ -233,9 +238,26 @@ class MqttTransport:
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 break
         self.connected.clear()
-        return self._connack_failure or ConnectionOutcome(
-            Failure.TRANSIENT, "the connection was lost"
-        )
+        refused = self._refusal()
+        if refused is not None:
+            return refused
+        # With TLS 1.3 the broker judges our certificate after the handshake has completed on
+        # our side, so its refusal arrives as an alert on the first read, which paho reports
+        # only through its log.
+        alert = _TLS_ALERT.search(self._last_socket_error)
+        if alert is not None and alert[1] in _CERTIFICATE_REFUSED:
+            return ConnectionOutcome(
+                Failure.PERMANENT, f"the broker refused this device's certificate ({alert[1]})"
+            )
+        return ConnectionOutcome(Failure.TRANSIENT, "the connection was lost")
+
+    def _refusal(self) -> ConnectionOutcome | None:
+        """The broker's CONNACK refusal in the attempt just ended, if there was one."""
+        return self._connack_failure
+
+    def _handle_log(self, client: mqtt.Client, userdata: object, level: int, text: str) -> None:
+        if level == mqtt.MQTT_LOG_ERR:
+            self._last_socket_error = text
 
     def _handle_connect(
         self,

@@ -6,6 +6,7 @@ keys and signatures.
 
 import datetime as dt
 import hashlib
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -16,11 +17,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from kernex_protocol.manifest import (
     ManifestInvalid,
     ReleaseManifest,
+    RollbackApproval,
     SignatureInvalid,
     SignedRelease,
     key_id,
     load_trusted_keys,
     sign,
+    sign_rollback,
     verify,
 )
 from kernex_provision.authority import write_atomic, write_public
@@ -134,6 +137,28 @@ def verify_command(
         typer.echo("error: the file does not match the manifest's sha256 and size", err=True)
         raise typer.Exit(1)
     typer.echo(f"valid: {signed.manifest.name} {signed.manifest.version}, signed by {kid}")
+
+
+@app.command("approve-rollback")
+def approve_rollback_command(
+    release: Annotated[Path, typer.Argument(help="the .release.json of the version to return to")],
+    key: Annotated[Path, typer.Option(help="the release private key")],
+    out: Annotated[Path | None, typer.Option(help="default: RELEASE with .rollback.json")] = None,
+) -> None:
+    """Sign the permission for devices to install this (older) release over newer ones."""
+    try:
+        signed = SignedRelease.from_json(release.read_bytes())
+    except ManifestInvalid as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    created_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
+    approval = RollbackApproval.for_manifest(signed.manifest, created_at)
+    approved = sign_rollback(approval, _load_private_key(key))
+    target = out or release.with_name(release.name.removesuffix(".release.json") + ".rollback.json")
+    write_public(target, json.dumps(approved.to_document(), sort_keys=True).encode())
+    typer.echo(
+        f"rollback to {approval.name} {approval.version} approved by {approved.key_id} -> {target}"
+    )
 
 
 def main() -> None:
