@@ -2,12 +2,14 @@
 CI. These checks catch what would break or weaken a deployment: missing files, unpinned images,
 default secrets, health checks that cannot fail, a root container."""
 
+import configparser
 import re
 from pathlib import Path
 
 import pytest
 import yaml
 
+from kernex_agent.config import UpdateConfig
 from kernex_backend.main import API_PREFIX
 
 REPO = Path(__file__).resolve().parents[2]
@@ -85,3 +87,31 @@ def test_provision_script_exists_and_is_used() -> None:
     script = REPO / "deploy" / "docker" / "provision.sh"
     assert script.exists() and "set -eu" in script.read_text()
     assert SERVICES["provision"]["entrypoint"][-1] == "/app/deploy/provision.sh"
+
+
+AGENT_DOCKERFILE = (REPO / "deploy" / "docker" / "agent.Dockerfile").read_text()
+AGENT_UNIT = REPO / "device-agent" / "systemd" / "kernex-agent.service"
+
+
+def test_agent_dockerfile_installs_only_the_agent_and_runs_unprivileged() -> None:
+    for source in re.findall(r"^COPY (\S+) ", AGENT_DOCKERFILE, flags=re.MULTILINE):
+        assert (REPO / source).exists(), f"COPY source {source} does not exist"
+    assert re.search(r"^USER (?!root)\S+", AGENT_DOCKERFILE, flags=re.MULTILINE)
+    install = next(line for line in AGENT_DOCKERFILE.splitlines() if "pip install" in line)
+    assert "-c constraints.txt" in install and "backend" not in install
+    assert 'ENTRYPOINT ["kernex-agent"]' in AGENT_DOCKERFILE
+
+
+def test_agent_systemd_unit_matches_the_agent_defaults() -> None:
+    unit = configparser.ConfigParser(strict=False, interpolation=None)
+    unit.optionxform = str  # type: ignore[assignment,method-assign]
+    unit.read(AGENT_UNIT)
+    service = unit["Service"]
+    defaults = UpdateConfig()
+    assert service["ExecStart"].split()[1:] == ["--config", "/etc/kernex/agent.toml"]
+    assert Path("/var/lib") / service["StateDirectory"] == defaults.state_dir
+    assert str(defaults.install_root) in service["ReadWritePaths"].split()
+    assert service["Restart"] == "always" and service["KillSignal"] == "SIGTERM"
+    assert service["RestartPreventExitStatus"] == "2"  # the agent's configuration-error status
+    assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
+    assert unit["Install"]["WantedBy"] == "multi-user.target"

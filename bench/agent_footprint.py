@@ -1,0 +1,138 @@
+"""Benchmark: the device agent's idle footprint (memory and CPU), against a bare interpreter.
+
+Starts our Mosquitto with its mTLS configuration, provisions devices, runs `kernex-agent`
+processes connected and idle (heartbeats at the default 30 s), and after a settling period
+samples each one's RSS and the CPU it uses over a window. The baseline, measured in the same
+run, is a bare `python -c` process sleeping: the interpreter's own floor.
+
+    .venv/bin/python bench/agent_footprint.py [--agents 3] [--settle-s 10] [--window-s 120]
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import Figure, median, record
+
+from kernex_devstack.broker import EmbeddedBroker
+from kernex_provision.certificates import CertificateKind, new_key
+from kernex_provision.kit import BrokerAddress, write_kit
+
+MiB = 1024 * 1024
+
+
+def start_agent(broker: EmbeddedBroker, root: Path, index: int) -> subprocess.Popen[bytes]:
+    device_id = f"bench-agent-{index}"
+    key = new_key()
+    cert = broker.authority.issue(
+        key.public_key(), kind=CertificateKind.DEVICE, common_name=device_id, days=1
+    )
+    kit = root / device_id
+    write_kit(
+        kit,
+        broker.authority,
+        device_id=device_id,
+        device_type="bench-board",
+        certificate=cert,
+        key=key,
+        broker=BrokerAddress("localhost", broker.port),
+    )
+    env = {
+        "KERNEX_AGENT_UPDATE__STATE_DIR": str(kit / "state"),
+        "KERNEX_AGENT_UPDATE__INSTALL_ROOT": str(kit / "app"),
+        "KERNEX_AGENT_TELEMETRY__START_JITTER": "false",
+        "PATH": "/usr/bin:/bin",
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "kernex_agent", "--config", str(kit / "agent.toml")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=(kit / "agent.log").open("wb"),
+    )
+
+
+def measure(
+    processes: list[subprocess.Popen[bytes]], settle_s: float, window_s: float
+) -> tuple[list[float], list[float]]:
+    """RSS (MiB) after settling, and CPU seconds per hour over the window, per process."""
+    handles = [psutil.Process(p.pid) for p in processes]
+    time.sleep(settle_s)
+    before = [sum(h.cpu_times()[:2]) for h in handles]
+    time.sleep(window_s)
+    cpu = [
+        (sum(h.cpu_times()[:2]) - b) * 3600 / window_s for h, b in zip(handles, before, strict=True)
+    ]
+    rss = [h.memory_info().rss / MiB for h in handles]
+    for process in processes:
+        if process.poll() is not None:
+            raise SystemExit(f"process {process.pid} died during the measurement")
+    return rss, cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument("--settle-s", type=float, default=10.0)
+    parser.add_argument("--window-s", type=float, default=120.0)
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="kernex-bench-agent-") as tmp:
+        root = Path(tmp)
+        broker = EmbeddedBroker(root / "broker")
+        broker.start()
+        try:
+            agents = [start_agent(broker, root, i) for i in range(args.agents)]
+            baselines = [
+                subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+                for _ in range(args.agents)
+            ]
+            try:
+                rss, cpu = measure(agents + baselines, args.settle_s, args.window_s)
+            finally:
+                for process in agents + baselines:
+                    process.terminate()
+                    process.wait(30)
+            connected = sum(
+                "mqtt.connected" in (root / f"bench-agent-{i}" / "agent.log").read_text()
+                for i in range(args.agents)
+            )
+            if connected != args.agents:
+                raise SystemExit(f"only {connected} of {args.agents} agents connected")
+        finally:
+            broker.stop()
+
+    n = args.agents
+    agent_rss, base_rss = median(rss[:n]), median(rss[n:])
+    agent_cpu, base_cpu = median(cpu[:n]), median(cpu[n:])
+    figures = [
+        Figure("agent.idle_rss_mib", agent_rss, "MiB", base_rss, round(agent_rss / base_rss, 2)),
+        Figure("agent.idle_cpu_s_per_hour", agent_cpu, "CPU s/h", base_cpu, None),
+    ]
+    notes = [
+        f"{n} agents connected over mTLS to our Mosquitto, idle (heartbeat every 30 s), measured "
+        f"{args.window_s:.0f} s after {args.settle_s:.0f} s of settling; medians.",
+        "Baseline: a bare interpreter (`python -c 'import time; time.sleep(3600)'`) in the same "
+        "run: the floor any Python agent starts from.",
+        "Per agent RSS (MiB): "
+        + ", ".join(f"{v:.1f}" for v in rss[:n])
+        + "; CPU s/h: "
+        + ", ".join(f"{v:.2f}" for v in cpu[:n])
+        + ".",
+    ]
+    command = (
+        f".venv/bin/python bench/agent_footprint.py --agents {n} --settle-s {args.settle_s:.0f} "
+        f"--window-s {args.window_s:.0f}"
+    )
+    record("Device agent idle footprint", command, figures, notes)
+    for figure in figures:
+        print(f"{figure.name}: {figure.value} {figure.unit} (baseline {figure.baseline})")
+
+
+if __name__ == "__main__":
+    main()
