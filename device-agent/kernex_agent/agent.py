@@ -56,7 +56,6 @@ try:
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     AGENT_VERSION = "0.0.0"
 
-_URL_WAIT_S = 30.0
 _ACK_WAIT_S = 10.0
 
 
@@ -216,7 +215,7 @@ class Agent:
 
     async def fresh_url(self, deployment_id: str) -> str | None:
         """Ask over url/request and wait for the matching url/response."""
-        if not await self._wait_connected(_URL_WAIT_S):
+        if not await self._wait_connected(self.config.update.url_wait_s):
             return None
         request_id = secrets.token_hex(8)
         waiter: asyncio.Future[UrlResponse] = asyncio.get_running_loop().create_future()
@@ -225,7 +224,7 @@ class Agent:
             Channel.URL_REQUEST, UrlRequest(request_id, deployment_id).to_payload()
         )
         try:
-            response = await asyncio.wait_for(waiter, _URL_WAIT_S)
+            response = await asyncio.wait_for(waiter, self.config.update.url_wait_s)
         except TimeoutError:
             log.warning("download.no_url_response", extra={"deployment_id": deployment_id})
             return None

@@ -70,6 +70,7 @@ class UpdateConfig:
     reserve_bytes: int = 64 * 1024**2
     download_attempts: int = 8
     download_timeout_s: float = 30.0
+    url_wait_s: float = 30.0  # how long to wait for the answer to a url/request
     download_rate_limit_bps: int = 0  # 0: unlimited; set it on metered or shared links
     retry_min_s: float = 1.0
     retry_max_s: float = 60.0

@@ -108,6 +108,7 @@ class UpdateStates:
         self.paths = Paths(config.state_dir / "downloads")
         self._sleep = sleep
         self._urls: dict[str, str] = {}
+        self._without_url: set[str] = set()  # deployments whose last URL request went unanswered
 
     def handlers(self) -> Mapping[State, Handler]:
         """The handler of every state but IDLE."""
@@ -142,7 +143,10 @@ class UpdateStates:
         if self.deployments.withdrawn(notice.deployment_id):
             return Event.ABORTED
         if record.attempt > self.config.download_attempts:
-            return Failed(ErrorCode.DOWNLOAD_FAILED, f"gave up after {record.attempt - 1} attempts")
+            tries = record.attempt - 1
+            if notice.deployment_id in self._without_url:
+                return Failed(ErrorCode.URL_UNAVAILABLE, f"no download URL after {tries} attempts")
+            return Failed(ErrorCode.DOWNLOAD_FAILED, f"gave up after {tries} attempts")
         self.paths.downloads.mkdir(parents=True, exist_ok=True)
         partial = self.paths.partial(notice.deployment_id)
         have = partial.stat().st_size if partial.exists() else 0
@@ -154,8 +158,10 @@ class UpdateStates:
         if url is None:
             url = await self.deployments.fresh_url(notice.deployment_id)
         if url is None:
+            self._without_url.add(notice.deployment_id)
             await self._retry_later(record)
             return Event.RETRY
+        self._without_url.discard(notice.deployment_id)
         self._urls[notice.deployment_id] = url
         return await self._fetch(record, notice, url)
 
@@ -196,6 +202,7 @@ class UpdateStates:
             if fresh is not None:
                 self._urls[deployment_id] = fresh
                 return Event.RETRY  # straight away: the new URL is good now
+            self._without_url.add(deployment_id)
             await self._retry_later(record)
             return Event.RETRY
         except DownloadError as exc:

@@ -182,3 +182,20 @@ def test_hostile_archive_writes_nothing_outside_staging(
     assert not (device.install_root / "versions" / "6.6.6").exists()
     assert not any(device.install_root.rglob("*.staging"))
     assert not Path("/tmp/kernex-escaped-absolute").exists()
+
+
+def test_no_url_from_the_backend_ends_url_unavailable(
+    make_device: DeviceFactory, bundles: BundleStore, backend_side: BackendStandIn
+) -> None:
+    # The backend never answers url/request.
+    device = make_device(update__download_attempts="2", update__url_wait_s="1")
+    backend_side.answer_urls = False
+    device.agent.start()
+    release = bundles.put(app_archive("1.0.0"), "1.0.0")
+    deployment = backend_side.notify(device.device_id, release, with_url=False)
+    progress = backend_side.progress_until_final(device.device_id, deployment)
+    assert progress[-1].state == ProgressState.FAILED
+    assert progress[-1].error is not None
+    assert progress[-1].error.code == ErrorCode.URL_UNAVAILABLE
+    assert len(backend_side.url_requests) == 2
+    assert running_version(device.install_root) is None
