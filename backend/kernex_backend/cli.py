@@ -1,4 +1,4 @@
-"""`kernex-backend`: serve the API, migrate the database, create API keys."""
+"""`kernex-backend`: serve the API, run the MQTT worker, migrate the database, create API keys."""
 
 import asyncio
 from typing import Annotated
@@ -44,6 +44,59 @@ def serve(
         proxy_headers=False,
         server_header=False,
     )
+
+
+async def _work(settings: Settings) -> None:
+    import signal
+
+    from kernex_backend.bundles.storage import create_storage
+    from kernex_backend.core.background import run_periodically
+    from kernex_backend.core.db import create_engine, create_sessionmaker, utc_now
+    from kernex_backend.mqtt import handlers as fleet_state
+    from kernex_backend.telemetry import partitions
+
+    engine = create_engine(settings)
+    storage = create_storage(settings.storage)
+
+    async def maintain_partitions() -> None:
+        async with engine.begin() as conn:
+            await partitions.maintain(
+                conn,
+                today=utc_now().date(),
+                days_ahead=settings.telemetry.partitions_ahead_days,
+                retention_days=settings.telemetry.heartbeat_retention_days,
+            )
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    partition_job = asyncio.create_task(
+        run_periodically(
+            "heartbeat_partitions", settings.telemetry.maintenance_interval_s, maintain_partitions
+        )
+    )
+    fleet = fleet_state.start(
+        settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), storage=storage
+    )
+    typer.echo(f"worker running (share group {settings.mqtt.share_group}); Ctrl-C stops it")
+    try:
+        await stop.wait()
+    finally:
+        await fleet.stop()
+        partition_job.cancel()
+        await asyncio.gather(partition_job, return_exceptions=True)
+        await engine.dispose()
+
+
+@app.command()
+def worker() -> None:
+    """Run the MQTT bridge and fleet-state jobs without the API (scale them separately)."""
+    settings = _settings()
+    if not settings.mqtt.enabled:
+        typer.echo("configuration error: the worker needs KERNEX_MQTT__ENABLED=true", err=True)
+        raise typer.Exit(2)
+    asyncio.run(_work(settings))
 
 
 @app.command()

@@ -22,6 +22,7 @@ from kernex_backend.core.middleware import BodySizeLimitMiddleware, RequestConte
 from kernex_backend.deployments.router import router as deployments_router
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.router import router as devices_router
+from kernex_backend.mqtt import handlers as fleet_state
 from kernex_protocol.manifest import load_trusted_keys
 
 API_PREFIX = "/api/v1"
@@ -43,10 +44,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("storage_not_ready", error=str(exc))
         app.state.sessionmaker = create_sessionmaker(engine)
         tasks = jobs.start(app, settings)
+        app.state.fleet = None
+        if settings.mqtt.enabled:
+            app.state.fleet = fleet_state.start(
+                settings=settings,
+                engine=engine,
+                sessionmaker=app.state.sessionmaker,
+                storage=app.state.storage,
+            )
         log.info("backend_started", version=__version__, environment=settings.environment)
         try:
             yield
         finally:
+            if app.state.fleet is not None:
+                await app.state.fleet.stop()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

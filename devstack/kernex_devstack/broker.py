@@ -85,7 +85,11 @@ class EmbeddedBroker:
             ensure_traversable(layout.directory)
         broker_files.install_ca_files(authority, layout)
         broker_files.render_config(layout, port=self.port, bind_address=self.host, run_as=run_as)
-        broker_files.render_acl(layout, blocked=authority.blocked_identities())
+        broker_files.render_acl(
+            layout,
+            blocked=authority.blocked_identities(),
+            service_identities=broker_files.acl_identities(authority),
+        )
 
     def _log_since_start(self) -> str:
         try:

@@ -252,6 +252,20 @@ class CertificateAuthority:
         issued_at: dt.datetime | None = None,
     ) -> x509.Certificate:
         """Sign a leaf certificate for `public_key` and record it in the index."""
+        if kind in (CertificateKind.DEVICE, CertificateKind.SERVICE):
+            # A device named like a service identity would get the service's broker access.
+            other = (
+                CertificateKind.SERVICE
+                if kind == CertificateKind.DEVICE
+                else CertificateKind.DEVICE
+            )
+            if any(
+                row.common_name == common_name and row.kind == other.value
+                for row in self.certificates()
+            ):
+                raise AuthorityError(
+                    f"{common_name!r} is already a {other.value} identity; pick another name"
+                )
         issuer = self._issuer()
         organization = issuer.certificate.subject.get_attributes_for_oid(
             x509.NameOID.ORGANIZATION_NAME
@@ -358,6 +372,17 @@ class CertificateAuthority:
                 continue
             issued[row.common_name] = issued.get(row.common_name, False) or row.valid_at(now)
         return sorted(name for name, has_valid in issued.items() if not has_valid)
+
+    def service_identities(self, *, now: dt.datetime | None = None) -> list[str]:
+        """Service identities (backend replicas) holding a valid certificate."""
+        now = now or dt.datetime.now(dt.UTC)
+        return sorted(
+            {
+                row.common_name
+                for row in self.certificates()
+                if row.kind == CertificateKind.SERVICE.value and row.valid_at(now)
+            }
+        )
 
 
 def describe(certificate: x509.Certificate) -> str:

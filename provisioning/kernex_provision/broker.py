@@ -82,26 +82,42 @@ def render_acl(
     layout: BrokerLayout,
     *,
     blocked: list[str],
-    service_identity: str = DEFAULT_SERVICE_IDENTITY,
+    service_identities: list[str] | None = None,
     templates_dir: Path = TEMPLATES_DIR,
 ) -> None:
-    """Write the ACL with `blocked` device identities denied everything."""
+    """Write the ACL: the service identities (default: `kernex-backend`) may use every device
+    topic; `blocked` device identities are denied everything."""
+    services = sorted(set(service_identities or [DEFAULT_SERVICE_IDENTITY]))
+    grants = "".join(
+        f"user {validate_device_id(name)}\ntopic readwrite kernex/v1/devices/#\n\n"
+        for name in services
+    )
     blocks = "".join(f"user {validate_device_id(name)}\ntopic deny #\n\n" for name in blocked)
     text = _template(templates_dir, ACL_TEMPLATE).substitute(
-        service_identity=validate_device_id(service_identity), blocked_identities=blocks
+        service_identities=grants, blocked_identities=blocks
     )
     write_public(layout.acl, text.encode())
+
+
+def acl_identities(authority: CertificateAuthority, extra_service: str | None = None) -> list[str]:
+    """The service identities the ACL grants: those the CA issued, plus `extra_service`."""
+    names = set(authority.service_identities())
+    if extra_service:
+        names.add(extra_service)
+    return sorted(names) or [DEFAULT_SERVICE_IDENTITY]
 
 
 def publish_revocations(
     authority: CertificateAuthority,
     layout: BrokerLayout,
-    *,
-    service_identity: str = DEFAULT_SERVICE_IDENTITY,
 ) -> None:
     """Copy the current CRL and re-render the ACL's blocked identities into the broker dir."""
     write_public(layout.crl, (authority.directory / CRL).read_bytes())
-    render_acl(layout, blocked=authority.blocked_identities(), service_identity=service_identity)
+    render_acl(
+        layout,
+        blocked=authority.blocked_identities(),
+        service_identities=acl_identities(authority),
+    )
 
 
 def render_config(

@@ -267,7 +267,7 @@ def broker_config(
     broker_files.render_acl(
         layout,
         blocked=authority.blocked_identities(),
-        service_identity=service_identity,
+        service_identities=broker_files.acl_identities(authority, service_identity),
         templates_dir=templates,
     )
     if run_as:

@@ -1,6 +1,7 @@
 """Payloads of every channel: round trips, and what a receiver refuses."""
 
 import json
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -139,7 +140,7 @@ def test_notice_with_rollback_round_trips() -> None:
     ],
 )
 def test_malformed_payloads_are_refused_with_the_field_named(
-    cls: type, raw: bytes, message: str
+    cls: Any, raw: bytes, message: str
 ) -> None:
     with pytest.raises(PayloadInvalid, match=message):
         cls.parse(raw)
@@ -158,7 +159,7 @@ def test_notice_checks_device_id_and_url_scheme() -> None:
 
 @pytest.mark.parametrize("channel", list(Channel))
 def test_oversized_payloads_are_refused_before_parsing(channel: Channel) -> None:
-    parser = {
+    parser: Any = {
         Channel.HEARTBEAT: Heartbeat,
         Channel.PRESENCE: Presence,
         Channel.PROGRESS: Progress,

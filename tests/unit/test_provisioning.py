@@ -180,6 +180,12 @@ def test_broker_rendering(tmp_path: Path, ca: CertificateAuthority) -> None:
     assert not any(line.startswith("pattern write") and "deployment" in line for line in acl)
     with pytest.raises(InvalidDeviceId):
         broker_files.render_acl(layout, blocked=["x/#"])
+    # One grant per backend replica's service identity.
+    broker_files.render_acl(layout, blocked=[], service_identities=["kx-b", "kx-a"])
+    acl = layout.acl.read_text().splitlines()
+    for name in ("kx-a", "kx-b"):
+        assert acl[acl.index(f"user {name}") + 1] == "topic readwrite kernex/v1/devices/#"
+    assert "user kernex-backend" not in acl
 
 
 runner = CliRunner()
@@ -285,3 +291,15 @@ def test_cli_kit_and_csr_flow(tmp_path: Path) -> None:
     revoked = runner.invoke(app, ["revoke", "dev-9", "--ca", ca_dir])
     assert revoked.exit_code == 0 and "revoked dev-9" in revoked.output
     assert "revoked" in runner.invoke(app, ["list", "--ca", ca_dir]).output
+
+
+def test_device_and_service_identities_cannot_share_a_name(tmp_path: Path) -> None:
+    authority = CertificateAuthority.initialise(tmp_path / "ca", organization="Test")
+    authority.issue(
+        new_key().public_key(), kind=CertificateKind.SERVICE, common_name="svc-1", days=1
+    )
+    with pytest.raises(AuthorityError, match="service identity"):
+        authority.issue(
+            new_key().public_key(), kind=CertificateKind.DEVICE, common_name="svc-1", days=1
+        )
+    assert authority.service_identities() == ["svc-1"]

@@ -29,5 +29,8 @@ class Bundle(SQLModel, table=True):
     # Detached signature over the canonical release manifest, made offline by the release team.
     signature: str | None = Field(default=None, max_length=512)
     signing_key_id: str | None = Field(default=None, max_length=64)
+    # The manifest's created_at exactly as signed: with the fields above it rebuilds the signed
+    # manifest that deployment notices carry to devices.
+    manifest_created_at: str | None = Field(default=None, max_length=40)
     created_at: datetime = created_at_field()
     created_by: str = Field(max_length=128)

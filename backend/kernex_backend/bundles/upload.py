@@ -175,6 +175,7 @@ async def upload(
             storage_key=final,
             signature=release.signature,
             signing_key_id=key_id,
+            manifest_created_at=manifest.created_at,
             created_by=actor,
         )
         session.add(bundle)

@@ -93,7 +93,8 @@ class StorageSettings(BaseModel):
     # this key (shared by every replica).
     public_base_url: str = "http://127.0.0.1:8000"
     download_signing_key: SecretStr = SecretStr("")
-    url_expiry_s: int = Field(default=900, ge=60, le=3600)
+    # Presigned URLs are bearer credentials: short-lived. Devices ask for a fresh one when needed.
+    url_expiry_s: int = Field(default=900, ge=5, le=3600)
     max_bundle_bytes: int = Field(default=2 * 1024**3, ge=1)
     # Retention: delete bundles older than this many days that nothing uses; None disables it.
     retention_days: int | None = Field(default=None, ge=1)
@@ -108,6 +109,38 @@ class ReleaseSettings(BaseModel):
     trusted_keys_dir: Path | None = None
     # Development only: accept bundles without a release signature (logged loudly).
     allow_unsigned: bool = False
+
+
+class MqttSettings(BaseModel):
+    """The MQTT bridge: how the backend reaches the broker, and the fleet-state timings."""
+
+    # Off by default so the API can run without a broker (tests, API-only replicas); the
+    # compose file and `make demo` turn it on. `kernex-backend worker` runs it on its own.
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = Field(default=8883, ge=1, le=65535)
+    # The backend's service identity, from `kernex-provision issue-service` (one per replica:
+    # the broker makes the certificate's CN the client id).
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=600)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    # Replicas in the same group split device traffic between them ($share/<group>/...).
+    share_group: str = Field(default="kernex", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    heartbeat_batch_size: int = Field(default=1000, ge=1, le=50_000)
+    heartbeat_flush_interval_s: float = Field(default=0.5, gt=0)
+    # Heartbeats waiting for the database beyond this are dropped (and counted).
+    heartbeat_buffer: int = Field(default=50_000, ge=100)
+    # A device is marked offline after this long without a heartbeat or presence.
+    offline_after_s: float = Field(default=95.0, gt=0)
+    # An execution that has not reported for this long is TIMED_OUT.
+    execution_timeout_s: float = Field(default=3600.0, gt=0)
+    url_requests_per_minute: int = Field(default=6, ge=1)
+    notify_interval_s: float = Field(default=1.0, gt=0)
+    # Re-publish every live notice this often: the broker may have lost its retained store.
+    reconcile_interval_s: float = Field(default=300.0, gt=0)
+    sweep_interval_s: float = Field(default=15.0, gt=0)
 
 
 class LogSettings(BaseModel):
@@ -164,6 +197,7 @@ class Settings(BaseSettings):
     pki: PkiSettings = PkiSettings()
     storage: StorageSettings = StorageSettings()
     release: ReleaseSettings = ReleaseSettings()
+    mqtt: MqttSettings = MqttSettings()
     log: LogSettings = LogSettings()
     migrations_dir: Path = Path(__file__).resolve().parents[3] / "migrations"
 
@@ -200,6 +234,12 @@ class Settings(BaseSettings):
                 and len(self.storage.download_signing_key.get_secret_value()) < 32
             ):
                 raise ValueError("storage.download_signing_key needs at least 32 characters")
+        if self.mqtt.enabled and None in (
+            self.mqtt.ca_file,
+            self.mqtt.cert_file,
+            self.mqtt.key_file,
+        ):
+            raise ValueError("mqtt.enabled needs mqtt.ca_file, mqtt.cert_file and mqtt.key_file")
         if self.api.page_size_default > self.api.page_size_max:
             raise ValueError("api.page_size_default must not exceed api.page_size_max")
         return self

@@ -113,6 +113,12 @@ class DeploymentExecution(SQLModel, table=True):
     progress: int = Field(default=0, nullable=False)
     error_code: str | None = Field(default=None, max_length=64)
     error_detail: str | None = Field(default=None, max_length=1024)
+    # The device's progress sequence number last applied: repeats and late arrivals are ignored.
+    report_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
+    # The device's own, finer state name (e.g. "committing", "rolling_back", "rejected").
+    device_state: str | None = Field(default=None, max_length=32)
+    notified_at: datetime | None = optional_timestamp_field()
+    reported_at: datetime | None = optional_timestamp_field()
     created_at: datetime = created_at_field()
     updated_at: datetime = created_at_field()
     started_at: datetime | None = optional_timestamp_field()

@@ -1,15 +1,17 @@
-"""Deployment endpoints (read side; creation arrives with the rollout controller)."""
+"""Deployment endpoints: start a deployment to explicit devices, follow it, cancel it."""
 
 import uuid
 
-from fastapi import APIRouter
+import structlog
+from fastapi import APIRouter, Request
 
 from kernex_backend.core.db import SessionDep
 from kernex_backend.core.pagination import PageDep
-from kernex_backend.core.security import ReadAccess
+from kernex_backend.core.security import ReadAccess, WriteAccess
 from kernex_backend.deployments import service
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
 from kernex_backend.deployments.schemas import (
+    DeploymentCreate,
     DeploymentDetail,
     DeploymentPublic,
     DeploymentsPublic,
@@ -18,6 +20,43 @@ from kernex_backend.deployments.schemas import (
 )
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
+log = structlog.get_logger(__name__)
+
+
+async def _detail(session: SessionDep, deployment_id: uuid.UUID) -> DeploymentDetail:
+    deployment = await service.get(session=session, deployment_id=deployment_id)
+    counts = await service.execution_counts(session=session, deployment_id=deployment_id)
+    return DeploymentDetail(
+        **DeploymentPublic.model_validate(deployment, from_attributes=True).model_dump(),
+        execution_counts=counts,
+    )
+
+
+@router.post("", response_model=DeploymentDetail, status_code=201)
+async def create_deployment(
+    body: DeploymentCreate, session: SessionDep, principal: WriteAccess
+) -> DeploymentDetail:
+    """Deploy a signed bundle to the listed devices; each gets its notice within seconds."""
+    deployment = await service.create(session=session, request=body, actor=principal.actor)
+    return await _detail(session, deployment.id)
+
+
+@router.post("/{deployment_id}/cancel", response_model=DeploymentDetail)
+async def cancel_deployment(
+    deployment_id: uuid.UUID, request: Request, session: SessionDep, principal: WriteAccess
+) -> DeploymentDetail:
+    """Cancel: devices that have not started installing stop; the others finish or roll back."""
+    devices = await service.cancel(
+        session=session, deployment_id=deployment_id, actor=principal.actor
+    )
+    fleet = getattr(request.app.state, "fleet", None)
+    if fleet is not None:
+        for device_id in devices:
+            try:
+                await fleet.notices.refresh_device(device_id)
+            except Exception:  # the reconciler withdraws it; the cancel itself is committed
+                log.warning("notice_withdraw_deferred", device_id=device_id)
+    return await _detail(session, deployment_id)
 
 
 @router.get("", response_model=DeploymentsPublic)
@@ -43,12 +82,7 @@ async def get_deployment(
     deployment_id: uuid.UUID, session: SessionDep, _: ReadAccess
 ) -> DeploymentDetail:
     """One deployment with its execution counts by state."""
-    deployment = await service.get(session=session, deployment_id=deployment_id)
-    counts = await service.execution_counts(session=session, deployment_id=deployment_id)
-    return DeploymentDetail(
-        **DeploymentPublic.model_validate(deployment, from_attributes=True).model_dump(),
-        execution_counts=counts,
-    )
+    return await _detail(session, deployment_id)
 
 
 @router.get("/{deployment_id}/executions", response_model=ExecutionsPublic)

@@ -4,9 +4,20 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, Field
 
+from kernex_backend.core.text import DeviceId, Label
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
+
+
+class DeploymentCreate(BaseModel):
+    """A signed bundle to explicit devices, all at once."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Label
+    bundle_id: uuid.UUID
+    device_ids: list[DeviceId] = Field(min_length=1, max_length=10_000)
 
 
 class DeploymentPublic(BaseModel):
@@ -48,6 +59,9 @@ class ExecutionPublic(BaseModel):
     progress: int
     error_code: str | None
     error_detail: str | None
+    device_state: str | None
+    notified_at: datetime | None
+    reported_at: datetime | None
     created_at: datetime
     updated_at: datetime
     started_at: datetime | None

@@ -36,6 +36,9 @@ class Device(SQLModel, table=True):
     last_seen_at: datetime | None = optional_timestamp_field()
     # Grows with every agent (re)connect; orders presence messages (see docs/protocol.md).
     presence_session: int | None = Field(default=None, sa_type=sa.BigInteger)
+    # The newest heartbeat stored, as (session, seq): older or repeated ones are not stored again.
+    heartbeat_session: int | None = Field(default=None, sa_type=sa.BigInteger)
+    heartbeat_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
     current_version: str | None = Field(default=None, max_length=64, index=True)
     agent_version: str | None = Field(default=None, max_length=64)
     cert_serial: str | None = Field(default=None, max_length=64)

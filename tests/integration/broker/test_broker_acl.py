@@ -9,7 +9,7 @@ import uuid
 
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.topics import Channel, topic_for
-from tests.integration.conftest import Connector, IdentityFactory
+from tests.conftest import Connector, IdentityFactory
 from tests.integration.mqtt_client import Probe
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_provision import broker as broker_files
 from kernex_provision.authority import CertificateAuthority
-from tests.integration.conftest import Connector, IdentityFactory
+from tests.conftest import Connector, IdentityFactory
 from tests.integration.mqtt_client import Identity
 
 

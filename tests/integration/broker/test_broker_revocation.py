@@ -7,7 +7,7 @@ import uuid
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.topics import Channel, topic_for
 from kernex_provision import broker as broker_files
-from tests.integration.conftest import Connector, IdentityFactory
+from tests.conftest import Connector, IdentityFactory
 from tests.integration.mqtt_client import Probe
 
 CUT_OFF_LIMIT_S = 5.0

@@ -17,8 +17,7 @@ from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.topics import Channel, topic_for
 from kernex_provision.authority import write_private_key, write_public
 from kernex_provision.certificates import make_csr, new_key, sign_renewal
-from tests.conftest import make_settings
-from tests.integration.conftest import Connector
+from tests.conftest import Connector, make_settings
 from tests.integration.mqtt_client import Identity, Probe
 
 

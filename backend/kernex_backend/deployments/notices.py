@@ -1,0 +1,307 @@
+"""Deployment notices: what each targeted device finds retained on its deployment topic.
+
+PostgreSQL is the source of truth; the broker's retained messages are a cache of it:
+
+- `publish_pending` takes PENDING executions of running deployments with
+  `FOR UPDATE SKIP LOCKED`, publishes each notice (retained, QoS 1, acknowledged) and marks it
+  NOTIFIED in the same transaction. Replicas never take the same rows, and a replica that dies
+  before committing leaves its rows PENDING for the next one: no notice is lost, none is
+  sent by two replicas.
+- `refresh_device` publishes a device's current notice, or clears it (an empty retained
+  message) when it has no live execution: after a final report, a cancel or a timeout.
+- `reconcile` re-publishes every live notice (with a fresh URL) and refreshes devices whose
+  executions ended recently, in case the broker lost its retained store or a replica died
+  between a commit and its publish. It runs under an advisory lock: one replica at a time.
+- `answer_url_request` gives a device a fresh presigned URL, only for a live execution of its
+  own, at most `url_requests_per_minute` times a minute per device.
+"""
+
+import datetime as dt
+import time
+import uuid
+from collections import defaultdict, deque
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kernex_backend.bundles.models import Bundle
+from kernex_backend.bundles.storage import BundleStorage
+from kernex_backend.core.config import Settings
+from kernex_backend.core.db import utc_now
+from kernex_backend.deployments.models import (
+    Deployment,
+    DeploymentExecution,
+    DeploymentStatus,
+    ExecutionState,
+)
+from kernex_backend.mqtt.bridge import BridgeStats, BridgeUnavailable, MqttBridge
+from kernex_protocol.manifest import ReleaseManifest, SignedRelease
+from kernex_protocol.payloads import Notice, UrlRequest, UrlResponse
+from kernex_protocol.topics import Channel, topic_for
+
+log = structlog.get_logger(__name__)
+
+LIVE_STATES = tuple(s for s in ExecutionState if not s.terminal and s != ExecutionState.PENDING)
+_RECONCILE_LOCK = 0x4B4E5801  # "KNX" + 1: one reconciler across replicas
+_BATCH = 200
+
+
+def signed_release(bundle: Bundle) -> SignedRelease:
+    """The signed manifest of a bundle, rebuilt exactly as the release team signed it."""
+    if bundle.manifest_created_at is None or bundle.signature is None:
+        raise ValueError(f"bundle {bundle.id} has no stored signed manifest")
+    manifest = ReleaseManifest(
+        name=bundle.name,
+        version=bundle.version,
+        device_type=bundle.device_type,
+        sha256=bundle.sha256,
+        size=bundle.size_bytes,
+        created_at=bundle.manifest_created_at,
+    )
+    return SignedRelease(manifest, bundle.signature, bundle.signing_key_id)
+
+
+class NoticeService:
+    """Publishes, clears and reconciles notices; answers URL requests."""
+
+    def __init__(
+        self,
+        *,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bridge: MqttBridge,
+        storage: BundleStorage,
+        settings: Settings,
+        stats: BridgeStats,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._bridge = bridge
+        self._storage = storage
+        self._settings = settings
+        self._stats = stats
+        self._url_requests: dict[str, deque[float]] = defaultdict(deque)
+
+    async def _notice(self, execution: DeploymentExecution, bundle: Bundle) -> bytes:
+        expires = dt.timedelta(seconds=self._settings.storage.url_expiry_s)
+        url = await self._storage.download_url(bundle.storage_key, expires)
+        notice = Notice(
+            deployment_id=str(execution.deployment_id),
+            device_id=execution.device_id,
+            release=signed_release(bundle),
+            issued_at=utc_now().isoformat(timespec="seconds"),
+            url=url.url,
+        )
+        return notice.to_payload()
+
+    async def _publish_notice(self, device_id: str, payload: bytes) -> None:
+        await self._bridge.publish(
+            topic_for(device_id, Channel.DEPLOYMENT), payload, qos=1, retain=True
+        )
+
+    async def publish_pending(self) -> int:
+        """Notify PENDING executions of running deployments; returns how many were notified."""
+        async with self._sessionmaker() as session:
+            rows = (
+                await session.exec(
+                    select(DeploymentExecution, Bundle)
+                    .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
+                    .join(Bundle, col(Bundle.id) == col(Deployment.bundle_id))
+                    .where(
+                        col(Deployment.status) == DeploymentStatus.RUNNING,
+                        col(DeploymentExecution.state) == ExecutionState.PENDING,
+                    )
+                    .order_by(col(DeploymentExecution.id))
+                    .limit(_BATCH)
+                    .with_for_update(of=DeploymentExecution, skip_locked=True)
+                )
+            ).all()
+            now = utc_now()
+            notified = 0
+            for execution, bundle in rows:
+                try:
+                    await self._publish_notice(
+                        execution.device_id, await self._notice(execution, bundle)
+                    )
+                except BridgeUnavailable:
+                    break  # the rest stay PENDING for the next round
+                execution.state = ExecutionState.NOTIFIED
+                execution.notified_at = now
+                execution.updated_at = now
+                session.add(execution)
+                notified += 1
+            await session.commit()
+        if notified:
+            self._stats.count("notices.published", notified)
+            log.info("notices_published", count=notified)
+        return notified
+
+    async def refresh_device(self, device_id: str) -> None:
+        """Publish the device's live notice, or clear its topic if it has none."""
+        async with self._sessionmaker() as session:
+            row = (
+                await session.exec(
+                    select(DeploymentExecution, Bundle)
+                    .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
+                    .join(Bundle, col(Bundle.id) == col(Deployment.bundle_id))
+                    .where(
+                        col(DeploymentExecution.device_id) == device_id,
+                        col(Deployment.status) == DeploymentStatus.RUNNING,
+                        col(DeploymentExecution.state).in_(LIVE_STATES),
+                    )
+                    .order_by(col(DeploymentExecution.id).desc())
+                    .limit(1)
+                )
+            ).first()
+        if row is None:
+            await self._publish_notice(device_id, b"")
+            self._stats.count("notices.cleared")
+        else:
+            execution, bundle = row
+            await self._publish_notice(device_id, await self._notice(execution, bundle))
+
+    async def reconcile(self) -> int:
+        """Re-publish live notices and refresh recently ended ones; one replica at a time."""
+        async with self._sessionmaker() as session:
+            locked = (
+                await session.exec(  # type: ignore[call-overload]
+                    sa.select(sa.func.pg_try_advisory_xact_lock(_RECONCILE_LOCK))
+                )
+            ).scalar_one()
+            if not locked:
+                return 0
+            window = dt.timedelta(seconds=2 * self._settings.mqtt.reconcile_interval_s)
+            devices = (
+                await session.exec(
+                    select(DeploymentExecution.device_id)
+                    .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
+                    .where(
+                        sa.or_(
+                            sa.and_(
+                                col(Deployment.status) == DeploymentStatus.RUNNING,
+                                col(DeploymentExecution.state).in_(LIVE_STATES),
+                            ),
+                            col(DeploymentExecution.finished_at) > utc_now() - window,
+                        )
+                    )
+                    .distinct()
+                )
+            ).all()
+            for device_id in devices:
+                await self.refresh_device(device_id)
+        self._stats.count("notices.reconciled", len(devices))
+        return len(devices)
+
+    async def time_out_silent(self) -> int:
+        """Executions silent for longer than the timeout become TIMED_OUT; returns how many."""
+        timeout = dt.timedelta(seconds=self._settings.mqtt.execution_timeout_s)
+        now = utc_now()
+        async with self._sessionmaker() as session:
+            result = await session.exec(
+                sa.update(DeploymentExecution)
+                .where(
+                    col(DeploymentExecution.state).in_(LIVE_STATES),
+                    sa.func.coalesce(
+                        col(DeploymentExecution.reported_at), col(DeploymentExecution.notified_at)
+                    )
+                    < now - timeout,
+                )
+                .values(
+                    state=ExecutionState.TIMED_OUT,
+                    error_code="timed_out",
+                    error_detail=f"no report for {int(timeout.total_seconds())} s",
+                    finished_at=now,
+                    updated_at=now,
+                )
+                .returning(
+                    col(DeploymentExecution.device_id), col(DeploymentExecution.deployment_id)
+                )
+            )
+            ended = result.all()
+            for deployment_id in {d for _, d in ended}:
+                await complete_if_done(session, deployment_id)
+            await session.commit()
+        for device_id, _ in ended:
+            log.info("execution_timed_out", device_id=device_id)
+            await self.refresh_device(device_id)
+        return len(ended)
+
+    def _allow_url_request(self, device_id: str) -> bool:
+        window = self._url_requests[device_id]
+        now = time.monotonic()
+        while window and window[0] < now - 60:
+            window.popleft()
+        if len(window) >= self._settings.mqtt.url_requests_per_minute:
+            return False
+        window.append(now)
+        return True
+
+    async def answer_url_request(self, device_id: str, request: object) -> None:
+        """Answer a url/request with a fresh URL, or say why there is none."""
+        assert isinstance(request, UrlRequest)
+        if not self._allow_url_request(device_id):
+            self._stats.count("url_requests.rate_limited")
+            return
+        response = UrlResponse(
+            request.request_id, request.deployment_id, error="deployment_not_active"
+        )
+        bundle = await self._live_bundle(device_id, request.deployment_id)
+        if bundle is not None:
+            expires = dt.timedelta(seconds=self._settings.storage.url_expiry_s)
+            url = await self._storage.download_url(bundle.storage_key, expires)
+            response = UrlResponse(
+                request.request_id,
+                request.deployment_id,
+                url=url.url,
+                expires_at=url.expires_at.isoformat(timespec="seconds"),
+            )
+            self._stats.count("url_requests.answered")
+        else:
+            self._stats.count("url_requests.refused")
+        await self._bridge.publish(
+            topic_for(device_id, Channel.URL_RESPONSE), response.to_payload(), qos=1
+        )
+
+    async def _live_bundle(self, device_id: str, deployment_id: str) -> Bundle | None:
+        try:
+            deployment_uuid = uuid.UUID(deployment_id)
+        except ValueError:
+            return None
+        async with self._sessionmaker() as session:
+            return (
+                await session.exec(
+                    select(Bundle)
+                    .join(Deployment, col(Deployment.bundle_id) == col(Bundle.id))
+                    .join(
+                        DeploymentExecution,
+                        col(DeploymentExecution.deployment_id) == col(Deployment.id),
+                    )
+                    .where(
+                        col(Deployment.id) == deployment_uuid,
+                        col(Deployment.status) == DeploymentStatus.RUNNING,
+                        col(DeploymentExecution.device_id) == device_id,
+                        col(DeploymentExecution.state).in_(LIVE_STATES),
+                    )
+                )
+            ).first()
+
+
+async def complete_if_done(session: AsyncSession, deployment_id: uuid.UUID) -> None:
+    """Mark a running deployment COMPLETED once none of its executions is left unfinished."""
+    unfinished = [s for s in ExecutionState if not s.terminal]
+    now = utc_now()
+    statement: Any = (
+        sa.update(Deployment)
+        .where(
+            col(Deployment.id) == deployment_id,
+            col(Deployment.status) == DeploymentStatus.RUNNING,
+            ~sa.exists().where(
+                col(DeploymentExecution.deployment_id) == deployment_id,
+                col(DeploymentExecution.state).in_(unfinished),
+            ),
+        )
+        .values(status=DeploymentStatus.COMPLETED, finished_at=now, updated_at=now)
+    )
+    await session.exec(statement)

@@ -1,0 +1,88 @@
+"""Online and offline: presence messages ordered by session, and the silence sweeper.
+
+A device's birth and Last Will carry a session number that grows with every connection. An
+update applies only if its session is newer than the one held, or the same session going
+offline: so a Last Will delivered late for an old session never marks a reconnected device
+offline, and an online cannot undo the offline of its own session.
+"""
+
+import datetime as dt
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernex_backend.core.db import utc_now
+from kernex_backend.mqtt.bridge import BridgeStats
+from kernex_protocol.payloads import Presence
+
+log = structlog.get_logger(__name__)
+
+_APPLY = sa.text(
+    """
+    UPDATE devices SET
+        online = :online,
+        presence_session = :session,
+        last_seen_at = CASE WHEN :online THEN greatest(last_seen_at, :now) ELSE last_seen_at END,
+        agent_version = coalesce(:agent_version, agent_version),
+        current_version = CASE WHEN :online THEN :installed_version ELSE current_version END,
+        status = CASE WHEN status = 'registered' THEN 'active' ELSE status END,
+        updated_at = :now
+    WHERE id = :device_id AND status <> 'decommissioned'
+      AND (presence_session IS NULL OR presence_session < :session
+           OR (presence_session = :session AND NOT :online))
+    RETURNING id
+    """
+)
+_KNOWN = sa.text("SELECT 1 FROM devices WHERE id = :device_id AND status <> 'decommissioned'")
+_SWEEP = sa.text(
+    """
+    UPDATE devices SET online = false, updated_at = :now
+    WHERE online AND (last_seen_at IS NULL OR last_seen_at < :cutoff)
+    RETURNING id
+    """
+)
+
+
+class PresenceTracker:
+    """Applies presence messages (the bridge's handler) and sweeps silent devices offline."""
+
+    def __init__(self, engine: AsyncEngine, stats: BridgeStats) -> None:
+        self._engine = engine
+        self._stats = stats
+
+    async def apply(self, device_id: str, presence: object) -> None:
+        """Apply one presence message, unless an equal or newer session is already held."""
+        assert isinstance(presence, Presence)
+        params = {
+            "device_id": device_id,
+            "online": presence.online,
+            "session": presence.session,
+            "agent_version": presence.agent_version,
+            "installed_version": presence.installed_version,
+            "now": utc_now(),
+        }
+        async with self._engine.begin() as conn:
+            applied = (await conn.execute(_APPLY, params)).first() is not None
+            known = applied or (await conn.execute(_KNOWN, params)).first() is not None
+        if applied:
+            self._stats.count("presence.applied")
+            log.info(
+                "device_presence",
+                device_id=device_id,
+                online=presence.online,
+                session=presence.session,
+            )
+        elif known:
+            self._stats.count("presence.stale")
+        else:
+            self._stats.count("presence.refused_unknown_device")
+
+    async def sweep(self, offline_after: dt.timedelta) -> int:
+        """Mark devices silent for longer than `offline_after` offline; returns how many."""
+        now = utc_now()
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(_SWEEP, {"now": now, "cutoff": now - offline_after})).all()
+        for (device_id,) in rows:
+            log.info("device_silent_offline", device_id=device_id)
+        return len(rows)
