@@ -1,0 +1,256 @@
+"""The whole product, each part real and in its own process: `kernex-backend serve` (and
+`worker`) over HTTP with the MQTT bridge on, our Mosquitto with mTLS, PostgreSQL, an S3 server,
+and `kernex-agent` processes with kits issued by the broker's CA."""
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kernex_devstack.broker import EmbeddedBroker
+from kernex_devstack.ports import free_port, wait_for_port
+from kernex_devstack.s3 import EmbeddedS3
+from kernex_protocol.manifest import ReleaseManifest, sign
+from kernex_provision.authority import pem, write_private_key, write_public
+from kernex_provision.certificates import CertificateKind, new_key
+from kernex_provision.kit import BrokerAddress, write_kit
+from tests.integration.agent.harness import DEVICE_TYPE, AgentProcess, app_archive
+
+BIN = Path(sys.executable).parent
+
+
+def service_identity(broker: EmbeddedBroker, name: str, folder: Path) -> dict[str, str]:
+    """Issue a backend service identity (one per replica) and grant it on the broker."""
+    key = new_key()
+    cert = broker.authority.issue(
+        key.public_key(), kind=CertificateKind.SERVICE, common_name=name, days=2
+    )
+    folder.mkdir(parents=True, exist_ok=True)
+    write_private_key(folder / "service.key", key)
+    write_public(folder / "service.crt", pem(cert))
+    write_public(folder / "ca-chain.pem", broker.authority.chain_pem)
+    from kernex_provision import broker as broker_files
+
+    broker_files.render_acl(
+        broker.layout,
+        blocked=broker.authority.blocked_identities(),
+        service_identities=broker_files.acl_identities(broker.authority),
+    )
+    broker.reload()
+    return {
+        "KERNEX_MQTT__CA_FILE": str(folder / "ca-chain.pem"),
+        "KERNEX_MQTT__CERT_FILE": str(folder / "service.crt"),
+        "KERNEX_MQTT__KEY_FILE": str(folder / "service.key"),
+    }
+
+
+class BackendProcess:
+    """`kernex-backend serve` or `worker`, with its log in a file."""
+
+    def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
+        self.command = command
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "BackendProcess":
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [str(BIN / "kernex-backend"), self.command], env=self.env, stdout=log, stderr=log
+            )
+        return self
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.terminate()
+        return self.process.wait(20)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+class Fleet:
+    """A running backend plus helpers to provision devices, upload bundles and deploy."""
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        database_url: str,
+        broker: EmbeddedBroker,
+        s3: EmbeddedS3,
+        release_key: Ed25519PrivateKey,
+        **overrides: str,
+    ) -> None:
+        self.root = root
+        self.broker = broker
+        self.release_key = release_key
+        keys_dir = root / "release-keys"
+        keys_dir.mkdir(parents=True)
+        (keys_dir / "release.pub").write_bytes(
+            release_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        creds = s3.credentials()
+        self.port = free_port()
+        self.base_env = {
+            **os.environ,
+            "KERNEX_ENVIRONMENT": "development",
+            "KERNEX_DATABASE_URL": database_url,
+            "KERNEX_API__PORT": str(self.port),
+            "KERNEX_STORAGE__BACKEND": "s3",
+            "KERNEX_STORAGE__ENDPOINT": s3.endpoint,
+            "KERNEX_STORAGE__SECURE": "false",
+            "KERNEX_STORAGE__ACCESS_KEY": creds.access_key,
+            "KERNEX_STORAGE__SECRET_KEY": creds.secret_key,
+            "KERNEX_STORAGE__BUCKET": f"kernex-e2e-{uuid.uuid4().hex[:10]}",
+            "KERNEX_RELEASE__TRUSTED_KEYS_DIR": str(keys_dir),
+            "KERNEX_MQTT__ENABLED": "true",
+            "KERNEX_MQTT__HOST": "localhost",
+            "KERNEX_MQTT__PORT": str(broker.port),
+            "KERNEX_MQTT__NOTIFY_INTERVAL_S": "0.2",
+            "KERNEX_MQTT__SWEEP_INTERVAL_S": "1",
+            "KERNEX_MQTT__HEARTBEAT_FLUSH_INTERVAL_S": "0.1",
+            "KERNEX_LOG__JSON_OUTPUT": "true",
+            **overrides,
+        }
+        self.processes: list[BackendProcess] = []
+        self.agents: list[AgentProcess] = []
+        self.token = ""
+
+    def start_api(self, identity: str = "kernex-backend") -> BackendProcess:
+        env = {**self.base_env, **service_identity(self.broker, identity, self.root / identity)}
+        api = BackendProcess("serve", env, self.root / f"{identity}.log").start()
+        self.processes.append(api)
+        wait_for_port("127.0.0.1", self.port, timeout=30)
+        self.token = subprocess.run(
+            [
+                str(BIN / "kernex-backend"),
+                "create-api-key",
+                "--name",
+                f"e2e-{uuid.uuid4().hex[:6]}",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return api
+
+    def start_worker(self, identity: str) -> BackendProcess:
+        env = {**self.base_env, **service_identity(self.broker, identity, self.root / identity)}
+        worker = BackendProcess("worker", env, self.root / f"{identity}.log").start()
+        self.processes.append(worker)
+        return worker
+
+    def stop(self) -> None:
+        for agent in self.agents:
+            if agent.process is not None and agent.process.poll() is None:
+                agent.kill()
+        for process in self.processes:
+            if process.process is not None and process.process.poll() is None:
+                process.stop()
+
+    @property
+    def api(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}/api/v1",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=30,
+        )
+
+    def add_device(self, **agent_overrides: str) -> AgentProcess:
+        """Register a device through the API, issue its kit, prepare (not start) its agent."""
+        device_id = f"e2e-{uuid.uuid4().hex[:10]}"
+        with self.api as api:
+            created = api.post("/devices", json={"id": device_id, "device_type": DEVICE_TYPE})
+            assert created.status_code == 201, created.text
+        key = new_key()
+        cert = self.broker.authority.issue(
+            key.public_key(), kind=CertificateKind.DEVICE, common_name=device_id, days=2
+        )
+        kit = self.root / device_id / "kit"
+        write_kit(
+            kit,
+            self.broker.authority,
+            device_id=device_id,
+            device_type=DEVICE_TYPE,
+            certificate=cert,
+            key=key,
+            broker=BrokerAddress("localhost", self.broker.port),
+        )
+        (kit / "release-keys" / "release.pub").write_bytes(
+            (self.root / "release-keys" / "release.pub").read_bytes()
+        )
+        agent = AgentProcess(
+            kit, self.root / device_id / "state", self.root / device_id / "app", **agent_overrides
+        )
+        agent.device_id = device_id  # type: ignore[attr-defined]
+        self.agents.append(agent)
+        return agent
+
+    def upload(self, version: str, **archive: Any) -> dict[str, Any]:
+        """Sign and upload a bundle of the test application through the API."""
+        content = app_archive(version, **archive)
+        import datetime as dt
+        import hashlib
+
+        manifest = ReleaseManifest(
+            name="app",
+            version=version,
+            device_type=DEVICE_TYPE,
+            sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        signed = sign(manifest, self.release_key)
+        with self.api as api:
+            response = api.post(
+                "/bundles", content=content, headers={"Kernex-Release": signed.to_json()}
+            )
+        assert response.status_code == 201, response.text
+        bundle: dict[str, Any] = response.json()
+        return bundle
+
+    def deploy(self, bundle: dict[str, Any], device_ids: list[str]) -> str:
+        with self.api as api:
+            response = api.post(
+                "/deployments",
+                json={"name": "e2e", "bundle_id": bundle["id"], "device_ids": device_ids},
+            )
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+    def executions(self, deployment_id: str) -> dict[str, dict[str, Any]]:
+        with self.api as api:
+            rows = api.get(f"/deployments/{deployment_id}/executions").json()["data"]
+        return {row["device_id"]: row for row in rows}
+
+    def device(self, device_id: str) -> dict[str, Any]:
+        with self.api as api:
+            response = api.get(f"/devices/{device_id}")
+        assert response.status_code == 200, response.text
+        device: dict[str, Any] = response.json()
+        return device
+
+
+def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
+    """Poll `check` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"not reached within {timeout}s: {what} (last: {last!r})")

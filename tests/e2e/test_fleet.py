@@ -1,0 +1,135 @@
+"""End to end: real agents, real broker, real PostgreSQL, real S3, the backend over HTTP."""
+
+import time
+from pathlib import Path
+
+import pytest
+
+from kernex_devstack.broker import EmbeddedBroker
+from kernex_protocol.topics import Channel, subscription_for_all
+from tests.e2e.fleet import Fleet, eventually, service_identity
+from tests.integration.agent.harness import running_version
+from tests.integration.mqtt_client import Identity, connect
+
+pytestmark = pytest.mark.e2e
+
+
+def test_device_online_update_and_offline_through_the_api(fleet: Fleet) -> None:
+    fleet.start_api()
+    agent = fleet.add_device()
+    device_id = agent.device_id  # type: ignore[attr-defined]
+    agent.start()
+    device = eventually(
+        lambda: (d := fleet.device(device_id))["online"] and d["last_seen_at"] and d,
+        what="device online with a heartbeat",
+    )
+    assert device["status"] == "active" and device["agent_version"]
+
+    bundle = fleet.upload("1.0.0")
+    deployment = fleet.deploy(bundle, [device_id])
+    execution = eventually(
+        lambda: (e := fleet.executions(deployment)[device_id])["state"] == "succeeded" and e,
+        what="execution succeeded",
+    )
+    assert execution["device_state"] == "committed" and execution["progress"] == 100
+    assert running_version(agent.install_root) == "1.0.0"
+    eventually(lambda: fleet.device(device_id)["current_version"] == "1.0.0", what="version")
+    with fleet.api as api:
+        detail = api.get(f"/deployments/{deployment}").json()
+    assert detail["status"] == "completed"
+    assert detail["execution_counts"]["succeeded"] == 1
+
+    # A clean stop says goodbye: offline at once, not after the sweeper's timeout.
+    assert agent.terminate() == 0
+    eventually(lambda: not fleet.device(device_id)["online"], timeout=10, what="offline")
+
+
+def test_offline_device_completes_when_back_even_after_its_url_expired(fleet: Fleet) -> None:
+    fleet.base_env["KERNEX_STORAGE__URL_EXPIRY_S"] = "5"
+    fleet.start_api()
+    agent = fleet.add_device()
+    device_id = agent.device_id  # type: ignore[attr-defined]
+    deployment = fleet.deploy(fleet.upload("2.0.0"), [device_id])
+    eventually(
+        lambda: fleet.executions(deployment)[device_id]["state"] == "notified", what="notified"
+    )
+    time.sleep(6)  # the URL in the retained notice has expired
+    agent.start()
+    eventually(
+        lambda: fleet.executions(deployment)[device_id]["state"] == "succeeded",
+        what="execution succeeded",
+    )
+    agent.wait_log("download.url_refused", deployment_id=deployment)
+    assert running_version(agent.install_root) == "2.0.0"
+
+
+def test_two_replicas_share_device_traffic_and_notify_each_device_once(
+    fleet: Fleet, broker: EmbeddedBroker
+) -> None:
+    api = fleet.start_api("kernex-backend")
+    worker = fleet.start_worker("kernex-backend-2")
+    # Watch every notice the devices get, as the broker delivers them, with an identity of
+    # its own (the broker makes the CN the client id: sharing one would kick a replica off).
+    files = service_identity(broker, "kernex-watcher", fleet.root / "watcher")
+    identity = Identity(
+        "kernex-watcher",
+        Path(files["KERNEX_MQTT__CA_FILE"]),
+        Path(files["KERNEX_MQTT__CERT_FILE"]),
+        Path(files["KERNEX_MQTT__KEY_FILE"]),
+    )
+    watcher = connect(identity, broker.host, broker.port)
+    watcher.subscribe(subscription_for_all(Channel.DEPLOYMENT))
+    agents = [fleet.add_device() for _ in range(8)]
+    for agent in agents:
+        agent.start()
+    ids = [a.device_id for a in agents]  # type: ignore[attr-defined]
+    eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="all online")
+
+    deployment = fleet.deploy(fleet.upload("3.0.0"), ids)
+    eventually(
+        lambda: all(e["state"] == "succeeded" for e in fleet.executions(deployment).values()),
+        timeout=60,
+        what="all succeeded",
+    )
+    notices: dict[str, int] = {}
+    for message in watcher.drain(wait=1.0):
+        if message.payload:
+            device = message.topic.split("/")[3]
+            notices[device] = notices.get(device, 0) + 1
+    watcher.close()
+    assert notices == dict.fromkeys(ids, 1)  # each device notified once, by one replica
+    # Both replicas consumed device traffic (the broker splits the shared subscriptions).
+    for process in (api, worker):
+        log = process.log()
+        assert '"device_presence"' in log or '"execution_finished"' in log, process.command
+    published = sum(
+        line.count('"notices_published"') for p in (api, worker) for line in p.log().splitlines()
+    )
+    assert published >= 1
+
+
+def test_broker_losing_its_retained_store_gets_every_notice_back(
+    fleet: Fleet, broker: EmbeddedBroker
+) -> None:
+    fleet.start_api()
+    agent = fleet.add_device()
+    device_id = agent.device_id  # type: ignore[attr-defined]
+    deployment = fleet.deploy(fleet.upload("4.0.0"), [device_id])
+    eventually(
+        lambda: fleet.executions(deployment)[device_id]["state"] == "notified", what="notified"
+    )
+    # The broker restarts with its persistence gone: the retained notice with it.
+    broker.stop()
+    stores = list(broker.layout.data_dir.glob("*.db"))
+    assert stores, "the broker saved no persistence file"
+    for stored in stores:
+        stored.unlink()
+    broker.start()
+    # The bridge reconnects and reconciles from PostgreSQL; the device then finds its notice.
+    agent.start()
+    eventually(
+        lambda: fleet.executions(deployment)[device_id]["state"] == "succeeded",
+        timeout=60,
+        what="execution succeeded after the broker lost its store",
+    )
+    assert running_version(agent.install_root) == "4.0.0"
