@@ -97,8 +97,7 @@ def start(
 
     async def sweep() -> None:
         await presence.sweep(dt.timedelta(seconds=mqtt.offline_after_s))
-        if bridge.connected.is_set():
-            await notices.time_out_silent()
+        await notices.time_out_silent()
 
     tasks = [
         asyncio.create_task(bridge.run(), name="mqtt_bridge"),

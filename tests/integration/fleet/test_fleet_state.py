@@ -1,0 +1,360 @@
+"""Fleet-state handlers against real PostgreSQL: heartbeat ingest, presence ordering, progress
+ordering, timeouts, and the bridge's handling of bad traffic."""
+
+import asyncio
+import datetime as dt
+import uuid
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernex_backend.core.config import MqttSettings
+from kernex_backend.core.db import create_engine, create_sessionmaker
+from kernex_backend.deployments.models import (
+    Deployment,
+    DeploymentExecution,
+    DeploymentStatus,
+    ExecutionState,
+)
+from kernex_backend.deployments.notices import NoticeService
+from kernex_backend.deployments.progress import ProgressIngest
+from kernex_backend.devices.models import Device, DeviceStatus
+from kernex_backend.devices.presence import PresenceTracker
+from kernex_backend.mqtt.bridge import DEVICE_CHANNELS, BridgeStats, MqttBridge
+from kernex_backend.telemetry.ingest import HeartbeatIngest, Received
+from kernex_protocol.payloads import (
+    ErrorCode,
+    Heartbeat,
+    Presence,
+    Progress,
+    ProgressError,
+    ProgressState,
+)
+from kernex_protocol.topics import Channel
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.integration
+
+
+async def add_devices(
+    engine: AsyncEngine, *ids: str, status: DeviceStatus = DeviceStatus.ACTIVE
+) -> None:
+    async with create_sessionmaker(engine)() as session:
+        for device_id in ids:
+            session.add(Device(id=device_id, device_type="gw", status=status))
+        await session.commit()
+
+
+async def device(engine: AsyncEngine, device_id: str) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        row = (
+            (await conn.execute(sa.text("SELECT * FROM devices WHERE id = :i"), {"i": device_id}))
+            .mappings()
+            .one()
+        )
+    return dict(row)
+
+
+async def heartbeat_rows(engine: AsyncEngine, device_id: str) -> list[int]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text("SELECT sequence FROM heartbeats WHERE device_id = :i ORDER BY sequence"),
+            {"i": device_id},
+        )
+        return [r[0] for r in rows]
+
+
+def beat(seq: int, session: int = 1, version: str = "1.0.0") -> Heartbeat:
+    return Heartbeat(
+        seq=seq,
+        session=session,
+        sent_at="t",
+        uptime_s=5,
+        agent_version="0.1.0",
+        installed_version=version,
+        metrics={"load1_milli": 100},
+    )
+
+
+def received(device_id: str, hb: Heartbeat) -> Received:
+    return Received(device_id, hb, dt.datetime.now(dt.UTC))
+
+
+async def test_heartbeats_stored_once_newest_wins_and_strangers_refused(
+    app: FastAPI, engine: AsyncEngine
+) -> None:
+    await add_devices(engine, "hb-1", "hb-2")
+    await add_devices(engine, "hb-retired", status=DeviceStatus.DECOMMISSIONED)
+    stats = BridgeStats()
+    ingest = HeartbeatIngest(engine, stats, batch_size=100, interval_s=0.1, capacity=1000)
+    await ingest.write(
+        [
+            received("hb-1", beat(0)),
+            received("hb-1", beat(1)),
+            received("hb-1", beat(1)),  # a QoS 1 repeat in the same batch
+            received("hb-2", beat(7, version="2.0.0")),
+            received("hb-stranger", beat(0)),
+            received("hb-retired", beat(0)),
+        ]
+    )
+    # A later batch: a repeat and an older one are not stored again.
+    await ingest.write(
+        [received("hb-1", beat(1)), received("hb-1", beat(0)), received("hb-1", beat(2))]
+    )
+    assert await heartbeat_rows(engine, "hb-1") == [0, 1, 2]
+    assert await heartbeat_rows(engine, "hb-2") == [7]
+    assert await heartbeat_rows(engine, "hb-stranger") == []
+    assert await heartbeat_rows(engine, "hb-retired") == []
+    row = await device(engine, "hb-2")
+    assert row["online"] and row["current_version"] == "2.0.0" and row["last_seen_at"]
+    assert (row["heartbeat_session"], row["heartbeat_seq"]) == (1, 7)
+    assert stats.counts["heartbeats.stored"] == 4  # 0, 1 and 7, then 2
+    assert stats.counts["heartbeats.refused_unknown_device"] == 2
+    # A new session starts its sequence again from 0: newer, so stored.
+    await ingest.write([received("hb-1", beat(0, session=2))])
+    assert await heartbeat_rows(engine, "hb-1") == [0, 0, 1, 2]
+
+
+async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
+    database_url: str, postgres_admin: Any, template_database: str, app: FastAPI
+) -> None:
+    # An engine pointing at a database that does not exist yet: every write fails.
+    missing = f"kernex_test_{uuid.uuid4().hex[:12]}"
+    url = postgres_admin.url_for(missing)
+    broken = create_engine(make_settings(url))
+    stats = BridgeStats()
+    ingest = HeartbeatIngest(broken, stats, batch_size=10, interval_s=0.05, capacity=20)
+    for seq in range(30):  # 10 over capacity
+        await ingest.submit("out-1", beat(seq))
+    assert ingest.backlog == 20
+    assert stats.counts["heartbeats.dropped_backpressure"] == 10
+    runner = asyncio.create_task(ingest.run())
+    try:
+        await asyncio.sleep(1.0)
+        assert stats.counts["heartbeats.stored"] == 0 and ingest.backlog == 20  # kept, retried
+        # The database comes back (created from the migrated template) with the device in it.
+        await postgres_admin.create(missing, template=template_database)
+        async with broken.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO devices (id, device_type, tags, status, online,"
+                    " created_at, updated_at)"
+                    " VALUES ('out-1', 'gw', '{}', 'active', false, now(), now())"
+                )
+            )
+            await conn.execute(
+                sa.text(
+                    "CREATE TABLE IF NOT EXISTS heartbeats_recover PARTITION OF heartbeats"
+                    " FOR VALUES FROM (now() - interval '1 day') TO (now() + interval '1 day')"
+                )
+            )
+        for _ in range(100):
+            if ingest.backlog == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert ingest.backlog == 0
+        assert stats.counts["heartbeats.stored"] == 20  # recovered without a restart
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+        await broken.dispose()
+        await postgres_admin.drop(missing)
+
+
+async def test_presence_is_ordered_by_session(app: FastAPI, engine: AsyncEngine) -> None:
+    await add_devices(engine, "pr-1")
+    stats = BridgeStats()
+    presence = PresenceTracker(engine, stats)
+
+    async def state() -> tuple[bool, int | None]:
+        row = await device(engine, "pr-1")
+        return row["online"], row["presence_session"]
+
+    await presence.apply("pr-1", Presence(online=True, session=5, installed_version="1.0.0"))
+    assert await state() == (True, 5)
+    await presence.apply("pr-1", Presence(online=False, session=4, reason="lost"))  # late Will
+    assert await state() == (True, 5)
+    await presence.apply("pr-1", Presence(online=False, session=5, reason="lost"))
+    assert await state() == (False, 5)
+    await presence.apply("pr-1", Presence(online=True, session=5))  # reordered: same session
+    assert await state() == (False, 5)
+    await presence.apply("pr-1", Presence(online=True, session=6))
+    assert await state() == (True, 6)
+    await presence.apply("pr-nobody", Presence(online=True, session=1))
+    assert stats.counts["presence.stale"] == 2
+    assert stats.counts["presence.refused_unknown_device"] == 1
+
+    # Silence: the sweeper marks it offline once last_seen_at is old enough.
+    assert await presence.sweep(dt.timedelta(hours=1)) == 0
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE devices SET last_seen_at = now() - interval '2 hours'"))
+    assert await presence.sweep(dt.timedelta(hours=1)) == 1
+    assert await state() == (False, 6)
+
+
+async def make_execution(engine: AsyncEngine, device_id: str) -> uuid.UUID:
+    await add_devices(engine, device_id)
+    async with create_sessionmaker(engine)() as session:
+        deployment = Deployment(
+            name="t", target={}, status=DeploymentStatus.RUNNING, created_by="t"
+        )
+        session.add(deployment)
+        await session.flush()
+        session.add(
+            DeploymentExecution(
+                deployment_id=deployment.id, device_id=device_id, state=ExecutionState.NOTIFIED
+            )
+        )
+        await session.commit()
+        return deployment.id
+
+
+def report(deployment: uuid.UUID, state: ProgressState, seq: int, **extra: Any) -> Progress:
+    return Progress(str(deployment), state, seq=seq, sent_at="t", version="9.0.0", **extra)
+
+
+async def execution(engine: AsyncEngine, deployment: uuid.UUID) -> dict[str, Any]:
+    async with engine.connect() as conn:
+        row = (
+            (
+                await conn.execute(
+                    sa.text("SELECT * FROM deployment_executions WHERE deployment_id = :d"),
+                    {"d": deployment},
+                )
+            )
+            .mappings()
+            .one()
+        )
+    return dict(row)
+
+
+async def test_progress_is_applied_in_order_once_and_finishes_the_deployment(
+    app: FastAPI, engine: AsyncEngine
+) -> None:
+    deployment = await make_execution(engine, "pg-1")
+    finals: list[str] = []
+
+    async def on_final(device_id: str) -> None:
+        finals.append(device_id)
+
+    stats = BridgeStats()
+    ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=on_final)
+    await ingest.apply("pg-1", report(deployment, ProgressState.DOWNLOADING, 10, percent=50))
+    await ingest.apply("pg-1", report(deployment, ProgressState.DOWNLOADING, 10, percent=50))
+    await ingest.apply("pg-1", report(deployment, ProgressState.DOWNLOADING, 9, percent=10))
+    row = await execution(engine, deployment)
+    assert (row["state"], row["progress"], row["report_seq"]) == ("downloading", 50, 10)
+    await ingest.apply("pg-1", report(deployment, ProgressState.COMMITTING, 14))
+    assert (await execution(engine, deployment))["device_state"] == "committing"
+    await ingest.apply("pg-1", report(deployment, ProgressState.COMMITTED, 15))
+    row = await execution(engine, deployment)
+    assert (row["state"], row["progress"]) == ("succeeded", 100) and row["finished_at"]
+    assert (await device(engine, "pg-1"))["current_version"] == "9.0.0"
+    # After the final state nothing changes it: not even a "newer" failure.
+    await ingest.apply(
+        "pg-1",
+        report(deployment, ProgressState.FAILED, 16, error=ProgressError(ErrorCode.INSTALL_FAILED)),
+    )
+    assert (await execution(engine, deployment))["state"] == "succeeded"
+    await ingest.apply("pg-1", report(uuid.uuid4(), ProgressState.DOWNLOADING, 20))
+    await ingest.apply("pg-1", Progress("not-a-uuid", ProgressState.FAILED, seq=21, sent_at="t"))
+    assert stats.counts["progress.duplicate"] == 2
+    assert stats.counts["progress.after_final"] == 1
+    assert stats.counts["progress.unknown_execution"] == 2
+    assert finals == ["pg-1"]
+    async with engine.connect() as conn:
+        status = (
+            await conn.execute(
+                sa.text("SELECT status FROM deployments WHERE id = :d"), {"d": deployment}
+            )
+        ).scalar_one()
+    assert status == "completed"
+
+
+async def test_a_failure_report_keeps_its_error(app: FastAPI, engine: AsyncEngine) -> None:
+    deployment = await make_execution(engine, "pg-2")
+    ingest = ProgressIngest(create_sessionmaker(engine), BridgeStats(), on_final=_noop)
+    await ingest.apply(
+        "pg-2",
+        report(
+            deployment,
+            ProgressState.ROLLED_BACK,
+            3,
+            error=ProgressError(ErrorCode.HEALTH_CHECK_FAILED, "exit 1"),
+        ),
+    )
+    row = await execution(engine, deployment)
+    assert (row["state"], row["error_code"], row["error_detail"]) == (
+        "rolled_back",
+        "health_check_failed",
+        "exit 1",
+    )
+
+
+async def _noop(device_id: str) -> None:
+    return None
+
+
+async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
+    seen: list[tuple[str, object]] = []
+
+    async def handler(device_id: str, document: object) -> None:
+        seen.append((device_id, document))
+
+    async def broken(device_id: str, document: object) -> None:
+        raise RuntimeError("database hiccup")
+
+    bridge = MqttBridge(MqttSettings(), handlers={})
+    bridge.handlers.update(dict.fromkeys(DEVICE_CHANNELS, handler))
+    good = beat(1).to_payload()
+    await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", b"{not json")
+    await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", b'{"v": 9}')
+    await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", b"x" * 5000)
+    await bridge.dispatch("kernex/v1/devices/d-1/deployment", good)  # a cloud->device topic
+    await bridge.dispatch("kernex/v1/devices/a+b/heartbeat", good)
+    await bridge.dispatch("elsewhere/topic", good)
+    await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", good)
+    bridge.handlers[Channel.PRESENCE] = broken
+    await bridge.dispatch("kernex/v1/devices/d-1/presence", Presence(True, 1).to_payload())
+    await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", beat(2).to_payload())
+    assert [d for d, _ in seen] == ["d-1", "d-1"]
+    counts = bridge.stats.counts
+    assert counts["dropped.malformed"] == 2
+    assert counts["dropped.oversized"] == 1
+    assert counts["dropped.foreign_topic"] == 3
+    assert counts["failed.presence"] == 1
+
+
+async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> None:
+    deployment = await make_execution(engine, "to-1")
+    settings = make_settings("postgresql+asyncpg://u:p@h/d", mqtt={"execution_timeout_s": 3600})
+    bridge = MqttBridge(settings.mqtt, handlers={})  # not connected: withdrawing is deferred
+    notices = NoticeService(
+        sessionmaker=create_sessionmaker(engine),
+        bridge=bridge,
+        storage=app.state.storage,
+        settings=settings,
+        stats=bridge.stats,
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE deployment_executions SET notified_at = now() - interval '30 minutes'")
+        )
+    assert await notices.time_out_silent() == 0
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE deployment_executions SET notified_at = now() - interval '2 hours'")
+        )
+    assert await notices.time_out_silent() == 1
+    row = await execution(engine, deployment)
+    assert (row["state"], row["error_code"]) == ("timed_out", "timed_out")
+    async with engine.connect() as conn:
+        status = (
+            await conn.execute(
+                sa.text("SELECT status FROM deployments WHERE id = :d"), {"d": deployment}
+            )
+        ).scalar_one()
+    assert status == "completed"
