@@ -23,6 +23,7 @@ from kernex_backend.deployments.router import router as deployments_router
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.router import router as devices_router
 from kernex_backend.mqtt import handlers as fleet_state
+from kernex_backend.mqtt.router import router as mqtt_router
 from kernex_protocol.manifest import load_trusted_keys
 
 API_PREFIX = "/api/v1"
@@ -104,6 +105,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         bundles_router,
         local_downloads_router,
         deployments_router,
+        mqtt_router,
         api_keys_router,
         audit_router,
     ):

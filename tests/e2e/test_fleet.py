@@ -24,6 +24,11 @@ def test_device_online_update_and_offline_through_the_api(fleet: Fleet) -> None:
         what="device online with a heartbeat",
     )
     assert device["status"] == "active" and device["agent_version"]
+    with fleet.api as api:
+        beats = eventually(lambda: api.get(f"/devices/{device_id}/heartbeats").json()["data"])
+        status = api.get("/mqtt/status").json()
+    assert beats[0]["metrics"]["agent_version"] == device["agent_version"]
+    assert status["connected"] and status["counters"]["heartbeats.stored"] >= 1
 
     bundle = fleet.upload("1.0.0")
     deployment = fleet.deploy(bundle, [device_id])

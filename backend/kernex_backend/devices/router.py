@@ -1,12 +1,14 @@
 """Device endpoints."""
 
 import dataclasses
+import datetime as dt
 import re
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, status
+from sqlmodel import col, select
 
-from kernex_backend.core.db import SessionDep
+from kernex_backend.core.db import SessionDep, utc_now
 from kernex_backend.core.errors import InvalidInput
 from kernex_backend.core.pagination import PageDep
 from kernex_backend.core.security import OptionalWriteAccess, ReadAccess, WriteAccess
@@ -20,9 +22,12 @@ from kernex_backend.devices.schemas import (
     DevicePublic,
     DevicesPublic,
     DeviceUpdate,
+    HeartbeatPublic,
+    HeartbeatsPublic,
     RevocationPublic,
     RevokeRequest,
 )
+from kernex_backend.telemetry.models import Heartbeat
 from kernex_protocol.ids import DEVICE_ID_PATTERN
 
 router = APIRouter(prefix="/devices", tags=["devices"])
@@ -85,6 +90,26 @@ async def list_devices(
 async def get_device(device_id: DeviceIdPath, session: SessionDep, _: ReadAccess) -> DevicePublic:
     """One device."""
     return _public(await service.get(session=session, device_id=device_id))
+
+
+@router.get("/{device_id}/heartbeats", response_model=HeartbeatsPublic)
+async def list_heartbeats(
+    device_id: DeviceIdPath,
+    session: SessionDep,
+    _: ReadAccess,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> HeartbeatsPublic:
+    """A device's recent heartbeats, newest first (the last `limit`, from the last 24 hours)."""
+    await service.get(session=session, device_id=device_id)  # 404 for an unknown device
+    since = utc_now() - dt.timedelta(hours=24)
+    rows = await session.exec(
+        select(Heartbeat)
+        .where(col(Heartbeat.device_id) == device_id, col(Heartbeat.received_at) >= since)
+        .order_by(col(Heartbeat.received_at).desc())
+        .limit(limit)
+    )
+    data = [HeartbeatPublic.model_validate(h, from_attributes=True) for h in rows]
+    return HeartbeatsPublic(data=data, count=len(data))
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)

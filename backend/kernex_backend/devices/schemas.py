@@ -1,6 +1,7 @@
 """API shapes for devices."""
 
 from datetime import datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -51,6 +52,21 @@ class DevicePublic(DeviceBase):
     cert_not_after: datetime | None
     created_at: datetime
     updated_at: datetime
+
+
+class HeartbeatPublic(BaseModel):
+    """One stored heartbeat."""
+
+    received_at: datetime
+    sequence: int
+    metrics: dict[str, Any]
+
+
+class HeartbeatsPublic(BaseModel):
+    """A device's most recent heartbeats, newest first."""
+
+    data: list[HeartbeatPublic]
+    count: int
 
 
 class DevicesPublic(BaseModel):
