@@ -15,5 +15,7 @@ if [ ! -f /pki/service/service.crt ]; then
 fi
 # Re-rendered every time, so template changes and revocations take effect on restart.
 kernex-provision broker-config --ca "$ca" --out "$broker" --port 8883 --bind 0.0.0.0
-# The eclipse-mosquitto image runs as uid 1883.
+# The eclipse-mosquitto image runs as uid 1883; the backend image as uid 10001, which signs
+# CSRs into the CA directory and reads its MQTT identity.
 chown -R 1883:1883 "$broker" 2>/dev/null || true
+chown -R 10001:10001 "$ca" /pki/service 2>/dev/null || true

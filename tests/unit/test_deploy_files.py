@@ -115,3 +115,14 @@ def test_agent_systemd_unit_matches_the_agent_defaults() -> None:
     assert service["RestartPreventExitStatus"] == "2"  # the agent's configuration-error status
     assert service["NoNewPrivileges"] == "yes" and service["ProtectSystem"] == "strict"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_backend_runs_the_mqtt_bridge_with_files_from_a_mounted_volume() -> None:
+    env = SERVICES["backend"]["environment"]
+    assert env["KERNEX_MQTT__ENABLED"] == "true"
+    assert env["KERNEX_MQTT__HOST"] == "mosquitto"  # a DNS name in the broker's certificate
+    mounts = [v.split(":")[1] for v in SERVICES["backend"]["volumes"]]
+    for key in ("KERNEX_MQTT__CA_FILE", "KERNEX_MQTT__CERT_FILE", "KERNEX_MQTT__KEY_FILE"):
+        assert any(env[key].startswith(m + "/") for m in mounts), key
+    provision = (REPO / "deploy" / "docker" / "provision.sh").read_text()
+    assert "--dns mosquitto" in provision and "issue-service" in provision
