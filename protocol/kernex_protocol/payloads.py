@@ -394,6 +394,7 @@ class Notice:
     issued_at: str
     expires_at: str | None = None  # after this the device does not start the deployment
     url: str | None = None
+    url_expires_at: str | None = None  # when `url` stops working (then: url/request)
     rollback: SignedRollback | None = None
 
     @property
@@ -411,6 +412,7 @@ class Notice:
                 "issued_at": self.issued_at,
                 "expires_at": self.expires_at,
                 "url": self.url,
+                "url_expires_at": self.url_expires_at,
                 "rollback": None if self.rollback is None else self.rollback.to_document(),
             }
         )
@@ -436,5 +438,6 @@ class Notice:
             issued_at=_typed(d, "issued_at", str)[:40],
             expires_at=_short_text(_typed(d, "expires_at", str, optional=True), 40),
             url=url,
+            url_expires_at=_short_text(_typed(d, "url_expires_at", str, optional=True), 40),
             rollback=rollback,
         )

@@ -94,6 +94,7 @@ class NoticeService:
             release=signed_release(bundle),
             issued_at=utc_now().isoformat(timespec="seconds"),
             url=url.url,
+            url_expires_at=url.expires_at.isoformat(timespec="seconds"),
         )
         return notice.to_payload()
 
