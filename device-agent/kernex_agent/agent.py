@@ -16,6 +16,8 @@ import os
 import random
 import secrets
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from kernex_agent.telemetry import system_metrics, system_uptime_s
 from kernex_agent.transport import MqttTransport
 from kernex_agent.update.download import HttpDownloader
 from kernex_agent.update.health import CommandHealthCheck
-from kernex_agent.update.installer import DirectoryInstaller
+from kernex_agent.update.installer import DirectoryInstaller, Installer
 from kernex_agent.update.machine import TERMINAL, State
 from kernex_agent.update.runner import UpdateRunner
 from kernex_agent.update.states import AgentStopping, UpdateStates, notice_of
@@ -63,6 +65,10 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def _exit_for_test(state: State) -> None:
+    os._exit(137)  # like a power cut: no clean-up, no goodbye
+
+
 def _certificate_serial(path: Path) -> str | None:
     try:
         return format(x509.load_pem_x509_certificate(path.read_bytes()).serial_number, "x")
@@ -73,16 +79,27 @@ def _certificate_serial(path: Path) -> str | None:
 class Agent:
     """One device's agent."""
 
-    def __init__(self, config: AgentConfig, *, crash_in: State | None = None) -> None:
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        crash_in: State | None = None,
+        crash: Callable[[State], None] | None = None,
+        installer: Installer | None = None,
+        health_check: Callable[[], bool] | None = None,
+    ) -> None:
+        """`installer` and `health_check` default to the configured ones; `crash_in` with
+        `crash` (default: exit the process) is the power-cut fault injection of the tests and
+        the simulator."""
         self.config = config
         update = config.update
         update.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.installer = DirectoryInstaller(
+        self.installer: Installer = installer or DirectoryInstaller(
             update.install_root,
             keep_versions=update.keep_versions,
             max_unpacked_bytes=update.max_unpacked_bytes,
         )
-        health = (
+        health = health_check or (
             CommandHealthCheck(
                 update.health_command, timeout_s=update.health_timeout_s, cwd=update.install_root
             )
@@ -116,6 +133,11 @@ class Agent:
             on_enter=self._on_enter,
         )
         self._crash_in = crash_in
+        self._crash = crash or _exit_for_test
+        # What this agent sent, for the simulator's reports.
+        self.sent: Counter[str] = Counter()
+        # Extra heartbeat metrics (the simulator pads heartbeats to a chosen size with these).
+        self.extra_metrics: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._latest_notice: bytes | None = None  # None: nothing heard since start; b"": cleared
         self._latest_notice_id: str | None = None
@@ -274,6 +296,7 @@ class Agent:
         """Report the state `record` is in; paho queues it while offline."""
         message = self._progress(record, ProgressState(record.state.value), percent=percent)
         self.transport.publish(Channel.PROGRESS, message.to_payload())
+        self.sent["progress"] += 1
 
     async def final(self, record: UpdateRecord) -> bool:
         """Report a terminal state and wait for the broker's acknowledgement."""
@@ -296,6 +319,8 @@ class Agent:
         if not await self._wait_connected(None):
             return False
         info = self.transport.publish(Channel.PROGRESS, payload)
+        self.sent["progress"] += 1
+        self.sent[f"final.{message.state.value}"] += 1
         try:
             await asyncio.to_thread(info.wait_for_publish, _ACK_WAIT_S)
         except (RuntimeError, ValueError):
@@ -323,7 +348,7 @@ class Agent:
         if not marker.exists():
             write_atomic(marker, b"")
             log.warning("agent.fault_injected", extra={"state": state.value})
-            os._exit(137)
+            self._crash(state)
 
     async def _updates(self) -> None:
         await asyncio.to_thread(self.installer.cleanup)
@@ -400,6 +425,7 @@ class Agent:
             if self.transport.connected.is_set():
                 metrics = system_metrics(self.config.update.install_root)
                 metrics["agent_uptime_s"] = int(time.monotonic() - started)
+                metrics.update(self.extra_metrics)
                 beat = Heartbeat(
                     seq=seq,
                     session=self.transport.session,
@@ -410,5 +436,6 @@ class Agent:
                     metrics=metrics,
                 )
                 self.transport.publish(Channel.HEARTBEAT, beat.to_payload())
+                self.sent["heartbeat"] += 1
                 seq += 1
             await asyncio.sleep(interval)

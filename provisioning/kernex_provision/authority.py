@@ -252,50 +252,80 @@ class CertificateAuthority:
         issued_at: dt.datetime | None = None,
     ) -> x509.Certificate:
         """Sign a leaf certificate for `public_key` and record it in the index."""
-        if kind in (CertificateKind.DEVICE, CertificateKind.SERVICE):
-            # A device named like a service identity would get the service's broker access.
-            other = (
-                CertificateKind.SERVICE
-                if kind == CertificateKind.DEVICE
-                else CertificateKind.DEVICE
-            )
-            if any(
-                row.common_name == common_name and row.kind == other.value
-                for row in self.certificates()
-            ):
-                raise AuthorityError(
-                    f"{common_name!r} is already a {other.value} identity; pick another name"
-                )
-        issuer = self._issuer()
-        organization = issuer.certificate.subject.get_attributes_for_oid(
-            x509.NameOID.ORGANIZATION_NAME
-        )
+        self._check_name_kinds([common_name], kind)
         certificate = make_leaf(
             public_key,
-            issuer,
+            self._issuer(),
             kind=kind,
             common_name=common_name,
-            organization=str(organization[0].value) if organization else "Kernex",
+            organization=self._organization(),
             days=days,
             dns_names=dns_names,
             ip_addresses=ip_addresses,
             issued_at=issued_at,
         )
+        self._record([(certificate, common_name, kind)])
+        return certificate
+
+    def issue_devices(
+        self, requests: list[tuple[str, PublicKey]], *, days: int
+    ) -> list[x509.Certificate]:
+        """Sign many device certificates at once (one index write): fleets and simulators."""
+        names = [name for name, _ in requests]
+        self._check_name_kinds(names, CertificateKind.DEVICE)
+        issuer, organization = self._issuer(), self._organization()
+        certificates = [
+            make_leaf(
+                public_key,
+                issuer,
+                kind=CertificateKind.DEVICE,
+                common_name=name,
+                organization=organization,
+                days=days,
+            )
+            for name, public_key in requests
+        ]
+        self._record(
+            [(c, name, CertificateKind.DEVICE) for c, name in zip(certificates, names, strict=True)]
+        )
+        return certificates
+
+    def _organization(self) -> str:
+        names = self._issuer().certificate.subject.get_attributes_for_oid(
+            x509.NameOID.ORGANIZATION_NAME
+        )
+        return str(names[0].value) if names else "Kernex"
+
+    def _check_name_kinds(self, names: list[str], kind: CertificateKind) -> None:
+        """A device named like a service identity would get the service's broker access."""
+        if kind not in (CertificateKind.DEVICE, CertificateKind.SERVICE):
+            return
+        other = (
+            CertificateKind.SERVICE if kind == CertificateKind.DEVICE else CertificateKind.DEVICE
+        )
+        taken = {row.common_name for row in self.certificates() if row.kind == other.value}
+        clash = sorted(taken.intersection(names))
+        if clash:
+            raise AuthorityError(
+                f"{clash[0]!r} is already a {other.value} identity; pick another name"
+            )
+
+    def _record(self, issued: list[tuple[x509.Certificate, str, CertificateKind]]) -> None:
         with self._locked():
             index = self._load_index()
-            index["certificates"].append(
-                asdict(
-                    IssuedCertificate(
-                        serial=f"{certificate.serial_number:x}",
-                        common_name=common_name,
-                        kind=kind.value,
-                        not_before=certificate.not_valid_before_utc.isoformat(),
-                        not_after=certificate.not_valid_after_utc.isoformat(),
+            for certificate, common_name, kind in issued:
+                index["certificates"].append(
+                    asdict(
+                        IssuedCertificate(
+                            serial=f"{certificate.serial_number:x}",
+                            common_name=common_name,
+                            kind=kind.value,
+                            not_before=certificate.not_valid_before_utc.isoformat(),
+                            not_after=certificate.not_valid_after_utc.isoformat(),
+                        )
                     )
                 )
-            )
             self._save_index(index)
-        return certificate
 
     # -- revoking -----------------------------------------------------------------------------
 

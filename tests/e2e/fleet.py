@@ -244,8 +244,13 @@ class Fleet:
         return device
 
 
-def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    """Poll `check` until it returns something truthy."""
+def eventually(
+    check: Callable[[], Any],
+    timeout: float = 30.0,
+    what: str = "",
+    explain: Callable[[], str] | None = None,
+) -> Any:
+    """Poll `check` until it returns something truthy; `explain` adds context to a failure."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
@@ -253,4 +258,19 @@ def eventually(check: Callable[[], Any], timeout: float = 30.0, what: str = "") 
         if last:
             return last
         time.sleep(0.2)
-    raise AssertionError(f"not reached within {timeout}s: {what} (last: {last!r})")
+    context = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"not reached within {timeout}s: {what} (last: {last!r}){context}")
+
+
+def logs_of(*parts: Any) -> Callable[[], str]:
+    """A failure explainer: the tails of agent and backend logs."""
+
+    def explain() -> str:
+        out = []
+        for part in parts:
+            path = getattr(part, "log_path", None)
+            if path is not None and Path(path).exists():
+                out.append(f"--- {path}\n" + Path(path).read_text(errors="replace")[-3000:])
+        return "\n".join(out)
+
+    return explain

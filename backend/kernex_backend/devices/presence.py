@@ -3,7 +3,10 @@
 A device's birth and Last Will carry a session number that grows with every connection. An
 update applies only if its session is newer than the one held, or the same session going
 offline: so a Last Will delivered late for an old session never marks a reconnected device
-offline, and an online cannot undo the offline of its own session.
+offline, and an online cannot undo the offline of its own session. Heartbeats bring a device
+online only from a newer session than the presence held (telemetry/ingest.py). The sweeper,
+which marks silent devices offline without any message, forgets the session, so the device's
+next heartbeat or birth brings it back.
 """
 
 import datetime as dt
@@ -37,7 +40,7 @@ _APPLY = sa.text(
 _KNOWN = sa.text("SELECT 1 FROM devices WHERE id = :device_id AND status <> 'decommissioned'")
 _SWEEP = sa.text(
     """
-    UPDATE devices SET online = false, updated_at = :now
+    UPDATE devices SET online = false, presence_session = NULL, updated_at = :now
     WHERE online AND (last_seen_at IS NULL OR last_seen_at < :cutoff)
     RETURNING id
     """

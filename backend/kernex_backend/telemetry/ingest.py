@@ -61,8 +61,9 @@ _INGEST = sa.text(
             heartbeat_seq = n.seq,
             current_version = coalesce(n.installed_version, d.current_version),
             agent_version = coalesce(n.agent_version, d.agent_version),
-            -- A heartbeat of an older session than the presence we hold says nothing new.
-            online = CASE WHEN n.session >= coalesce(d.presence_session, 0) THEN true
+            -- Only a heartbeat of a newer session than the presence held says "online": one
+            -- of the same session may have been sent just before that session's goodbye.
+            online = CASE WHEN n.session > coalesce(d.presence_session, -1) THEN true
                           ELSE d.online END,
             status = CASE WHEN d.status = 'registered' THEN 'active' ELSE d.status END,
             updated_at = now()

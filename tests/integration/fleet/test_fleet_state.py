@@ -192,7 +192,7 @@ async def test_presence_is_ordered_by_session(app: FastAPI, engine: AsyncEngine)
     async with engine.begin() as conn:
         await conn.execute(sa.text("UPDATE devices SET last_seen_at = now() - interval '2 hours'"))
     assert await presence.sweep(dt.timedelta(hours=1)) == 1
-    assert await state() == (False, 6)
+    assert await state() == (False, None)  # the session is forgotten: any news brings it back
 
 
 async def make_execution(engine: AsyncEngine, device_id: str) -> uuid.UUID:
@@ -358,3 +358,26 @@ async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> 
             )
         ).scalar_one()
     assert status == "completed"
+
+
+async def test_a_heartbeat_sent_before_the_goodbye_does_not_bring_the_device_back(
+    app: FastAPI, engine: AsyncEngine
+) -> None:
+    await add_devices(engine, "race-1")
+    stats = BridgeStats()
+    presence = PresenceTracker(engine, stats)
+    ingest = HeartbeatIngest(engine, stats, batch_size=10, interval_s=0.1, capacity=100)
+    await presence.apply("race-1", Presence(online=True, session=3))
+    await presence.apply("race-1", Presence(online=False, session=3, reason="shutdown"))
+    # The last heartbeat of session 3, flushed after the goodbye was applied.
+    await ingest.write([received("race-1", beat(9, session=3))])
+    assert not (await device(engine, "race-1"))["online"]
+    # A heartbeat of a new session (its birth lost) does bring it online.
+    await ingest.write([received("race-1", beat(0, session=4))])
+    assert (await device(engine, "race-1"))["online"]
+    # Swept offline for silence, then heard from again in the same session: online again.
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE devices SET last_seen_at = now() - interval '1 hour'"))
+    assert await presence.sweep(dt.timedelta(minutes=5)) == 1
+    await ingest.write([received("race-1", beat(1, session=4))])
+    assert (await device(engine, "race-1"))["online"]

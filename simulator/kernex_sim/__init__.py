@@ -1,0 +1,1 @@
+"""kernex-sim: simulated devices running the real agent, for rehearsals and benchmarks."""

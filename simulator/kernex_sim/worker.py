@@ -1,0 +1,185 @@
+"""One simulator process: runs its slice of devices, each a real `Agent` with its own
+certificate and mTLS connection, and reports counts to the parent once a second.
+
+Everything but the installer is the agent's own code: transport, presence, heartbeats, notice
+checks, the downloader (real HTTP to the real object store), the state machine with its saved
+record. Faults are played by the supervisor around each agent: a simulated reboot (the agent's
+power-cut hook, then a new agent on the same state, which resumes), or going offline for a
+while (the agent stops and a new one starts later).
+"""
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing.queues
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from kernex_agent.agent import Agent
+from kernex_agent.config import (
+    AgentConfig,
+    LogConfig,
+    MqttConfig,
+    ReleaseConfig,
+    TelemetryConfig,
+    UpdateConfig,
+)
+from kernex_agent.update.machine import State
+from kernex_sim.fleet import SimDevice, WorkerSpec
+from kernex_sim.installer import SimulatedInstaller
+
+
+class SimulatedReboot(Exception):
+    """Raised by the power-cut hook: the supervisor starts the device again."""
+
+
+def _config(spec: WorkerSpec, device: SimDevice) -> AgentConfig:
+    home = Path(device.home)
+    return AgentConfig(
+        device_id=device.device_id,
+        device_type=spec.device_type,
+        mqtt=MqttConfig(
+            host=spec.broker_host,
+            port=spec.broker_port,
+            ca_file=Path(spec.ca_chain),
+            cert_file=home / "device.crt",
+            key_file=home / "device.key",
+            reconnect_min_s=1.0,
+            reconnect_max_s=30.0,
+        ),
+        release=ReleaseConfig(trusted_keys_dir=Path(spec.trusted_keys_dir)),
+        telemetry=TelemetryConfig(heartbeat_interval_s=spec.heartbeat_s, start_jitter=True),
+        update=UpdateConfig(
+            state_dir=home / "state",
+            install_root=home / "app",
+            reserve_bytes=0,
+            download_rate_limit_bps=(spec.faults.slow_download_bps if device.slow_download else 0),
+            retry_min_s=1.0,
+            retry_max_s=10.0,
+        ),
+        log=LogConfig(level="WARNING"),
+    )
+
+
+class Supervisor:
+    """Keeps one simulated device running through its faults."""
+
+    def __init__(self, spec: WorkerSpec, device: SimDevice) -> None:
+        self.spec = spec
+        self.device = device
+        self.agent: Agent | None = None
+        self.reboots = 0
+        self.outages = 0
+        self.sent: Counter[str] = Counter()  # of agents that ended (reboots, outages)
+
+    def _new_agent(self) -> Agent:
+        def crash(state: State) -> None:
+            raise SimulatedReboot(state.value)
+
+        home = Path(self.device.home)
+        agent = Agent(
+            _config(self.spec, self.device),
+            installer=SimulatedInstaller(home / "state", fail=self.device.fail_install),
+            health_check=(lambda: not self.device.fail_health),
+            crash_in=State.INSTALLING if self.device.reboot_mid_update else None,
+            crash=crash,
+        )
+        agent.extra_metrics = {f"pad{i:02d}": i for i in range(self.spec.heartbeat_padding)}
+        return agent
+
+    def counts(self) -> Counter[str]:
+        """What this device sent over all its agents."""
+        total = Counter(self.sent)
+        if self.agent is not None:
+            total.update(self.agent.sent)
+        return total
+
+    def connected(self) -> bool:
+        return self.agent is not None and self.agent.transport.connected.is_set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run the device until `stop`, playing its faults."""
+        rng = random.Random(self.device.device_id)  # noqa: S311 - simulation
+        while not stop.is_set():
+            self.agent = self._new_agent()
+            until = asyncio.Event()
+            outage = None
+            if self.device.offline:
+                outage = asyncio.get_running_loop().call_later(
+                    rng.uniform(0.5, 1.5) * self.spec.faults.offline_every_s, until.set
+                )
+            watcher = asyncio.create_task(_relay(stop, until))
+            await self.agent.run(until)
+            watcher.cancel()
+            if outage is not None:
+                outage.cancel()
+            self.sent.update(self.agent.sent)
+            if stop.is_set():
+                return
+            if until.is_set():  # a planned outage
+                self.outages += 1
+                await _sleep_unless(stop, self.spec.faults.offline_for_s)
+            else:  # the agent ended by itself: the simulated power cut
+                self.reboots += 1
+                await _sleep_unless(stop, 1.0)
+
+
+async def _relay(source: asyncio.Event, target: asyncio.Event) -> None:
+    await source.wait()
+    target.set()
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def run_worker(
+    spec: WorkerSpec, reports: "multiprocessing.queues.Queue[Any]", stop: Any
+) -> None:
+    """Start the slice at the ramp rate, report once a second, stop when told."""
+    stopping = asyncio.Event()
+    supervisors = [Supervisor(spec, device) for device in spec.devices]
+    tasks: list[asyncio.Task[None]] = []
+    started = time.monotonic()
+
+    async def start_all() -> None:
+        for index, supervisor in enumerate(supervisors):
+            due = started + index / spec.ramp_per_s
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if stopping.is_set():
+                return
+            tasks.append(asyncio.create_task(supervisor.run(stopping)))
+
+    starter = asyncio.create_task(start_all())
+    while not stop.is_set():
+        totals: Counter[str] = Counter()
+        for supervisor in supervisors:
+            totals.update(supervisor.counts())
+        reports.put(
+            {
+                "worker": spec.index,
+                "devices": len(supervisors),
+                "started": len(tasks),
+                "connected": sum(s.connected() for s in supervisors),
+                "reboots": sum(s.reboots for s in supervisors),
+                "outages": sum(s.outages for s in supervisors),
+                "sent": dict(totals),
+            }
+        )
+        await asyncio.sleep(spec.report_s)
+    stopping.set()
+    starter.cancel()
+    await asyncio.gather(starter, *tasks, return_exceptions=True)
+    reports.put({"worker": spec.index, "done": True})
+
+
+def worker_main(spec: WorkerSpec, reports: "multiprocessing.queues.Queue[Any]", stop: Any) -> None:
+    """Entry point of a worker process."""
+    logging.basicConfig(level=logging.ERROR)
+    asyncio.run(run_worker(spec, reports, stop))
