@@ -192,8 +192,10 @@ class Fleet:
         (kit / "release-keys" / "release.pub").write_bytes(
             (self.root / "release-keys" / "release.pub").read_bytes()
         )
+        # A stalled transfer is retried after 10 s rather than the default 30 s.
+        overrides = {"update__download_timeout_s": "10", **agent_overrides}
         agent = AgentProcess(
-            kit, self.root / device_id / "state", self.root / device_id / "app", **agent_overrides
+            kit, self.root / device_id / "state", self.root / device_id / "app", **overrides
         )
         agent.device_id = device_id  # type: ignore[attr-defined]
         self.agents.append(agent)
@@ -246,7 +248,7 @@ class Fleet:
 
 def eventually(
     check: Callable[[], Any],
-    timeout: float = 30.0,
+    timeout: float = 60.0,
     what: str = "",
     explain: Callable[[], str] | None = None,
 ) -> Any:

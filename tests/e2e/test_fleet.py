@@ -90,6 +90,9 @@ def test_two_replicas_share_device_traffic_and_notify_each_device_once(
         agent.start()
     ids = [a.device_id for a in agents]  # type: ignore[attr-defined]
     eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="all online")
+    # Both replicas connected (each re-publishes live notices when it connects: a repair that
+    # devices absorb, since a notice they already handle is idempotent; not what is counted).
+    eventually(lambda: '"mqtt_connected"' in worker.log(), what="worker connected")
 
     deployment = fleet.deploy(fleet.upload("3.0.0"), ids)
     eventually(
