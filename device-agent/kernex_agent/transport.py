@@ -188,6 +188,13 @@ class MqttTransport:
     # --- the connection thread -------------------------------------------------------------
 
     def _run(self) -> None:
+        # paho writes to the socket straight from the calling thread when it believes no
+        # network thread exists. Other threads (heartbeats, progress) publish too, and two
+        # threads writing one TLS socket corrupt the stream (the broker drops the connection
+        # with "protocol error"). Declaring this thread as paho's network thread makes
+        # publish() only queue the packet and wake this thread's select(), which writes it.
+        assert hasattr(self._client, "_thread"), "paho-mqtt changed: review the line below"
+        self._client._thread = threading.current_thread()
         permanent_logged: str | None = None
         while not self._stopping.is_set():
             outcome = self._connect_and_serve()

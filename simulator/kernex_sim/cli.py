@@ -37,7 +37,9 @@ from kernex_sim.fleet import (
 )
 from kernex_sim.worker import worker_main
 
-MAX_DEVICES_PER_PROCESS = 5000  # each connection is one open file; the cap here is 20000
+# paho waits on its sockets with select(), which cannot watch file descriptors above 1023, and
+# each simulated connection holds three (the TLS socket and paho's wake-up socket pair).
+MAX_DEVICES_PER_PROCESS = 300
 
 
 def register(api: str, token: str, ids: list[str], device_type: str) -> int:
@@ -81,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--broker-host", default="localhost")
     run.add_argument("--broker-port", type=int, default=8883)
     run.add_argument("--devices", type=int, default=100)
-    run.add_argument("--processes", type=int, default=0, help="default: 1 per 2,000 devices")
+    run.add_argument("--processes", type=int, default=0, help="default: 1 per 250 devices")
     run.add_argument("--prefix", default="sim")
     run.add_argument("--device-type", default="sim-board")
     run.add_argument("--heartbeat-s", type=float, default=30.0)
@@ -131,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
     devices = deal_faults(ids, certs, faults, args.seed)
     save_plan(args.state_dir / "plan.json", devices)
     _say(f"sim: faults dealt: {describe(devices)}")
-    processes = args.processes or max(1, -(-len(ids) // 2000))
+    processes = args.processes or max(1, -(-len(ids) // 250))
     if -(-len(ids) // processes) > MAX_DEVICES_PER_PROCESS:
         _say(f"sim: more than {MAX_DEVICES_PER_PROCESS} devices per process; use --processes")
         return 2
