@@ -9,6 +9,7 @@ while (the agent stops and a new one starts later).
 """
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import multiprocessing.queues
@@ -141,6 +142,11 @@ async def run_worker(
     spec: WorkerSpec, reports: "multiprocessing.queues.Queue[Any]", stop: Any
 ) -> None:
     """Start the slice at the ramp rate, report once a second, stop when told."""
+    # Each agent runs its downloads, hashing and installs in worker threads; a real device has
+    # the default pool to itself, a simulator process shares it between hundreds of agents.
+    asyncio.get_running_loop().set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="sim-work")
+    )
     stopping = asyncio.Event()
     supervisors = [Supervisor(spec, device) for device in spec.devices]
     tasks: list[asyncio.Task[None]] = []

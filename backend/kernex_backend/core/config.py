@@ -128,6 +128,10 @@ class MqttSettings(BaseModel):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # Replicas in the same group split device traffic between them ($share/<group>/...).
     share_group: str = Field(default="kernex", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    # Presence, progress and URL requests handled at once (each a database round trip).
+    handler_concurrency: int = Field(default=16, ge=1, le=256)
+    # Notices published at once (each waits for the broker's acknowledgement).
+    publish_concurrency: int = Field(default=64, ge=1, le=1000)
     heartbeat_batch_size: int = Field(default=1000, ge=1, le=50_000)
     heartbeat_flush_interval_s: float = Field(default=0.5, gt=0)
     # Heartbeats waiting for the database beyond this are dropped (and counted).

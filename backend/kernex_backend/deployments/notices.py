@@ -16,6 +16,7 @@ PostgreSQL is the source of truth; the broker's retained messages are a cache of
   own, at most `url_requests_per_minute` times a minute per device.
 """
 
+import asyncio
 import contextlib
 import datetime as dt
 import time
@@ -48,7 +49,7 @@ log = structlog.get_logger(__name__)
 
 LIVE_STATES = tuple(s for s in ExecutionState if not s.terminal and s != ExecutionState.PENDING)
 _RECONCILE_LOCK = 0x4B4E5801  # "KNX" + 1: one reconciler across replicas
-_BATCH = 200
+_BATCH = 1000
 
 
 def signed_release(bundle: Bundle) -> SignedRelease:
@@ -120,15 +121,25 @@ class NoticeService:
                     .with_for_update(of=DeploymentExecution, skip_locked=True)
                 )
             ).all()
+            slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
+
+            async def publish(execution: DeploymentExecution, bundle: Bundle) -> bool:
+                async with slots:
+                    try:
+                        payload = await self._notice(execution, bundle)
+                        await self._publish_notice(execution.device_id, payload)
+                    except BridgeUnavailable:
+                        return False  # stays PENDING for the next round
+                    return True
+
+            # Published concurrently (each waits for its acknowledgement); a row becomes
+            # NOTIFIED only once the broker has its notice.
+            published = await asyncio.gather(*(publish(e, b) for e, b in rows))
             now = utc_now()
             notified = 0
-            for execution, bundle in rows:
-                try:
-                    await self._publish_notice(
-                        execution.device_id, await self._notice(execution, bundle)
-                    )
-                except BridgeUnavailable:
-                    break  # the rest stay PENDING for the next round
+            for (execution, _), ok in zip(rows, published, strict=True):
+                if not ok:
+                    continue
                 execution.state = ExecutionState.NOTIFIED
                 execution.notified_at = now
                 execution.updated_at = now

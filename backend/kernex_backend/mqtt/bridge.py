@@ -79,6 +79,8 @@ class MqttBridge:
         self.on_connected: Callable[[], Coroutine[Any, Any, None]] | None = None
         self._client: aiomqtt.Client | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(settings.handler_concurrency)
+        self._connect_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> None:
         """Stay connected and consume until cancelled."""
@@ -109,6 +111,7 @@ class MqttBridge:
             clean_session=True,
             protocol=aiomqtt.ProtocolVersion.V311,
             max_queued_incoming_messages=100_000,
+            max_inflight_messages=settings.publish_concurrency,
         ) as client:
             for channel in DEVICE_CHANNELS:
                 topic = f"$share/{settings.share_group}/{subscription_for_all(channel)}"
@@ -118,14 +121,19 @@ class MqttBridge:
             log.info("mqtt_connected", host=settings.host, group=settings.share_group)
             if self.on_connected is not None:
                 task = asyncio.create_task(self.on_connected())
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+                self._connect_tasks.add(task)
+                task.add_done_callback(self._connect_tasks.discard)
             try:
                 async for message in client.messages:
                     await self.dispatch(message.topic.value, _payload_bytes(message.payload))
             finally:
                 self.connected.clear()
                 self._client = None
+
+    async def drain(self) -> None:
+        """Wait for the handlers still running (tests, and a clean stop)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
     async def dispatch(self, topic: str, payload: bytes) -> None:
         """Check one message and hand it to its channel's handler; never raises."""
@@ -145,11 +153,27 @@ class MqttBridge:
         except PayloadInvalid as exc:
             self._drop("malformed", topic, payload, str(exc))
             return
+        if channel == Channel.HEARTBEAT:
+            await self._handle(channel, parsed.device_id, document)  # only queues: no wait
+            return
+        # Presence, progress and URL requests each take a database round trip: run a bounded
+        # number at once. Order per device does not matter: presence is ordered by session and
+        # progress by the device's sequence number, in the database.
+        await self._slots.acquire()
+        task = asyncio.create_task(self._handle(channel, parsed.device_id, document))
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: "asyncio.Task[None]") -> None:
+        self._background.discard(task)
+        self._slots.release()
+
+    async def _handle(self, channel: Channel, device_id: str, document: object) -> None:
         try:
-            await self.handlers[channel](parsed.device_id, document)
+            await self.handlers[channel](device_id, document)
         except Exception:  # one bad message or a database hiccup must not stop the consumer
             self.stats.count(f"failed.{channel.value}")
-            log.exception("mqtt_handler_failed", channel=channel.value, device_id=parsed.device_id)
+            log.exception("mqtt_handler_failed", channel=channel.value, device_id=device_id)
 
     def _drop(self, reason: str, topic: str, payload: bytes, detail: str = "") -> None:
         self.stats.count(f"dropped.{reason}")

@@ -320,6 +320,7 @@ async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
     bridge.handlers[Channel.PRESENCE] = broken
     await bridge.dispatch("kernex/v1/devices/d-1/presence", Presence(True, 1).to_payload())
     await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", beat(2).to_payload())
+    await bridge.drain()
     assert [d for d, _ in seen] == ["d-1", "d-1"]
     counts = bridge.stats.counts
     assert counts["dropped.malformed"] == 2

@@ -1,0 +1,267 @@
+"""The whole product on this machine, for the fleet benchmarks: embedded PostgreSQL, SeaweedFS,
+our Mosquitto (mTLS), `kernex-backend serve` with the MQTT bridge in its own process, and
+helpers to register devices, upload signed bundles, deploy, and run kernex-sim."""
+
+import asyncio
+import datetime as dt
+import hashlib
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import psutil
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from kernex_devstack.broker import EmbeddedBroker
+from kernex_devstack.ports import free_port, wait_for_port
+from kernex_devstack.postgres import EmbeddedPostgres
+from kernex_devstack.s3 import EmbeddedS3
+from kernex_protocol.manifest import ReleaseManifest, sign
+
+BIN = Path(sys.executable).parent
+DEVICE_TYPE = "bench-board"
+
+
+def bundle_bytes(version: str, size: int) -> bytes:
+    """A tar.gz of about `size` bytes (incompressible payload) with a VERSION file."""
+    payload = hashlib.shake_256(version.encode()).digest(size)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz", compresslevel=1) as tar:
+        for name, data in (("VERSION", version.encode()), ("payload.bin", payload)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+class FleetStack:
+    """Start with `start()`, stop with `stop()`; every process is measured with psutil."""
+
+    def __init__(self, root: Path, **backend_env: str) -> None:
+        self.root = root
+        self.pg = EmbeddedPostgres(root / "pg")
+        self.s3 = EmbeddedS3(root / "s3")
+        self.broker = EmbeddedBroker(root / "broker")
+        self.release_key = Ed25519PrivateKey.generate()
+        self.keys_dir = root / "release-keys"
+        self.backend_env = backend_env
+        self.port = free_port()
+        self.backend: subprocess.Popen[bytes] | None = None
+        self.token = ""
+        self.database_url = ""
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.s3.start()
+        self.broker.start()
+        self.pg.start()
+        asyncio.run(self._create_database())
+        self.database_url = self.pg.url("kernex")
+        self.keys_dir.mkdir(exist_ok=True)
+        (self.keys_dir / "release.pub").write_bytes(
+            self.release_key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        creds = self.s3.credentials()
+        service = self.broker.service_dir
+        self.env = {
+            **os.environ,
+            "KERNEX_ENVIRONMENT": "development",
+            "KERNEX_DATABASE_URL": self.database_url,
+            "KERNEX_API__PORT": str(self.port),
+            "KERNEX_API__PAGE_SIZE_MAX": "500",
+            "KERNEX_DB__POOL_SIZE": "20",
+            "KERNEX_STORAGE__BACKEND": "s3",
+            "KERNEX_STORAGE__ENDPOINT": self.s3.endpoint,
+            "KERNEX_STORAGE__SECURE": "false",
+            "KERNEX_STORAGE__ACCESS_KEY": creds.access_key,
+            "KERNEX_STORAGE__SECRET_KEY": creds.secret_key,
+            "KERNEX_RELEASE__TRUSTED_KEYS_DIR": str(self.keys_dir),
+            "KERNEX_MQTT__ENABLED": "true",
+            "KERNEX_MQTT__HOST": "localhost",
+            "KERNEX_MQTT__PORT": str(self.broker.port),
+            "KERNEX_MQTT__CA_FILE": str(service / "ca-chain.pem"),
+            "KERNEX_MQTT__CERT_FILE": str(service / "service.crt"),
+            "KERNEX_MQTT__KEY_FILE": str(service / "service.key"),
+            "KERNEX_MQTT__NOTIFY_INTERVAL_S": "0.2",
+            "KERNEX_MQTT__URL_REQUESTS_PER_MINUTE": "60",
+            "KERNEX_LOG__LEVEL": "WARNING",
+            "KERNEX_LOG__JSON_OUTPUT": "true",
+            **self.backend_env,
+        }
+        subprocess.run(
+            [str(BIN / "kernex-backend"), "migrate"], env=self.env, check=True, capture_output=True
+        )
+        with (self.root / "backend.log").open("ab") as log:
+            self.backend = subprocess.Popen(
+                [str(BIN / "kernex-backend"), "serve"], env=self.env, stdout=log, stderr=log
+            )
+        wait_for_port("127.0.0.1", self.port, timeout=60)
+        self.token = subprocess.run(
+            [str(BIN / "kernex-backend"), "create-api-key", "--name", "bench"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+
+    async def _create_database(self) -> None:
+        conn = await asyncpg.connect(self.pg.url("postgres", driver="postgresql"))
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'kernex'"):
+                await conn.execute('CREATE DATABASE "kernex"')
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        if self.backend is not None and self.backend.poll() is None:
+            self.backend.terminate()
+            self.backend.wait(30)
+        self.broker.stop()
+        self.s3.stop()
+        self.pg.stop()
+
+    # --- measuring --------------------------------------------------------------------------
+
+    def processes(self) -> dict[str, psutil.Process]:
+        assert self.backend is not None and self.broker._process is not None
+        return {
+            "backend": psutil.Process(self.backend.pid),
+            "broker": psutil.Process(self.broker._process.pid),
+        }
+
+    def sql(self, query: str, *args: Any) -> Any:
+        async def run() -> Any:
+            conn = await asyncpg.connect(self.pg.url("kernex", driver="postgresql"))
+            try:
+                return await conn.fetch(query, *args)
+            finally:
+                await conn.close()
+
+        return asyncio.run(run())
+
+    # --- fleet --------------------------------------------------------------------------------
+
+    def register(self, ids: list[str]) -> None:
+        """Create the devices straight in the database (COPY): registration is not measured."""
+
+        async def run() -> None:
+            conn = await asyncpg.connect(self.pg.url("kernex", driver="postgresql"))
+            try:
+                now = dt.datetime.now(dt.UTC)
+                await conn.copy_records_to_table(
+                    "devices",
+                    records=[(i, DEVICE_TYPE, "{}", "registered", False, now, now) for i in ids],
+                    columns=[
+                        "id",
+                        "device_type",
+                        "tags",
+                        "status",
+                        "online",
+                        "created_at",
+                        "updated_at",
+                    ],
+                )
+            finally:
+                await conn.close()
+
+        asyncio.run(run())
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(
+            base_url=f"http://127.0.0.1:{self.port}/api/v1",
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=120,
+        )
+
+    def upload(self, version: str, size: int) -> dict[str, Any]:
+        content = bundle_bytes(version, size)
+        manifest = ReleaseManifest(
+            name="bench-app",
+            version=version,
+            device_type=DEVICE_TYPE,
+            sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+        with self.client() as api:
+            response = api.post(
+                "/bundles",
+                content=content,
+                headers={"Kernex-Release": sign(manifest, self.release_key).to_json()},
+            )
+        response.raise_for_status()
+        bundle: dict[str, Any] = response.json()
+        return bundle
+
+    def deploy(self, bundle: dict[str, Any], ids: list[str]) -> str:
+        with self.client() as api:
+            response = api.post(
+                "/deployments",
+                json={
+                    "name": f"bench {bundle['version']}",
+                    "bundle_id": bundle["id"],
+                    "device_ids": ids,
+                },
+            )
+        response.raise_for_status()
+        return str(response.json()["id"])
+
+    def start_sim(
+        self,
+        count: int,
+        *,
+        prefix: str = "bench",
+        heartbeat_s: float = 30.0,
+        ramp: float = 400.0,
+        summary: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        args = [
+            str(BIN / "kernex-sim"),
+            "run",
+            "--ca",
+            str(self.broker.ca_dir),
+            "--ca-chain",
+            str(self.broker.service_dir / "ca-chain.pem"),
+            "--release-keys",
+            str(self.keys_dir),
+            "--broker-host",
+            "localhost",
+            "--broker-port",
+            str(self.broker.port),
+            "--devices",
+            str(count),
+            "--prefix",
+            prefix,
+            "--device-type",
+            DEVICE_TYPE,
+            "--heartbeat-s",
+            str(heartbeat_s),
+            "--ramp",
+            str(ramp),
+            "--state-dir",
+            str(self.root / "sim"),
+        ]
+        if summary is not None:
+            args += ["--summary", str(summary)]
+        log = (self.root / "sim.log").open("ab")
+        return subprocess.Popen(args, stdout=log, stderr=log)
+
+    def wait_online(self, count: int, timeout: float) -> float:
+        """Seconds until `count` devices are online in the database."""
+        started = time.monotonic()
+        while time.monotonic() - started < timeout:
+            online = self.sql("SELECT count(*) FROM devices WHERE online")[0][0]
+            if online >= count:
+                return time.monotonic() - started
+            time.sleep(1.0)
+        raise RuntimeError(f"only {online} of {count} devices online after {timeout} s")
