@@ -85,6 +85,7 @@ class NoticeService:
         self._settings = settings
         self._stats = stats
         self._url_requests: dict[str, deque[float]] = defaultdict(deque)
+        self._device_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def _notice(self, execution: DeploymentExecution, bundle: Bundle) -> bytes:
         expires = dt.timedelta(seconds=self._settings.storage.url_expiry_s)
@@ -124,7 +125,7 @@ class NoticeService:
             slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
 
             async def publish(execution: DeploymentExecution, bundle: Bundle) -> bool:
-                async with slots:
+                async with slots, self._device_locks[execution.device_id]:
                     try:
                         payload = await self._notice(execution, bundle)
                         await self._publish_notice(execution.device_id, payload)
@@ -152,28 +153,42 @@ class NoticeService:
         return notified
 
     async def refresh_device(self, device_id: str) -> None:
-        """Publish the device's live notice, or clear its topic if it has none."""
-        async with self._sessionmaker() as session:
-            row = (
-                await session.exec(
-                    select(DeploymentExecution, Bundle)
-                    .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
-                    .join(Bundle, col(Bundle.id) == col(Deployment.bundle_id))
-                    .where(
-                        col(DeploymentExecution.device_id) == device_id,
-                        col(Deployment.status) == DeploymentStatus.RUNNING,
-                        col(DeploymentExecution.state).in_(LIVE_STATES),
+        """Publish the device's live notice, or clear its topic if it has none.
+
+        A PENDING execution counts as live but is left to `publish_pending`: clearing the topic
+        then could land after that new notice and withdraw it. Publishes to one device are
+        serialised in this replica, so a clear and a notice cannot overtake each other.
+        """
+        async with self._device_locks[device_id]:
+            async with self._sessionmaker() as session:
+                row = (
+                    await session.exec(
+                        select(DeploymentExecution, Bundle)
+                        .join(
+                            Deployment,
+                            col(Deployment.id) == col(DeploymentExecution.deployment_id),
+                        )
+                        .join(Bundle, col(Bundle.id) == col(Deployment.bundle_id))
+                        .where(
+                            col(DeploymentExecution.device_id) == device_id,
+                            col(Deployment.status) == DeploymentStatus.RUNNING,
+                            col(DeploymentExecution.state).in_(
+                                (ExecutionState.PENDING, *LIVE_STATES)
+                            ),
+                        )
+                        .order_by(col(DeploymentExecution.id).desc())
+                        .limit(1)
                     )
-                    .order_by(col(DeploymentExecution.id).desc())
-                    .limit(1)
-                )
-            ).first()
-        if row is None:
-            await self._publish_notice(device_id, b"")
-            self._stats.count("notices.cleared")
-        else:
+                ).first()
+            if row is None:
+                await self._publish_notice(device_id, b"")
+                self._stats.count("notices.cleared")
+                return
             execution, bundle = row
-            await self._publish_notice(device_id, await self._notice(execution, bundle))
+            if execution.state != ExecutionState.PENDING:
+                await self._publish_notice(device_id, await self._notice(execution, bundle))
+        if not self._device_locks[device_id].locked():
+            self._device_locks.pop(device_id, None)
 
     async def reconcile(self) -> int:
         """Re-publish live notices and refresh recently ended ones; one replica at a time."""
