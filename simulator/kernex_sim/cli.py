@@ -91,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ramp", type=float, default=500.0, help="connection starts per second")
     run.add_argument("--duration", type=float, default=0.0, help="seconds; 0 runs until Ctrl-C")
     run.add_argument("--state-dir", type=Path, default=Path(".kernex/sim"))
+    run.add_argument(
+        "--agent-state-dir", type=Path, help="agents' state elsewhere, e.g. on a tmpfs (/dev/shm)"
+    )
     run.add_argument("--register", metavar="API_URL", help="create the devices through the API")
     run.add_argument("--api-key-file", type=Path, help="file holding the API key for --register")
     run.add_argument("--summary", type=Path, help="write the final summary (JSON) here")
@@ -153,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             heartbeat_padding=args.heartbeat_padding,
             ramp_per_s=args.ramp / processes,
             faults=faults,
+            agent_state_root=str(args.agent_state_dir) if args.agent_state_dir else None,
         )
         for i, slice_ in enumerate(split(devices, processes))
     ]

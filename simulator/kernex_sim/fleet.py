@@ -53,6 +53,10 @@ class WorkerSpec:
     ramp_per_s: float  # connection starts per second, for this worker
     faults: Faults = field(default_factory=Faults)
     report_s: float = 1.0
+    # Where agents keep their state (default: beside each device's certificate). A tmpfs
+    # takes the simulated devices' fsyncs off the host's disk, which thousands of devices on
+    # one machine would otherwise queue on.
+    agent_state_root: str | None = None
 
 
 def device_ids(prefix: str, count: int) -> list[str]:

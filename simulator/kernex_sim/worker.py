@@ -39,6 +39,7 @@ class SimulatedReboot(Exception):
 
 def _config(spec: WorkerSpec, device: SimDevice) -> AgentConfig:
     home = Path(device.home)
+    state = Path(spec.agent_state_root) / device.device_id if spec.agent_state_root else home
     return AgentConfig(
         device_id=device.device_id,
         device_type=spec.device_type,
@@ -54,8 +55,8 @@ def _config(spec: WorkerSpec, device: SimDevice) -> AgentConfig:
         release=ReleaseConfig(trusted_keys_dir=Path(spec.trusted_keys_dir)),
         telemetry=TelemetryConfig(heartbeat_interval_s=spec.heartbeat_s, start_jitter=True),
         update=UpdateConfig(
-            state_dir=home / "state",
-            install_root=home / "app",
+            state_dir=state / "state",
+            install_root=state / "app",
             reserve_bytes=0,
             download_rate_limit_bps=(spec.faults.slow_download_bps if device.slow_download else 0),
             retry_min_s=1.0,
@@ -80,10 +81,10 @@ class Supervisor:
         def crash(state: State) -> None:
             raise SimulatedReboot(state.value)
 
-        home = Path(self.device.home)
+        config = _config(self.spec, self.device)
         agent = Agent(
-            _config(self.spec, self.device),
-            installer=SimulatedInstaller(home / "state", fail=self.device.fail_install),
+            config,
+            installer=SimulatedInstaller(config.update.state_dir, fail=self.device.fail_install),
             health_check=(lambda: not self.device.fail_health),
             crash_in=State.INSTALLING if self.device.reboot_mid_update else None,
             crash=crash,
