@@ -123,6 +123,7 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
 ) -> None:
     # An engine pointing at a database that does not exist yet: every write fails.
     missing = f"kernex_test_{uuid.uuid4().hex[:12]}"
+    staging = f"kernex_test_{uuid.uuid4().hex[:12]}"
     url = postgres_admin.url_for(missing)
     broken = create_engine(make_settings(url))
     stats = BridgeStats()
@@ -135,9 +136,12 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
     try:
         await asyncio.sleep(1.0)
         assert stats.counts["heartbeats.stored"] == 0 and ingest.backlog == 20  # kept, retried
-        # The database comes back (created from the migrated template) with the device in it.
-        await postgres_admin.create(missing, template=template_database)
-        async with broken.begin() as conn:
+        # The database comes back whole: prepared aside (schema, the device, today's
+        # partition), then created from that in one step, so no retry sees it half-made.
+        staging_engine = create_engine(
+            make_settings(await postgres_admin.create(staging, template=template_database))
+        )
+        async with staging_engine.begin() as conn:
             await conn.execute(
                 sa.text(
                     "INSERT INTO devices (id, device_type, tags, status, online,"
@@ -147,10 +151,12 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
             )
             await conn.execute(
                 sa.text(
-                    "CREATE TABLE IF NOT EXISTS heartbeats_recover PARTITION OF heartbeats"
+                    "CREATE TABLE heartbeats_recover PARTITION OF heartbeats"
                     " FOR VALUES FROM (now() - interval '1 day') TO (now() + interval '1 day')"
                 )
             )
+        await staging_engine.dispose()
+        await postgres_admin.create(missing, template=staging)
         for _ in range(100):
             if ingest.backlog == 0:
                 break
@@ -162,6 +168,7 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
         await asyncio.gather(runner, return_exceptions=True)
         await broken.dispose()
         await postgres_admin.drop(missing)
+        await postgres_admin.drop(staging)
 
 
 async def test_presence_is_ordered_by_session(app: FastAPI, engine: AsyncEngine) -> None:
