@@ -248,8 +248,8 @@ class NoticeService:
                 )
             )
             ended = result.all()
-            for deployment_id in {d for _, d in ended}:
-                await complete_if_done(session, deployment_id)
+            await session.commit()
+            await complete_finished(session)
             await session.commit()
         for device_id, _ in ended:
             log.info("execution_timed_out", device_id=device_id)
@@ -319,7 +319,17 @@ class NoticeService:
 
 
 async def complete_if_done(session: AsyncSession, deployment_id: uuid.UUID) -> None:
-    """Mark a running deployment COMPLETED once none of its executions is left unfinished."""
+    """Mark a running deployment COMPLETED once none of its executions is left unfinished.
+
+    The deployment row is locked first: two devices finishing at once are handled in two
+    transactions, and without the lock each would still see the other's execution unfinished
+    and neither would complete the deployment. With it, the second waits for the first to
+    commit and then sees its result.
+    """
+    lock: Any = (
+        sa.select(col(Deployment.id)).where(col(Deployment.id) == deployment_id).with_for_update()
+    )
+    await session.exec(lock)
     unfinished = [s for s in ExecutionState if not s.terminal]
     now = utc_now()
     statement: Any = (
@@ -335,3 +345,12 @@ async def complete_if_done(session: AsyncSession, deployment_id: uuid.UUID) -> N
         .values(status=DeploymentStatus.COMPLETED, finished_at=now, updated_at=now)
     )
     await session.exec(statement)
+
+
+async def complete_finished(session: AsyncSession) -> None:
+    """Complete every running deployment whose executions have all ended (a safety net)."""
+    rows = await session.exec(
+        select(Deployment.id).where(col(Deployment.status) == DeploymentStatus.RUNNING)
+    )
+    for deployment_id in rows.all():
+        await complete_if_done(session, deployment_id)

@@ -389,3 +389,31 @@ async def test_a_heartbeat_sent_before_the_goodbye_does_not_bring_the_device_bac
     assert await presence.sweep(dt.timedelta(minutes=5)) == 1
     await ingest.write([received("race-1", beat(1, session=4))])
     assert (await device(engine, "race-1"))["online"]
+
+
+async def test_devices_finishing_at_once_complete_their_deployment(
+    app: FastAPI, engine: AsyncEngine
+) -> None:
+    # Two executions of one deployment, their final reports handled concurrently (as the
+    # bridge does): whichever commits last must see the other's and complete the deployment.
+    deployment = await make_execution(engine, "fin-1")
+    await add_devices(engine, "fin-2")
+    async with create_sessionmaker(engine)() as session:
+        session.add(
+            DeploymentExecution(
+                deployment_id=deployment, device_id="fin-2", state=ExecutionState.NOTIFIED
+            )
+        )
+        await session.commit()
+    ingest = ProgressIngest(create_sessionmaker(engine), BridgeStats(), on_final=_noop)
+    await asyncio.gather(
+        ingest.apply("fin-1", report(deployment, ProgressState.COMMITTED, 5)),
+        ingest.apply("fin-2", report(deployment, ProgressState.COMMITTED, 5)),
+    )
+    async with engine.connect() as conn:
+        status = (
+            await conn.execute(
+                sa.text("SELECT status FROM deployments WHERE id = :d"), {"d": deployment}
+            )
+        ).scalar_one()
+    assert status == "completed"
