@@ -65,6 +65,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
+def _parse_notice(payload: bytes) -> Notice | PayloadInvalid | None:
+    """The notice in a deployment payload; None when empty (withdrawn), or why it is invalid."""
+    if not payload:
+        return None
+    try:
+        return Notice.parse(payload)
+    except PayloadInvalid as exc:
+        return exc
+
+
 def _exit_for_test(state: State) -> None:
     os._exit(137)  # like a power cut: no clean-up, no goodbye
 
@@ -141,6 +151,7 @@ class Agent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._latest_notice: bytes | None = None  # None: nothing heard since start; b"": cleared
         self._latest_notice_id: str | None = None
+        self._latest_parsed: Notice | PayloadInvalid | None = None
         self._notice_changed = asyncio.Event()
         self._url_waiters: dict[str, asyncio.Future[UrlResponse]] = {}
         self._stopping = False
@@ -196,8 +207,11 @@ class Agent:
 
     def _on_message(self, channel: Channel, payload: bytes) -> None:
         if channel == Channel.DEPLOYMENT:
+            # Parsed once, here: the id decides what is withdrawn, the rest what to do next.
             self._latest_notice = payload
-            self._latest_notice_id = self._deployment_id_of(payload)
+            self._latest_parsed = _parse_notice(payload)
+            parsed = self._latest_parsed
+            self._latest_notice_id = parsed.deployment_id if isinstance(parsed, Notice) else None
             self._notice_changed.set()
         elif channel == Channel.URL_RESPONSE:
             try:
@@ -219,15 +233,6 @@ class Agent:
                 "count": self.malformed_messages,
             },
         )
-
-    @staticmethod
-    def _deployment_id_of(payload: bytes) -> str | None:
-        if not payload:
-            return None
-        try:
-            return Notice.parse(payload).deployment_id
-        except PayloadInvalid:
-            return None
 
     # --- the Deployments protocol used by the update states -------------------------------
 
@@ -269,19 +274,15 @@ class Agent:
 
     # --- the Reporter protocol -----------------------------------------------------------
 
-    def _progress(
-        self, record: UpdateRecord, state: ProgressState, *, percent: int | None = None
+    def _message(
+        self,
+        notice: Notice,
+        state: ProgressState,
+        *,
+        error: ProgressError | None = None,
+        percent: int | None = None,
     ) -> Progress:
-        notice = notice_of(record)
-        error = None
-        if record.error is not None:
-            try:
-                code = ErrorCode(record.error["code"])
-            except ValueError:
-                code = ErrorCode.INSTALL_FAILED
-            error = ProgressError(code, record.error.get("detail", ""))
-        elif state == ProgressState.CANCELED and self._latest_notice_id is not None:
-            error = ProgressError(ErrorCode.SUPERSEDED, f"replaced by {self._latest_notice_id}")
+        """A progress message about `notice`, with the next sequence number."""
         return Progress(
             deployment_id=notice.deployment_id,
             state=state,
@@ -291,6 +292,20 @@ class Agent:
             percent=percent,
             error=error,
         )
+
+    def _progress(
+        self, record: UpdateRecord, state: ProgressState, *, percent: int | None = None
+    ) -> Progress:
+        error = None
+        if record.error is not None:
+            try:
+                code = ErrorCode(record.error["code"])
+            except ValueError:
+                code = ErrorCode.INSTALL_FAILED
+            error = ProgressError(code, record.error.get("detail", ""))
+        elif state == ProgressState.CANCELED and self._latest_notice_id is not None:
+            error = ProgressError(ErrorCode.SUPERSEDED, f"replaced by {self._latest_notice_id}")
+        return self._message(notice_of(record), state, error=error, percent=percent)
 
     def progress(self, record: UpdateRecord, *, percent: int | None = None) -> None:
         """Report the state `record` is in; paho queues it while offline."""
@@ -352,21 +367,21 @@ class Agent:
 
     async def _updates(self) -> None:
         await asyncio.to_thread(self.installer.cleanup)
-        if self.store.load().state != State.IDLE:
-            log.info("update.resuming", extra={"state": self.store.load().state.value})
+        interrupted = self.store.load().state
+        if interrupted != State.IDLE:
+            log.info("update.resuming", extra={"state": interrupted.value})
             await self.runner.run()
         while True:
             await self._notice_changed.wait()
             self._notice_changed.clear()
             if self._latest_notice:
-                await self._consider(self._latest_notice)
+                await self._consider(self._latest_notice, self._latest_parsed)
 
-    async def _consider(self, raw: bytes) -> None:
-        try:
-            notice = Notice.parse(raw)
-        except PayloadInvalid as exc:
-            self._count_malformed(Channel.DEPLOYMENT, exc)
+    async def _consider(self, raw: bytes, parsed: Notice | PayloadInvalid | None) -> None:
+        if not isinstance(parsed, Notice):
+            self._count_malformed(Channel.DEPLOYMENT, parsed or PayloadInvalid("empty notice"))
             return
+        notice = parsed
         last = self._last_outcome()
         if last is not None and last.get("deployment_id") == notice.deployment_id:
             # Seen before (a retained notice after a reconnect): say the outcome again.
@@ -388,10 +403,13 @@ class Agent:
                 "update.notice_rejected",
                 extra={"deployment_id": notice.deployment_id, "code": exc.code.value},
             )
-            await self._report_outcome(self._immediate(notice, ProgressState.REJECTED, exc))
+            rejected = self._message(
+                notice, ProgressState.REJECTED, error=ProgressError(exc.code, exc.detail)
+            )
+            await self._report_outcome(rejected)
             return
         if verdict == Verdict.ALREADY_INSTALLED:
-            await self._report_outcome(self._immediate(notice, ProgressState.ALREADY_INSTALLED))
+            await self._report_outcome(self._message(notice, ProgressState.ALREADY_INSTALLED))
             return
         log.info(
             "update.starting",
@@ -399,18 +417,6 @@ class Agent:
         )
         self.runner.begin({"id": notice.deployment_id, "notice": raw.decode()})
         await self.runner.run()
-
-    def _immediate(
-        self, notice: Notice, state: ProgressState, rejected: NoticeRejected | None = None
-    ) -> Progress:
-        return Progress(
-            deployment_id=notice.deployment_id,
-            state=state,
-            seq=self._progress_seq.advance(),
-            sent_at=_now(),
-            version=notice.manifest.version,
-            error=None if rejected is None else ProgressError(rejected.code, rejected.detail),
-        )
 
     # --- heartbeats ------------------------------------------------------------------------
 

@@ -2,6 +2,8 @@
 `worker`) over HTTP with the MQTT bridge on, our Mosquitto with mTLS, PostgreSQL, an S3 server,
 and `kernex-agent` processes with kits issued by the broker's CA."""
 
+import datetime as dt
+import hashlib
 import os
 import subprocess
 import sys
@@ -19,6 +21,7 @@ from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.ports import free_port, wait_for_port
 from kernex_devstack.s3 import EmbeddedS3
 from kernex_protocol.manifest import ReleaseManifest, sign
+from kernex_provision import broker as broker_files
 from kernex_provision.authority import pem, write_private_key, write_public
 from kernex_provision.certificates import CertificateKind, new_key
 from kernex_provision.kit import BrokerAddress, write_kit
@@ -37,13 +40,8 @@ def service_identity(broker: EmbeddedBroker, name: str, folder: Path) -> dict[st
     write_private_key(folder / "service.key", key)
     write_public(folder / "service.crt", pem(cert))
     write_public(folder / "ca-chain.pem", broker.authority.chain_pem)
-    from kernex_provision import broker as broker_files
-
-    broker_files.render_acl(
-        broker.layout,
-        blocked=broker.authority.blocked_identities(),
-        service_identities=broker_files.acl_identities(broker.authority),
-    )
+    # The same step a revocation takes: the ACL re-rendered (now granting the new identity).
+    broker_files.publish_revocations(broker.authority, broker.layout)
     broker.reload()
     return {
         "KERNEX_MQTT__CA_FILE": str(folder / "ca-chain.pem"),
@@ -204,9 +202,6 @@ class Fleet:
     def upload(self, version: str, **archive: Any) -> dict[str, Any]:
         """Sign and upload a bundle of the test application through the API."""
         content = app_archive(version, **archive)
-        import datetime as dt
-        import hashlib
-
         manifest = ReleaseManifest(
             name="app",
             version=version,

@@ -268,21 +268,21 @@ class UpdateStates:
 
     async def committing(self, record: UpdateRecord) -> Event | Failed:
         """Keep the new version; drop the way back and versions beyond the retention."""
-        notice = notice_of(record)
-        try:
-            await asyncio.to_thread(self.installer.commit, notice.manifest.version)
-        except OSError as exc:
-            return Failed(ErrorCode.COMMIT_FAILED, f"{type(exc).__name__}: {exc}"[:200])
-        self.paths.discard(notice.deployment_id)
-        return Event.SUCCESS
+        return await self._settle(record, self.installer.commit, ErrorCode.COMMIT_FAILED)
 
     async def rolling_back(self, record: UpdateRecord) -> Event | Failed:
         """Return to the version that ran before."""
+        return await self._settle(record, self.installer.rollback, ErrorCode.ROLLBACK_FAILED)
+
+    async def _settle(
+        self, record: UpdateRecord, action: Callable[[str], None], code: ErrorCode
+    ) -> Event | Failed:
+        """Commit or roll back the notice's version, then drop its download."""
         notice = notice_of(record)
         try:
-            await asyncio.to_thread(self.installer.rollback, notice.manifest.version)
+            await asyncio.to_thread(action, notice.manifest.version)
         except OSError as exc:
-            return Failed(ErrorCode.ROLLBACK_FAILED, f"{type(exc).__name__}: {exc}"[:200])
+            return Failed(code, f"{type(exc).__name__}: {exc}"[:200])
         self.paths.discard(notice.deployment_id)
         return Event.SUCCESS
 
