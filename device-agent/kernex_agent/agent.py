@@ -28,7 +28,7 @@ from kernex_agent.counter import PersistentCounter
 from kernex_agent.files import write_atomic
 from kernex_agent.notices import NoticeRejected, Verdict, check_notice
 from kernex_agent.telemetry import system_metrics, system_uptime_s
-from kernex_agent.transport import MqttTransport
+from kernex_agent.transport import MqttTransport, Network
 from kernex_agent.update.download import HttpDownloader
 from kernex_agent.update.health import CommandHealthCheck
 from kernex_agent.update.installer import DirectoryInstaller, Installer
@@ -97,10 +97,12 @@ class Agent:
         crash: Callable[[State], None] | None = None,
         installer: Installer | None = None,
         health_check: Callable[[], bool] | None = None,
+        network: Network | None = None,
     ) -> None:
         """`installer` and `health_check` default to the configured ones; `crash_in` with
         `crash` (default: exit the process) is the power-cut fault injection of the tests and
-        the simulator."""
+        the simulator. `network` runs the MQTT connection in a shared event loop instead of a
+        thread of its own (the simulator's thousands of agents per process)."""
         self.config = config
         update = config.update
         update.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -125,6 +127,7 @@ class Agent:
             sessions=PersistentCounter(update.state_dir / "session"),
             birth=self._birth,
             on_message=self._from_network_thread,
+            network=network,
         )
         self.states = UpdateStates(
             update,

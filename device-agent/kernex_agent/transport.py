@@ -13,6 +13,10 @@ paho-mqtt does the protocol; this module owns the connection's life in one threa
   (a warning, retried with jittered exponential backoff).
 - QoS 1 messages published while disconnected are queued by paho and sent after reconnecting,
   as are those whose PUBACK never came.
+
+A device runs its one connection in its own thread. A process that runs thousands of agents
+(the simulator) passes a `Network` instead, which drives all their connections from one event
+loop through the same steps: `open_connection`, `connection_ended`, `retry_delay`.
 """
 
 import contextlib
@@ -23,6 +27,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
@@ -84,6 +89,16 @@ MessageHandler = Callable[[Channel, bytes], None]
 PresenceFactory = Callable[[int], Presence]
 
 
+class Network(Protocol):
+    """Keeps the connections of many transports going, in place of a thread each."""
+
+    def attach(self, transport: "MqttTransport") -> None:
+        """Start connecting `transport`, and keep it connected until it is stopping."""
+
+    def detach(self, transport: "MqttTransport", timeout: float) -> None:
+        """Wait (up to `timeout`) until a stopping transport's connection is closed."""
+
+
 def tls_context(config: MqttConfig) -> ssl.SSLContext:
     """A client context that verifies the broker (chain and host name) and holds our identity."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.ca_file))
@@ -119,8 +134,10 @@ class MqttTransport:
         birth: PresenceFactory,
         on_message: MessageHandler,
         on_connected: Callable[[], None] | None = None,
+        network: Network | None = None,
     ) -> None:
         self._config = config
+        self._network = network
         self._device_id = device_id
         self._sessions = sessions
         self._birth = birth
@@ -131,6 +148,7 @@ class MqttTransport:
         self.connected = threading.Event()
         self._connack_failure: ConnectionOutcome | None = None
         self._last_socket_error = ""
+        self._permanent_logged: str | None = None  # a permanent refusal is logged once
         self._thread: threading.Thread | None = None
         self._context = tls_context(config)  # fails early on unreadable files
 
@@ -156,8 +174,21 @@ class MqttTransport:
         """The current (or last) session number."""
         return self._sessions.current
 
+    @property
+    def client(self) -> mqtt.Client:
+        """The paho client, for a `Network` to drive."""
+        return self._client
+
+    @property
+    def stopping(self) -> bool:
+        """Whether stop() was called."""
+        return self._stopping.is_set()
+
     def start(self) -> None:
         """Connect in the background, and stay connected until stop()."""
+        if self._network is not None:
+            self._network.attach(self)
+            return
         self._thread = threading.Thread(target=self._run, name="kernex-mqtt", daemon=True)
         self._thread.start()
 
@@ -171,7 +202,9 @@ class MqttTransport:
                 info.wait_for_publish(timeout=min(timeout, 2.0))
         self._stopping.set()
         self._client.disconnect()
-        if self._thread is not None:
+        if self._network is not None:
+            self._network.detach(self, timeout)
+        elif self._thread is not None:
             self._thread.join(timeout)
 
     def publish(self, channel: Channel, payload: bytes) -> mqtt.MQTTMessageInfo:
@@ -195,33 +228,22 @@ class MqttTransport:
         # publish() only queue the packet and wake this thread's select(), which writes it.
         assert hasattr(self._client, "_thread"), "paho-mqtt changed: review the line below"
         self._client._thread = threading.current_thread()
-        permanent_logged: str | None = None
         while not self._stopping.is_set():
-            outcome = self._connect_and_serve()
+            outcome = self.open_connection()
+            if outcome is None:
+                while not self._stopping.is_set():
+                    if self._client.loop(timeout=1.0) != mqtt.MQTT_ERR_SUCCESS:
+                        break
+                outcome = self.connection_ended()
             if self._stopping.is_set():
                 break
-            if outcome.failure == Failure.PERMANENT:
-                delay = self._config.reconnect_max_s
-                if outcome.reason != permanent_logged:
-                    log.error(
-                        "mqtt.connection_refused",
-                        extra={"failure": "permanent", "reason": outcome.reason, "retry_s": delay},
-                    )
-                    permanent_logged = outcome.reason
-            else:
-                delay = self._backoff.next_delay()
-                permanent_logged = None
-                log.warning(
-                    "mqtt.connection_lost",
-                    extra={
-                        "failure": "transient",
-                        "reason": outcome.reason,
-                        "retry_s": round(delay, 2),
-                    },
-                )
-            self._stopping.wait(delay)
+            self._stopping.wait(self.retry_delay(outcome))
 
-    def _connect_and_serve(self) -> ConnectionOutcome:
+    # --- the steps of a connection's life, for this thread or a Network ----------------------
+
+    def open_connection(self) -> ConnectionOutcome | None:
+        """Start a session: the Last Will, then TCP, TLS and CONNECT (blocking, up to the
+        connect timeout). None when the socket is up; otherwise why it failed."""
         session = self._sessions.advance()
         last_will = Presence(online=False, session=session, reason="lost")
         self._client.will_set(
@@ -240,10 +262,10 @@ class MqttTransport:
             )
         except (OSError, ssl.SSLError) as exc:
             return classify(exc)
-        while not self._stopping.is_set():
-            rc = self._client.loop(timeout=1.0)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                break
+        return None
+
+    def connection_ended(self) -> ConnectionOutcome:
+        """Why the connection opened by open_connection() has closed."""
         self.connected.clear()
         refused = self._refusal()
         if refused is not None:
@@ -257,6 +279,25 @@ class MqttTransport:
                 Failure.PERMANENT, f"the broker refused this device's certificate ({alert[1]})"
             )
         return ConnectionOutcome(Failure.TRANSIENT, "the connection was lost")
+
+    def retry_delay(self, outcome: ConnectionOutcome) -> float:
+        """Log why the connection failed or ended, and say how long to wait before retrying."""
+        if outcome.failure == Failure.PERMANENT:
+            delay = self._config.reconnect_max_s
+            if outcome.reason != self._permanent_logged:
+                log.error(
+                    "mqtt.connection_refused",
+                    extra={"failure": "permanent", "reason": outcome.reason, "retry_s": delay},
+                )
+                self._permanent_logged = outcome.reason
+            return delay
+        delay = self._backoff.next_delay()
+        self._permanent_logged = None
+        log.warning(
+            "mqtt.connection_lost",
+            extra={"failure": "transient", "reason": outcome.reason, "retry_s": round(delay, 2)},
+        )
+        return delay
 
     def _refusal(self) -> ConnectionOutcome | None:
         """The broker's CONNACK refusal in the attempt just ended, if there was one."""

@@ -37,9 +37,10 @@ from kernex_sim.fleet import (
 )
 from kernex_sim.worker import worker_main
 
-# paho waits on its sockets with select(), which cannot watch file descriptors above 1023, and
-# each simulated connection holds three (the TLS socket and paho's wake-up socket pair).
-MAX_DEVICES_PER_PROCESS = 300
+# A process may hold 20000 open files here. Each device holds its connection, and while it
+# updates a download socket and file; the rest is headroom.
+MAX_DEVICES_PER_PROCESS = 4000
+DEVICES_PER_PROCESS = 2000  # the default split: one event loop carries this many comfortably
 
 
 def register(api: str, token: str, ids: list[str], device_type: str) -> int:
@@ -83,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--broker-host", default="localhost")
     run.add_argument("--broker-port", type=int, default=8883)
     run.add_argument("--devices", type=int, default=100)
-    run.add_argument("--processes", type=int, default=0, help="default: 1 per 250 devices")
+    run.add_argument("--processes", type=int, default=0, help="default: 1 per 2000 devices")
     run.add_argument("--prefix", default="sim")
     run.add_argument("--device-type", default="sim-board")
     run.add_argument("--heartbeat-s", type=float, default=30.0)
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     devices = deal_faults(ids, certs, faults, args.seed)
     save_plan(args.state_dir / "plan.json", devices)
     _say(f"sim: faults dealt: {describe(devices)}")
-    processes = args.processes or max(1, -(-len(ids) // 250))
+    processes = args.processes or max(1, -(-len(ids) // DEVICES_PER_PROCESS))
     if -(-len(ids) // processes) > MAX_DEVICES_PER_PROCESS:
         _say(f"sim: more than {MAX_DEVICES_PER_PROCESS} devices per process; use --processes")
         return 2

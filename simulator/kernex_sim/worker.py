@@ -1,5 +1,6 @@
 """One simulator process: runs its slice of devices, each a real `Agent` with its own
-certificate and mTLS connection, and reports counts to the parent once a second.
+certificate and mTLS connection, and reports counts to the parent once a second. All the
+slice's connections share one network thread (`SharedNetwork`), all its agents one event loop.
 
 Everything but the installer is the agent's own code: transport, presence, heartbeats, notice
 checks, the downloader (real HTTP to the real object store), the state machine with its saved
@@ -31,6 +32,7 @@ from kernex_agent.config import (
 from kernex_agent.update.machine import State
 from kernex_sim.fleet import SimDevice, WorkerSpec
 from kernex_sim.installer import SimulatedInstaller
+from kernex_sim.network import SharedNetwork
 
 
 class SimulatedReboot(Exception):
@@ -69,9 +71,10 @@ def _config(spec: WorkerSpec, device: SimDevice) -> AgentConfig:
 class Supervisor:
     """Keeps one simulated device running through its faults."""
 
-    def __init__(self, spec: WorkerSpec, device: SimDevice) -> None:
+    def __init__(self, spec: WorkerSpec, device: SimDevice, network: SharedNetwork) -> None:
         self.spec = spec
         self.device = device
+        self.network = network
         self.agent: Agent | None = None
         self.reboots = 0
         self.outages = 0
@@ -88,6 +91,7 @@ class Supervisor:
             health_check=(lambda: not self.device.fail_health),
             crash_in=State.INSTALLING if self.device.reboot_mid_update else None,
             crash=crash,
+            network=self.network,
         )
         agent.extra_metrics = {f"pad{i:02d}": i for i in range(self.spec.heartbeat_padding)}
         return agent
@@ -149,7 +153,8 @@ async def run_worker(
         concurrent.futures.ThreadPoolExecutor(max_workers=64, thread_name_prefix="sim-work")
     )
     stopping = asyncio.Event()
-    supervisors = [Supervisor(spec, device) for device in spec.devices]
+    network = SharedNetwork(name=f"sim-network-{spec.index}")
+    supervisors = [Supervisor(spec, device, network) for device in spec.devices]
     tasks: list[asyncio.Task[None]] = []
     started = time.monotonic()
 
@@ -183,6 +188,7 @@ async def run_worker(
     stopping.set()
     starter.cancel()
     await asyncio.gather(starter, *tasks, return_exceptions=True)
+    network.close()
     reports.put({"worker": spec.index, "done": True})
 
 

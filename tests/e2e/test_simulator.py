@@ -95,6 +95,15 @@ def test_rehearsal_with_a_few_hundred_simulated_devices(
                 timeout=120,
                 what="the rehearsal deployment completed",
             )
+            # Heartbeats start at a random point of the first interval: wait for everyone's.
+            eventually(
+                lambda: all(
+                    api.get(f"/devices/{d}/heartbeats", params={"limit": 1}).json()["count"] > 0
+                    for d in devices
+                ),
+                timeout=60,
+                what="a heartbeat stored from every simulated device",
+            )
     finally:
         sim.send_signal(signal.SIGINT)
         output, _ = sim.communicate(timeout=120)
