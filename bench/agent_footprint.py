@@ -130,8 +130,6 @@ def main() -> None:
         f"--window-s {args.window_s:.0f}"
     )
     record("Device agent idle footprint", command, figures, notes)
-    for figure in figures:
-        print(f"{figure.name}: {figure.value} {figure.unit} (baseline {figure.baseline})")
 
 
 if __name__ == "__main__":

@@ -101,11 +101,7 @@ class FleetStack:
         subprocess.run(
             [str(BIN / "kernex-backend"), "migrate"], env=self.env, check=True, capture_output=True
         )
-        with (self.root / "backend.log").open("ab") as log:
-            self.backend = subprocess.Popen(
-                [str(BIN / "kernex-backend"), "serve"], env=self.env, stdout=log, stderr=log
-            )
-        wait_for_port("127.0.0.1", self.port, timeout=60)
+        self.start_backend()
         self.token = subprocess.run(
             [str(BIN / "kernex-backend"), "create-api-key", "--name", "bench"],
             env=self.env,
@@ -122,10 +118,20 @@ class FleetStack:
         finally:
             await conn.close()
 
-    def stop(self) -> None:
+    def start_backend(self) -> None:
+        with (self.root / "backend.log").open("ab") as log:
+            self.backend = subprocess.Popen(
+                [str(BIN / "kernex-backend"), "serve"], env=self.env, stdout=log, stderr=log
+            )
+        wait_for_port("127.0.0.1", self.port, timeout=60)
+
+    def stop_backend(self) -> None:
         if self.backend is not None and self.backend.poll() is None:
             self.backend.terminate()
             self.backend.wait(30)
+
+    def stop(self) -> None:
+        self.stop_backend()
         self.broker.stop()
         self.s3.stop()
         self.pg.stop()
@@ -224,7 +230,10 @@ class FleetStack:
         heartbeat_s: float = 30.0,
         ramp: float = 400.0,
         summary: Path | None = None,
+        agent_state_dir: Path | None = None,
     ) -> subprocess.Popen[bytes]:
+        """Start kernex-sim. `agent_state_dir` on a tmpfs keeps thousands of simulated devices'
+        state saves (each an fsync) off this machine's one disk: each real device has its own."""
         args = [
             str(BIN / "kernex-sim"),
             "run",
@@ -253,6 +262,8 @@ class FleetStack:
         ]
         if summary is not None:
             args += ["--summary", str(summary)]
+        if agent_state_dir is not None:
+            args += ["--agent-state-dir", str(agent_state_dir)]
         log = (self.root / "sim.log").open("ab")
         return subprocess.Popen(args, stdout=log, stderr=log)
 

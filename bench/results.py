@@ -87,3 +87,8 @@ def record(title: str, command: str, figures: list[Figure], notes: list[str]) ->
     names = {f.name for f in figures}
     merged = [row for row in existing if row["name"] not in names] + [asdict(f) for f in figures]
     LATEST.write_text(json.dumps(sorted(merged, key=lambda r: r["name"]), indent=1) + "\n")
+    for figure in figures:
+        compared = [f"baseline {figure.baseline}"] if figure.baseline is not None else []
+        compared += [f"ratio {figure.ratio}"] if figure.ratio is not None else []
+        suffix = f" ({', '.join(compared)})" if compared else ""
+        print(f"{figure.name}: {figure.value} {figure.unit}{suffix}", flush=True)

@@ -202,11 +202,6 @@ def _run(args: argparse.Namespace, work: Path) -> int:
         Figure("upload.rss_growth_mib", median(growth), "MiB"),
         Figure("upload.backend_cpu_s_per_gib", median(cpu_per_gib), "CPU s/GiB"),
     ]
-    for figure in figures:
-        print(
-            f"{figure.name}: {figure.value} {figure.unit}"
-            + (f" (baseline {figure.baseline})" if figure.baseline else "")
-        )
     record(
         f"Bundle upload, {args.size_mib} MiB streamed through the backend",
         f".venv/bin/python bench/upload_1gib.py --runs {args.runs} --size-mib {args.size_mib}",

@@ -66,17 +66,7 @@ class EmbeddedBroker:
             write_private_key(layout.server_key, key)
             write_public(layout.server_cert, pem(cert))
         if not (self.service_dir / "service.crt").exists():
-            self.service_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            key = new_key()
-            cert = authority.issue(
-                key.public_key(),
-                kind=CertificateKind.SERVICE,
-                common_name=SERVICE_IDENTITY,
-                days=825,
-            )
-            write_private_key(self.service_dir / "service.key", key)
-            write_public(self.service_dir / "service.crt", pem(cert))
-            write_public(self.service_dir / "ca-chain.pem", authority.chain_pem)
+            self._write_service_identity(SERVICE_IDENTITY, self.service_dir, days=825)
         run_as = None
         if os.geteuid() == 0:
             run_as = BROKER_USER
@@ -90,6 +80,25 @@ class EmbeddedBroker:
             blocked=authority.blocked_identities(),
             service_identities=broker_files.acl_identities(authority),
         )
+
+    def _write_service_identity(self, name: str, folder: Path, *, days: int) -> None:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key = new_key()
+        authority = self.authority
+        cert = authority.issue(
+            key.public_key(), kind=CertificateKind.SERVICE, common_name=name, days=days
+        )
+        write_private_key(folder / "service.key", key)
+        write_public(folder / "service.crt", pem(cert))
+        write_public(folder / "ca-chain.pem", authority.chain_pem)
+
+    def add_service_identity(self, name: str, folder: Path, *, days: int = 2) -> None:
+        """Issue another service identity (a backend replica, an observer) into `folder`
+        (service.key, service.crt, ca-chain.pem) and grant it on the running broker."""
+        self._write_service_identity(name, folder, days=days)
+        # The same step a revocation takes: the ACL re-rendered (now granting the new identity).
+        broker_files.publish_revocations(self.authority, self.layout)
+        self.reload()
 
     def _log_since_start(self) -> str:
         try:

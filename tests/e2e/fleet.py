@@ -21,8 +21,6 @@ from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.ports import free_port, wait_for_port
 from kernex_devstack.s3 import EmbeddedS3
 from kernex_protocol.manifest import ReleaseManifest, sign
-from kernex_provision import broker as broker_files
-from kernex_provision.authority import pem, write_private_key, write_public
 from kernex_provision.certificates import CertificateKind, new_key
 from kernex_provision.kit import BrokerAddress, write_kit
 from tests.integration.agent.harness import DEVICE_TYPE, AgentProcess, app_archive
@@ -32,17 +30,7 @@ BIN = Path(sys.executable).parent
 
 def service_identity(broker: EmbeddedBroker, name: str, folder: Path) -> dict[str, str]:
     """Issue a backend service identity (one per replica) and grant it on the broker."""
-    key = new_key()
-    cert = broker.authority.issue(
-        key.public_key(), kind=CertificateKind.SERVICE, common_name=name, days=2
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    write_private_key(folder / "service.key", key)
-    write_public(folder / "service.crt", pem(cert))
-    write_public(folder / "ca-chain.pem", broker.authority.chain_pem)
-    # The same step a revocation takes: the ACL re-rendered (now granting the new identity).
-    broker_files.publish_revocations(broker.authority, broker.layout)
-    broker.reload()
+    broker.add_service_identity(name, folder)
     return {
         "KERNEX_MQTT__CA_FILE": str(folder / "ca-chain.pem"),
         "KERNEX_MQTT__CERT_FILE": str(folder / "service.crt"),

@@ -1,0 +1,315 @@
+"""Ingest: the highest heartbeat rate the backend stores into PostgreSQL with a p99 lag under
+1 s, against the rate the same broker delivers to a bare subscriber that only counts, in the
+same run, from the same load.
+
+    .venv/bin/python bench/ingest_benchmark.py [--devices 1000] [--processes 2]
+        [--rates 4000,6000,...,24000] [--step-s 10] [--repeat 3]
+
+The load is `--devices` real device connections (mTLS, the agent's transport) in `--processes`
+processes, publishing valid heartbeats that carry their send time. The rate climbs step by step;
+a step is sustained when at least 99 % of the heartbeats sent in its window arrived and their
+p99 lag is under 1 s. Two ladders, one after the other:
+
+1. bare: the backend is stopped; a subscriber to every heartbeat topic counts arrivals and
+   their lag (arrival time minus send time).
+2. backend: `kernex-backend serve` consumes the heartbeats; arrivals are rows stored in the
+   heartbeats table, the lag is when a row became visible to a poller (every 100 ms, for one
+   device in 20) minus its send time.
+
+The highest sustained step of each is the figure; `ingest.ratio` is backend over bare.
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_stack import FleetStack
+from heartbeat_load import HeartbeatLoad, LoadSpec
+from results import Figure, record
+from subscriber import Subscriber
+
+from kernex_protocol.topics import Channel, subscription_for_all
+from kernex_sim.fleet import ensure_certificates
+
+DELIVERED_SHARE = 0.99
+LAG_LIMIT_MS = 1000.0
+WARMUP_S = 3.0
+DRAIN_S = 2.0
+PROBE_EVERY = 20  # the backend's lag is sampled on one device in this many
+DEFAULT_RATES = "4000,6000,8000,10000,11000,12000,14000,16000,20000,24000"
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    offered_per_s: float
+    sent: int
+    arrived: int
+    lag_p99_ms: float
+    window_s: float
+
+    @property
+    def rate_per_s(self) -> float:
+        return self.arrived / self.window_s
+
+    @property
+    def sustained(self) -> bool:
+        return self.arrived >= DELIVERED_SHARE * self.sent and self.lag_p99_ms < LAG_LIMIT_MS
+
+    def describe(self) -> str:
+        return (
+            f"offered {self.offered_per_s:.0f}/s: sent {self.sent}, arrived {self.arrived} "
+            f"({self.rate_per_s:.0f}/s), p99 lag {self.lag_p99_ms:.0f} ms"
+            f"{'' if self.sustained else ' - not sustained'}"
+        )
+
+
+def p99(values: list[float]) -> float:
+    if not values:
+        return float("inf")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+
+
+class Arrivals:
+    """Send times (ms) of what arrived, with each one's lag."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: list[tuple[int, float]] = []  # (sent_ms, lag_ms)
+
+    def add(self, sent_ms: int, arrived_s: float) -> None:
+        with self._lock:
+            self._seen.append((sent_ms, arrived_s * 1000 - sent_ms))
+
+    def lags_between(self, start_ms: int, end_ms: int) -> list[float]:
+        with self._lock:
+            return [lag for sent, lag in self._seen if start_ms <= sent < end_ms]
+
+
+def run_ladder(
+    load: HeartbeatLoad,
+    rates: list[float],
+    step_s: float,
+    *,
+    count_arrived: Callable[[int, int], int],
+    lags: Arrivals,
+    label: str,
+) -> list[Step]:
+    steps: list[Step] = []
+    for rate in rates:
+        load.set_rate(rate)
+        time.sleep(WARMUP_S)
+        start_ms, sent_before = int(time.time() * 1000), load.published()
+        time.sleep(step_s)
+        end_ms, sent_after = int(time.time() * 1000), load.published()
+        time.sleep(DRAIN_S)
+        step = Step(
+            offered_per_s=rate,
+            sent=sent_after - sent_before,
+            arrived=count_arrived(start_ms, end_ms),
+            lag_p99_ms=p99(lags.lags_between(start_ms, end_ms)),
+            window_s=(end_ms - start_ms) / 1000,
+        )
+        print(f"{label}: {step.describe()}", flush=True)
+        steps.append(step)
+        if step.sent < 0.95 * rate * step.window_s:
+            print(f"{label}: the load cannot send faster; stopping here", flush=True)
+            break
+        if not step.sustained:
+            break
+    load.set_rate(0)
+    time.sleep(DRAIN_S)
+    return steps
+
+
+def bare_ladder(
+    stack: FleetStack, load: HeartbeatLoad, rates: list[float], step_s: float
+) -> list[Step]:
+    arrivals = Arrivals()
+
+    def counted(topic: str, payload: bytes, at: float) -> None:
+        arrivals.add(json.loads(payload)["metrics"]["sent_ms"], at)
+
+    subscriber = Subscriber(
+        stack.broker,
+        f"bench-bare-{uuid.uuid4().hex[:6]}",
+        stack.root / "bare-subscriber",
+        subscription_for_all(Channel.HEARTBEAT),
+        qos=0,
+    )
+    subscriber.on_message = counted
+    with subscriber:
+        return run_ladder(
+            load,
+            rates,
+            step_s,
+            count_arrived=lambda a, b: len(arrivals.lags_between(a, b)),
+            lags=arrivals,
+            label="bare",
+        )
+
+
+class StoredPoller:
+    """Polls the heartbeats of the probe devices; a row's lag is when it was first seen."""
+
+    def __init__(self, stack: FleetStack, probes: list[str], arrivals: Arrivals) -> None:
+        self._url = stack.pg.url("kernex", driver="postgresql")
+        self._probes = probes
+        self._arrivals = arrivals
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._poll()), daemon=True)
+
+    async def _poll(self) -> None:
+        conn = await asyncpg.connect(self._url)
+        seen: set[tuple[str, int]] = set()
+        query = (
+            "SELECT device_id, sequence, (metrics->>'sent_ms')::bigint FROM heartbeats "
+            "WHERE device_id = ANY($1) AND received_at > now() - interval '5 seconds'"
+        )
+        try:
+            while not self._stop.is_set():
+                rows = await conn.fetch(query, self._probes)
+                now = time.time()
+                for device_id, sequence, sent_ms in rows:
+                    if (device_id, sequence) not in seen and sent_ms is not None:
+                        seen.add((device_id, sequence))
+                        self._arrivals.add(sent_ms, now)
+                await asyncio.sleep(0.1)
+        finally:
+            await conn.close()
+
+    def __enter__(self) -> "StoredPoller":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+
+def backend_ladder(
+    stack: FleetStack, load: HeartbeatLoad, ids: list[str], rates: list[float], step_s: float
+) -> list[Step]:
+    arrivals = Arrivals()
+
+    def stored(start_ms: int, end_ms: int) -> int:
+        return int(
+            stack.sql(
+                "SELECT count(*) FROM heartbeats "
+                "WHERE (metrics->>'sent_ms')::bigint >= $1 AND (metrics->>'sent_ms')::bigint < $2",
+                start_ms,
+                end_ms,
+            )[0][0]
+        )
+
+    with StoredPoller(stack, ids[::PROBE_EVERY], arrivals):
+        return run_ladder(load, rates, step_s, count_arrived=stored, lags=arrivals, label="backend")
+
+
+def best(steps: list[Step]) -> Step | None:
+    sustained = [s for s in steps if s.sustained]
+    return max(sustained, key=lambda s: s.rate_per_s) if sustained else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", type=int, default=1000)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--rates", default=DEFAULT_RATES)
+    parser.add_argument("--step-s", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=3, help="both ladders, this many times")
+    parser.add_argument("--keep", type=Path, help="keep the run's files here")
+    args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",")]
+    root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-ingest-"))
+    stack = FleetStack(root)
+    load: HeartbeatLoad | None = None
+    ladders: list[tuple[list[Step], list[Step]]] = []
+    try:
+        stack.start()
+        ids = [f"load-{i:05d}" for i in range(1, args.devices + 1)]
+        stack.register(ids)
+        ensure_certificates(stack.broker.authority, root / "load-certs", ids)
+        load = HeartbeatLoad(
+            [
+                LoadSpec(
+                    device_ids=ids[i :: args.processes],
+                    certificates=str(root / "load-certs"),
+                    ca_chain=str(stack.broker.service_dir / "ca-chain.pem"),
+                    port=stack.broker.port,
+                    state=str(root / "load-state"),
+                )
+                for i in range(args.processes)
+            ]
+        )
+        load.start()
+        for _ in range(args.repeat):
+            stack.stop_backend()
+            bare = bare_ladder(stack, load, rates, args.step_s)
+            stack.start_backend()
+            ladders.append((bare, backend_ladder(stack, load, ids, rates, args.step_s)))
+    finally:
+        if load is not None:
+            load.stop()
+        stack.stop()
+    runs = [(best(bare), best(backend)) for bare, backend in ladders]
+    if any(b is None or k is None for b, k in runs):
+        raise SystemExit("a ladder sustained no step; nothing to record")
+    bare_rates = [b.rate_per_s for b, _ in runs if b is not None]
+    backend_rates = [k.rate_per_s for _, k in runs if k is not None]
+    ratios = [k / b for k, b in zip(backend_rates, bare_rates, strict=True)]
+    ratio = round(statistics.median(ratios), 2)
+    figures = [
+        Figure(
+            "ingest.rate_per_s",
+            round(statistics.median(backend_rates)),
+            "msg/s",
+            round(statistics.median(bare_rates)),
+            ratio,
+        ),
+        Figure("ingest.ratio", ratio, "x", 0.8, round(ratio / 0.8, 2)),
+        Figure(
+            "ingest.lag_p99_ms",
+            round(statistics.median(k.lag_p99_ms for _, k in runs if k is not None)),
+            "ms",
+            LAG_LIMIT_MS,
+        ),
+    ]
+    notes = [
+        f"ingest: {args.devices} device connections in {args.processes} load processes; steps "
+        f"of {args.step_s:.0f} s after {WARMUP_S:.0f} s of warm-up; sustained = at least "
+        f"{DELIVERED_SHARE:.0%} arrived and p99 lag under {LAG_LIMIT_MS:.0f} ms. Medians of "
+        f"{args.repeat} runs of both ladders; the ratio is the median of each run's ratio.",
+    ]
+    for number, (bare, backend) in enumerate(ladders, 1):
+        notes.append(f"run {number}, bare subscriber: " + "; ".join(s.describe() for s in bare))
+        notes.append(f"run {number}, backend: " + "; ".join(s.describe() for s in backend))
+    if any(bare[-1].sustained for bare, _ in ladders):
+        notes.append(
+            "The bare subscriber sustained the top step of a ladder (or the load could not "
+            "send faster): its real ceiling is higher, so the ratio is an upper bound there."
+        )
+    command = (
+        f".venv/bin/python bench/ingest_benchmark.py --devices {args.devices} "
+        f"--processes {args.processes} --rates {args.rates} --step-s {args.step_s:.0f} "
+        f"--repeat {args.repeat}"
+    )
+    record("Ingest: heartbeats into PostgreSQL against a bare subscriber", command, figures, notes)
+
+
+if __name__ == "__main__":
+    main()
