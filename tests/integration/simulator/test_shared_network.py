@@ -83,12 +83,15 @@ def watcher(service_identity: Identity, mqtt_connect: Connector) -> Probe:
     return probe
 
 
-def presence(probe: Probe, seen: dict[str, list[dict[str, object]]]) -> None:
-    """Collect presence messages by device."""
+def presence(
+    probe: Probe, seen: dict[str, list[dict[str, object]]]
+) -> dict[str, list[dict[str, object]]]:
+    """Collect the presence messages that arrived into `seen`, by device; returns `seen`."""
     for message in probe.drain():
         if message.topic.endswith("/presence"):
             device_id = message.topic.split("/")[-2]
             seen.setdefault(device_id, []).append(json.loads(message.payload))
+    return seen
 
 
 def test_many_connections_share_one_thread_and_live_the_transport_life(
@@ -131,11 +134,11 @@ def test_many_connections_share_one_thread_and_live_the_transport_life(
         relay.restore()
         wait_until(lambda: all(d.transport.connected.is_set() for d in devices))
         assert all(d.transport.session == 2 for d in devices)
-        presence(watcher, seen)
         wait_until(
-            lambda: (
-                presence(watcher, seen) is None
-                and all(seen.get(d.device_id, [{}])[-1].get("session") == 2 for d in devices)
+            lambda: all(
+                latest.get(d.device_id, [{}])[-1].get("session") == 2
+                for latest in [presence(watcher, seen)]
+                for d in devices
             )
         )
         # A certificate from another CA never connects, however often it is retried.
@@ -148,9 +151,10 @@ def test_many_connections_share_one_thread_and_live_the_transport_life(
         network.close()
     # Every device said goodbye for its session; the refused one was not left waiting.
     wait_until(
-        lambda: (
-            presence(watcher, seen) is None
-            and all(seen[d.device_id][-1] == GOODBYE_OF_SESSION_2 for d in devices)
+        lambda: all(
+            latest[d.device_id][-1] == GOODBYE_OF_SESSION_2
+            for latest in [presence(watcher, seen)]
+            for d in devices
         )
     )
     assert stop_s < 10.0
