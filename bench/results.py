@@ -61,8 +61,19 @@ def machine_facts() -> str:
     )
 
 
+def destinations() -> tuple[Path, Path]:
+    """Where record() writes: the repository's BENCHMARKS.md and results/latest.json, or, for
+    the smoke runs of the tests, the same two files in the folder KERNEX_BENCH_OUTPUT names."""
+    override = os.environ.get("KERNEX_BENCH_OUTPUT")
+    if override:
+        folder = Path(override)
+        return folder / "BENCHMARKS.md", folder / "latest.json"
+    return BENCHMARKS_MD, LATEST
+
+
 def record(title: str, command: str, figures: list[Figure], notes: list[str]) -> None:
     """Append a section to BENCHMARKS.md and merge the figures into results/latest.json."""
+    benchmarks_md, latest = destinations()
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"\n## {title} ({when})\n",
@@ -77,16 +88,16 @@ def record(title: str, command: str, figures: list[Figure], notes: list[str]) ->
         lines.append(f"| `{figure.name}` | {figure.value} {figure.unit} | {baseline} | {ratio} |")
     lines.append("")
     lines.extend(f"- {note}" for note in notes)
-    if not BENCHMARKS_MD.exists():
-        BENCHMARKS_MD.write_text(HEADER)
-    with BENCHMARKS_MD.open("a") as handle:
+    if not benchmarks_md.exists():
+        benchmarks_md.write_text(HEADER)
+    with benchmarks_md.open("a") as handle:
         handle.write("\n".join(lines) + "\n")
 
-    LATEST.parent.mkdir(exist_ok=True)
-    existing = json.loads(LATEST.read_text()) if LATEST.exists() else []
+    latest.parent.mkdir(exist_ok=True)
+    existing = json.loads(latest.read_text()) if latest.exists() else []
     names = {f.name for f in figures}
     merged = [row for row in existing if row["name"] not in names] + [asdict(f) for f in figures]
-    LATEST.write_text(json.dumps(sorted(merged, key=lambda r: r["name"]), indent=1) + "\n")
+    latest.write_text(json.dumps(sorted(merged, key=lambda r: r["name"]), indent=1) + "\n")
     for figure in figures:
         compared = [f"baseline {figure.baseline}"] if figure.baseline is not None else []
         compared += [f"ratio {figure.ratio}"] if figure.ratio is not None else []

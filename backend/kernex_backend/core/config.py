@@ -128,7 +128,7 @@ class MqttSettings(BaseModel):
     reconnect_max_s: float = Field(default=30.0, gt=0)
     # Replicas in the same group split device traffic between them ($share/<group>/...).
     share_group: str = Field(default="kernex", pattern=r"^[A-Za-z0-9_-]{1,32}$")
-    # Presence, progress and URL requests handled at once (each a database round trip).
+    # Presence messages and URL requests handled at once (each a database round trip).
     handler_concurrency: int = Field(default=16, ge=1, le=256)
     # Notices published at once (each waits for the broker's acknowledgement).
     publish_concurrency: int = Field(default=64, ge=1, le=1000)
@@ -136,6 +136,9 @@ class MqttSettings(BaseModel):
     heartbeat_flush_interval_s: float = Field(default=0.5, gt=0)
     # Heartbeats waiting for the database beyond this are dropped (and counted).
     heartbeat_buffer: int = Field(default=50_000, ge=100)
+    # Progress reports are applied in batches too, one transaction each.
+    progress_batch_size: int = Field(default=500, ge=1, le=10_000)
+    progress_flush_interval_s: float = Field(default=0.1, gt=0)
     # A device is marked offline after this long without a heartbeat or presence.
     offline_after_s: float = Field(default=95.0, gt=0)
     # An execution that has not reported for this long is TIMED_OUT.

@@ -5,11 +5,22 @@ last one applied is a QoS 1 repeat or a late arrival and is ignored; a finished 
 no further reports. The device's fine state is kept in device_state and mapped onto the
 execution's coarser state. A final report records the installed version on success, completes
 the deployment when it was the last one, and refreshes the device's retained notice.
+
+Reports are queued as they arrive and applied in batches, one transaction each: a rollout to
+thousands of devices sends several reports per device within seconds, and a transaction (with
+its commit's flush to disk) per report made the database the rollout's pace. Within a batch
+each execution's reports are walked in arrival order with exactly the rules above, so a batch
+gives the same result as applying its reports one by one. A batch that fails is put back and
+retried with backoff.
 """
 
+import asyncio
+import contextlib
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final
+from dataclasses import dataclass, field
+from typing import Any, Final
 
 import sqlalchemy as sa
 import structlog
@@ -42,8 +53,19 @@ EXECUTION_STATE: Final[dict[ProgressState, ExecutionState]] = {
 }
 
 
+@dataclass(slots=True)
+class _Batch:
+    """What one batch did, for counting and for the work after its commit."""
+
+    finished: list[tuple[str, uuid.UUID, ExecutionState, str | None]] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def count(self, name: str) -> None:
+        self.counts[name] = self.counts.get(name, 0) + 1
+
+
 class ProgressIngest:
-    """Applies progress messages (the bridge's handler)."""
+    """Applies progress messages: queued by the bridge's handler, written by `run()`."""
 
     def __init__(
         self,
@@ -51,61 +73,148 @@ class ProgressIngest:
         stats: BridgeStats,
         *,
         on_final: Callable[[str], Awaitable[None]],
+        batch_size: int = 500,
+        interval_s: float = 0.1,
+        capacity: int = 200_000,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._stats = stats
         self._on_final = on_final
+        self._batch_size = batch_size
+        self._interval_s = interval_s
+        self._capacity = capacity
+        self._queue: deque[tuple[str, Progress]] = deque()
+        self._wake = asyncio.Event()
+
+    @property
+    def backlog(self) -> int:
+        """Reports waiting to be applied."""
+        return len(self._queue)
+
+    async def submit(self, device_id: str, progress: object) -> None:
+        """Queue one report (the bridge's handler); drops it when the buffer is full."""
+        assert isinstance(progress, Progress)
+        if len(self._queue) >= self._capacity:
+            self._stats.count("progress.dropped_backpressure")
+            return
+        self._queue.append((device_id, progress))
+        if len(self._queue) >= self._batch_size:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Apply queued reports until cancelled; a failed batch is retried with backoff."""
+        failures = 0
+        while True:
+            with contextlib.suppress(TimeoutError):  # the interval elapsed: apply anyway
+                await asyncio.wait_for(self._wake.wait(), self._interval_s)
+            self._wake.clear()
+            while self._queue:
+                batch = [
+                    self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))
+                ]
+                try:
+                    await self.apply_batch(batch)
+                except (OSError, sa.exc.SQLAlchemyError) as exc:
+                    # Put the batch back (oldest first) within the buffer's capacity.
+                    room = max(0, self._capacity - len(self._queue))
+                    self._queue.extendleft(reversed(batch[:room]))
+                    self._stats.count("progress.dropped_backpressure", len(batch) - room)
+                    failures += 1
+                    delay = min(30.0, 0.5 * 2**failures)
+                    log.warning("progress_ingest_failed", error=str(exc)[:200], retry_s=delay)
+                    await asyncio.sleep(delay)
+                    break
+                failures = 0
 
     async def apply(self, device_id: str, progress: object) -> None:
-        """Apply one report to its execution, unless it is a repeat, late, or unknown."""
+        """Apply one report now (a batch of one)."""
         assert isinstance(progress, Progress)
-        try:
-            deployment_id = uuid.UUID(progress.deployment_id)
-        except ValueError:
-            self._stats.count("progress.unknown_execution")
-            return
-        async with self._sessionmaker() as session:
-            execution = (
-                await session.exec(
-                    select(DeploymentExecution)
-                    .where(
-                        col(DeploymentExecution.deployment_id) == deployment_id,
-                        col(DeploymentExecution.device_id) == device_id,
-                    )
-                    .with_for_update()
-                )
-            ).first()
-            if execution is None:
-                self._stats.count("progress.unknown_execution")
-                return
-            if execution.state.terminal:
-                self._stats.count("progress.after_final")
-                return
-            if execution.report_seq is not None and progress.seq <= execution.report_seq:
-                self._stats.count("progress.duplicate")
-                return
-            state = EXECUTION_STATE[progress.state]
-            self._update(execution, progress, state)
-            session.add(execution)
-            if state == ExecutionState.SUCCEEDED and progress.version is not None:
-                await session.exec(
-                    sa.update(Device)
-                    .where(col(Device.id) == device_id)
-                    .values(current_version=progress.version, updated_at=utc_now())
-                )
-            if state.terminal:
-                await complete_if_done(session, deployment_id)
-            await session.commit()
-        self._stats.count("progress.applied")
-        if state.terminal:
+        await self.apply_batch([(device_id, progress)])
+
+    async def apply_batch(self, reports: list[tuple[str, Progress]]) -> None:
+        """Apply reports in one transaction, each unless it is a repeat, late, or unknown."""
+        done = _Batch()
+        by_execution: dict[tuple[uuid.UUID, str], list[Progress]] = {}
+        for device_id, progress in reports:
+            try:
+                deployment_id = uuid.UUID(progress.deployment_id)
+            except ValueError:
+                done.count("progress.unknown_execution")
+                continue
+            by_execution.setdefault((deployment_id, device_id), []).append(progress)
+        if by_execution:
+            async with self._sessionmaker() as session:
+                await self._apply_locked(session, by_execution, done)
+                await session.commit()
+        for name, number in done.counts.items():
+            self._stats.count(name, number)
+        for device_id, deployment_id, state, error in done.finished:
             log.info(
                 "execution_finished",
                 device_id=device_id,
                 deployment_id=str(deployment_id),
                 state=state.value,
-                error=progress.error.code.value if progress.error else None,
+                error=error,
             )
             await self._on_final(device_id)
+
+    async def _apply_locked(
+        self,
+        session: AsyncSession,
+        by_execution: dict[tuple[uuid.UUID, str], list[Progress]],
+        done: _Batch,
+    ) -> None:
+        # Locked in id order, so two replicas applying overlapping batches cannot deadlock.
+        executions = (
+            await session.exec(
+                select(DeploymentExecution)
+                .where(
+                    sa.tuple_(
+                        col(DeploymentExecution.deployment_id), col(DeploymentExecution.device_id)
+                    ).in_(list(by_execution))
+                )
+                .order_by(col(DeploymentExecution.id))
+                .with_for_update()
+            )
+        ).all()
+        found = {(e.deployment_id, e.device_id): e for e in executions}
+        versions: list[dict[str, Any]] = []
+        finished_deployments: set[uuid.UUID] = set()
+        for key, progresses in by_execution.items():
+            execution = found.get(key)
+            if execution is None:
+                for _ in progresses:
+                    done.count("progress.unknown_execution")
+                continue
+            for progress in progresses:
+                if execution.state.terminal:
+                    done.count("progress.after_final")
+                    continue
+                if execution.report_seq is not None and progress.seq <= execution.report_seq:
+                    done.count("progress.duplicate")
+                    continue
+                state = EXECUTION_STATE[progress.state]
+                self._update(execution, progress, state)
+                done.count("progress.applied")
+                if state == ExecutionState.SUCCEEDED and progress.version is not None:
+                    versions.append({"device": key[1], "version": progress.version})
+                if state.terminal:
+                    finished_deployments.add(key[0])
+                    error = progress.error.code.value if progress.error else None
+                    done.finished.append((key[1], key[0], state, error))
+            session.add(execution)
+        await session.flush()
+        if versions:
+            now = utc_now()
+            connection = await session.connection()
+            await connection.execute(
+                sa.update(Device)
+                .where(col(Device.id) == sa.bindparam("device"))
+                .values(current_version=sa.bindparam("version"), updated_at=now),
+                versions,
+            )
+        for deployment_id in sorted(finished_deployments):
+            await complete_if_done(session, deployment_id)
 
     @staticmethod
     def _update(execution: DeploymentExecution, progress: Progress, state: ExecutionState) -> None:

@@ -39,6 +39,8 @@ _PARSERS: dict[Channel, Callable[[bytes], object]] = {
     Channel.PROGRESS: Progress.parse,
     Channel.URL_REQUEST: UrlRequest.parse,
 }
+# Channels whose handlers only queue the message for a batch writer: called inline, in order.
+_QUEUED = frozenset({Channel.HEARTBEAT, Channel.PROGRESS})
 
 Handler = Callable[[str, object], Awaitable[None]]
 
@@ -153,12 +155,12 @@ class MqttBridge:
         except PayloadInvalid as exc:
             self._drop("malformed", topic, payload, str(exc))
             return
-        if channel == Channel.HEARTBEAT:
+        if channel in _QUEUED:
             await self._handle(channel, parsed.device_id, document)  # only queues: no wait
             return
-        # Presence, progress and URL requests each take a database round trip: run a bounded
-        # number at once. Order per device does not matter: presence is ordered by session and
-        # progress by the device's sequence number, in the database.
+        # Presence and URL requests each take a database round trip: run a bounded number at
+        # once. Order per device does not matter: presence is ordered by session, in the
+        # database.
         await self._slots.acquire()
         task = asyncio.create_task(self._handle(channel, parsed.device_id, document))
         self._background.add(task)

@@ -1,10 +1,10 @@
 """Wiring device traffic to the domains, and the periodic fleet-state work.
 
-`start` builds the bridge with one handler per device channel (heartbeats to the buffered
-ingest, presence, progress, URL requests) and starts the tasks a replica runs: the bridge
-itself, the heartbeat flusher, notice publishing, reconciliation, the offline sweeper and the
-execution timeout. Every periodic job is safe on several replicas (SKIP LOCKED, advisory locks,
-or idempotent updates).
+`start` builds the bridge with one handler per device channel (heartbeats and progress to
+their buffered writers, presence, URL requests) and starts the tasks a replica runs: the
+bridge itself, the heartbeat and progress writers, notice publishing, reconciliation, the
+offline sweeper and the execution timeout. Every periodic job is safe on several replicas
+(SKIP LOCKED, advisory locks, or idempotent updates).
 """
 
 import asyncio
@@ -75,12 +75,18 @@ def start(
         with contextlib.suppress(BridgeUnavailable):
             await notices.reconcile()
 
-    progress = ProgressIngest(sessionmaker, stats, on_final=after_final)
+    progress = ProgressIngest(
+        sessionmaker,
+        stats,
+        on_final=after_final,
+        batch_size=mqtt.progress_batch_size,
+        interval_s=mqtt.progress_flush_interval_s,
+    )
     bridge.handlers.update(
         {
             Channel.HEARTBEAT: heartbeats.submit,
             Channel.PRESENCE: presence.apply,
-            Channel.PROGRESS: progress.apply,
+            Channel.PROGRESS: progress.submit,
             Channel.URL_REQUEST: notices.answer_url_request,
         }
     )
@@ -102,6 +108,7 @@ def start(
     tasks = [
         asyncio.create_task(bridge.run(), name="mqtt_bridge"),
         asyncio.create_task(heartbeats.run(), name="heartbeat_ingest"),
+        asyncio.create_task(progress.run(), name="progress_ingest"),
         asyncio.create_task(run_periodically("notify", mqtt.notify_interval_s, publish_pending)),
         asyncio.create_task(
             run_periodically("reconcile", mqtt.reconcile_interval_s, reconcile, run_first=False)

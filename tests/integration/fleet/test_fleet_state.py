@@ -209,19 +209,23 @@ async def test_presence_is_ordered_by_session(app: FastAPI, engine: AsyncEngine)
     assert await state() == (False, None)  # the session is forgotten: any news brings it back
 
 
-async def make_execution(engine: AsyncEngine, device_id: str) -> uuid.UUID:
-    await add_devices(engine, device_id)
+async def make_execution(engine: AsyncEngine, *device_ids: str) -> uuid.UUID:
+    """A running deployment with a NOTIFIED execution for each device."""
+    await add_devices(engine, *device_ids)
     async with create_sessionmaker(engine)() as session:
         deployment = Deployment(
             name="t", target={}, status=DeploymentStatus.RUNNING, created_by="t"
         )
         session.add(deployment)
         await session.flush()
-        session.add(
-            DeploymentExecution(
-                deployment_id=deployment.id, device_id=device_id, state=ExecutionState.NOTIFIED
+        for device_id in device_ids:
+            session.add(
+                DeploymentExecution(
+                    deployment_id=deployment.id,
+                    device_id=device_id,
+                    state=ExecutionState.NOTIFIED,
+                )
             )
-        )
         await session.commit()
         return deployment.id
 
@@ -286,6 +290,86 @@ async def test_progress_is_applied_in_order_once_and_finishes_the_deployment(
             )
         ).scalar_one()
     assert status == "completed"
+
+
+async def test_a_batch_applies_each_devices_reports_as_one_by_one_would(
+    app: FastAPI, engine: AsyncEngine
+) -> None:
+    deployment = await make_execution(engine, "pb-1", "pb-2", "pb-3")
+    finals: list[str] = []
+
+    async def on_final(device_id: str) -> None:
+        finals.append(device_id)
+
+    stats = BridgeStats()
+    ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=on_final)
+    failed = ProgressError(ErrorCode.HEALTH_CHECK_FAILED, "exit 3")
+    await ingest.apply_batch(
+        [
+            ("pb-1", report(deployment, ProgressState.DOWNLOADING, 1, percent=10)),
+            ("pb-2", report(deployment, ProgressState.DOWNLOADING, 5)),
+            ("pb-1", report(deployment, ProgressState.DOWNLOADING, 1, percent=10)),  # a repeat
+            ("pb-2", report(deployment, ProgressState.ROLLED_BACK, 8, error=failed)),
+            ("pb-1", report(deployment, ProgressState.COMMITTED, 4)),
+            ("pb-1", report(deployment, ProgressState.DOWNLOADING, 3)),  # late: after final
+            ("pb-2", report(deployment, ProgressState.DOWNLOADING, 6)),  # late: after final
+            ("pb-3", report(deployment, ProgressState.VERIFYING, 2)),
+            ("pb-9", report(deployment, ProgressState.VERIFYING, 2)),  # not in the deployment
+        ]
+    )
+    rows = {r["device_id"]: r for r in await executions(engine, deployment)}
+    assert (rows["pb-1"]["state"], rows["pb-1"]["progress"], rows["pb-1"]["report_seq"]) == (
+        "succeeded",
+        100,
+        4,
+    )
+    assert (rows["pb-2"]["state"], rows["pb-2"]["error_code"], rows["pb-2"]["report_seq"]) == (
+        "rolled_back",
+        "health_check_failed",
+        8,
+    )
+    assert (rows["pb-3"]["state"], rows["pb-3"]["report_seq"]) == ("verifying", 2)
+    assert (await device(engine, "pb-1"))["current_version"] == "9.0.0"
+    assert (await device(engine, "pb-2"))["current_version"] is None
+    assert stats.counts["progress.applied"] == 5
+    assert stats.counts["progress.duplicate"] == 1
+    assert stats.counts["progress.after_final"] == 2
+    assert stats.counts["progress.unknown_execution"] == 1
+    assert sorted(finals) == ["pb-1", "pb-2"]
+    assert await deployment_status(engine, deployment) == "running"
+
+    # The last device finishes through the queue and the writer task: the deployment completes.
+    writer = asyncio.create_task(ingest.run())
+    try:
+        await ingest.submit("pb-3", report(deployment, ProgressState.COMMITTED, 3))
+        for _ in range(100):
+            if await deployment_status(engine, deployment) == "completed":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        writer.cancel()
+    assert await deployment_status(engine, deployment) == "completed"
+    assert ingest.backlog == 0
+    assert sorted(finals) == ["pb-1", "pb-2", "pb-3"]
+
+
+async def executions(engine: AsyncEngine, deployment: uuid.UUID) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text("SELECT * FROM deployment_executions WHERE deployment_id = :d"),
+            {"d": deployment},
+        )
+        return [dict(r) for r in rows.mappings()]
+
+
+async def deployment_status(engine: AsyncEngine, deployment: uuid.UUID) -> str:
+    async with engine.connect() as conn:
+        status = (
+            await conn.execute(
+                sa.text("SELECT status FROM deployments WHERE id = :d"), {"d": deployment}
+            )
+        ).scalar_one()
+    return str(status)
 
 
 async def test_a_failure_report_keeps_its_error(app: FastAPI, engine: AsyncEngine) -> None:
