@@ -39,6 +39,7 @@ from subscriber import Subscriber
 from kernex_protocol.topics import Channel, subscription_for_all
 
 MiB = 1024 * 1024
+STALL_S = 180.0  # no execution moved on for this long: reports were lost; fail, do not hang
 TMPFS = "/dev/shm"  # the simulated devices' state (see FleetStack.start_sim)
 
 
@@ -194,12 +195,20 @@ def wait_executions(
         "SELECT count(*) FROM deployment_executions WHERE deployment_id = $1 "
         "AND state = ANY($2::text[])"
     )
+    last_change, last_done = started, -1
     while time.monotonic() - started < timeout:
         done = stack.sql(query, uuid.UUID(deployment), list(states))[0][0]
         while len(reached) < 100 and done >= count * (len(reached) + 1) / 100:
             reached.append(time.monotonic() - started)
         if len(reached) == 100:
             return reached
+        if done != last_done:
+            last_change, last_done = time.monotonic(), done
+        elif time.monotonic() - last_change > STALL_S:
+            raise RuntimeError(
+                f"{deployment}: stuck at {done} of {count} in {states} for {STALL_S} s "
+                "(reports lost?)"
+            )
         time.sleep(0.2)
     raise RuntimeError(f"{deployment}: only {done} of {count} in {states} after {timeout} s")
 

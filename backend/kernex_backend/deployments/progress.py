@@ -15,9 +15,7 @@ retried with backoff.
 """
 
 import asyncio
-import contextlib
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -29,6 +27,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.core.db import utc_now
+from kernex_backend.core.write_buffer import WriteBuffer
 from kernex_backend.deployments.models import DeploymentExecution, ExecutionState
 from kernex_backend.deployments.notices import complete_if_done
 from kernex_backend.devices.models import Device
@@ -51,6 +50,9 @@ EXECUTION_STATE: Final[dict[ProgressState, ExecutionState]] = {
     ProgressState.REJECTED: ExecutionState.FAILED,
     ProgressState.CANCELED: ExecutionState.CANCELED,
 }
+
+
+_FINAL_HOOKS_AT_ONCE = 16  # each takes a database connection and a broker round trip
 
 
 @dataclass(slots=True)
@@ -80,51 +82,27 @@ class ProgressIngest:
         self._sessionmaker = sessionmaker
         self._stats = stats
         self._on_final = on_final
-        self._batch_size = batch_size
-        self._interval_s = interval_s
-        self._capacity = capacity
-        self._queue: deque[tuple[str, Progress]] = deque()
-        self._wake = asyncio.Event()
+        self._buffer: WriteBuffer[tuple[str, Progress]] = WriteBuffer(
+            stats.count,
+            name="progress",
+            batch_size=batch_size,
+            interval_s=interval_s,
+            capacity=capacity,
+        )
 
     @property
     def backlog(self) -> int:
         """Reports waiting to be applied."""
-        return len(self._queue)
+        return len(self._buffer)
 
     async def submit(self, device_id: str, progress: object) -> None:
         """Queue one report (the bridge's handler); drops it when the buffer is full."""
         assert isinstance(progress, Progress)
-        if len(self._queue) >= self._capacity:
-            self._stats.count("progress.dropped_backpressure")
-            return
-        self._queue.append((device_id, progress))
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
+        self._buffer.add((device_id, progress))
 
     async def run(self) -> None:
         """Apply queued reports until cancelled; a failed batch is retried with backoff."""
-        failures = 0
-        while True:
-            with contextlib.suppress(TimeoutError):  # the interval elapsed: apply anyway
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
-            self._wake.clear()
-            while self._queue:
-                batch = [
-                    self._queue.popleft() for _ in range(min(self._batch_size, len(self._queue)))
-                ]
-                try:
-                    await self.apply_batch(batch)
-                except (OSError, sa.exc.SQLAlchemyError) as exc:
-                    # Put the batch back (oldest first) within the buffer's capacity.
-                    room = max(0, self._capacity - len(self._queue))
-                    self._queue.extendleft(reversed(batch[:room]))
-                    self._stats.count("progress.dropped_backpressure", len(batch) - room)
-                    failures += 1
-                    delay = min(30.0, 0.5 * 2**failures)
-                    log.warning("progress_ingest_failed", error=str(exc)[:200], retry_s=delay)
-                    await asyncio.sleep(delay)
-                    break
-                failures = 0
+        await self._buffer.run(lambda: self._buffer.drain(self.apply_batch))
 
     async def apply(self, device_id: str, progress: object) -> None:
         """Apply one report now (a batch of one)."""
@@ -156,7 +134,22 @@ class ProgressIngest:
                 state=state.value,
                 error=error,
             )
-            await self._on_final(device_id)
+        await self._after_final([device_id for device_id, *_ in done.finished])
+
+    async def _after_final(self, device_ids: list[str]) -> None:
+        """Run the final-report hook (refreshing notices) for each device, a few at a time:
+        a whole fleet finishing at once must not wait for each broker round trip in turn."""
+        slots = asyncio.Semaphore(_FINAL_HOOKS_AT_ONCE)
+
+        async def one(device_id: str) -> None:
+            async with slots:
+                await self._on_final(device_id)
+
+        results = await asyncio.gather(*(one(d) for d in device_ids), return_exceptions=True)
+        for device_id, result in zip(device_ids, results, strict=True):
+            if isinstance(result, Exception):
+                # The execution is final and committed; the reconciler refreshes the notice.
+                log.error("after_final_failed", device_id=device_id, exc_info=result)
 
     async def _apply_locked(
         self,

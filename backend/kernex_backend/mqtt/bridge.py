@@ -112,9 +112,16 @@ class MqttBridge:
             keepalive=settings.keepalive_s,
             clean_session=True,
             protocol=aiomqtt.ProtocolVersion.V311,
-            max_queued_incoming_messages=100_000,
+            # Unbounded on purpose: paho has already acknowledged a QoS 1 message it hands over,
+            # so dropping it here would lose a device's report without trace (a 10,000-device
+            # benchmark burst did exactly that at the old bound of 100,000). Memory is bounded
+            # further on: every handler of the high-volume channels only appends to a bounded,
+            # counted write buffer, so this queue holds only parse-and-dispatch work.
+            max_queued_incoming_messages=None,
             max_inflight_messages=settings.publish_concurrency,
         ) as client:
+            # We allow publish_concurrency notices in flight; warn only beyond that.
+            client.pending_calls_threshold = settings.publish_concurrency
             for channel in DEVICE_CHANNELS:
                 topic = f"$share/{settings.share_group}/{subscription_for_all(channel)}"
                 await client.subscribe(topic, qos=CHANNELS[channel].qos)

@@ -1,20 +1,18 @@
 """Heartbeat ingest: buffered, written in batches, one transaction per batch.
 
-Messages are queued in memory (bounded: beyond `capacity` they are dropped and counted, so a
-slow or unreachable database cannot exhaust the process) and flushed every `interval_s` or
-whenever `batch_size` are waiting. One statement per batch inserts the heartbeats and updates
-each device's last_seen_at, versions and online state. Heartbeats from unknown or
-decommissioned devices are refused (counted, not stored), and a heartbeat is stored only if it
-is newer, by (session, seq), than the newest stored for its device: QoS 1 repeats and late
-arrivals are not stored twice. A failed batch is put back and retried with backoff, so the
+Messages are queued in a bounded `WriteBuffer` (beyond its capacity they are dropped and
+counted, so a slow or unreachable database cannot exhaust the process) and written every
+`interval_s` or whenever `batch_size` are waiting. One statement per batch inserts the
+heartbeats and updates each device's last_seen_at, versions and online state. Heartbeats from
+unknown or decommissioned devices are refused (counted, not stored), and a heartbeat is stored
+only if it is newer, by (session, seq), than the newest stored for its device: QoS 1 repeats
+and late arrivals are not stored twice. A failed batch is put back and retried with backoff, so the
 ingest recovers on its own when the database returns.
 """
 
-import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections import deque
 from dataclasses import dataclass
 
 import sqlalchemy as sa
@@ -22,6 +20,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kernex_backend.core.db import utc_now
+from kernex_backend.core.write_buffer import WriteBuffer
 from kernex_backend.mqtt.bridge import BridgeStats
 from kernex_protocol.payloads import Heartbeat
 
@@ -103,59 +102,34 @@ class HeartbeatIngest:
     ) -> None:
         self._engine = engine
         self._stats = stats
-        self._batch_size = batch_size
-        self._interval_s = interval_s
-        self._capacity = capacity
-        self._queue: deque[Received] = deque()
-        self._wake = asyncio.Event()
+        self._buffer: WriteBuffer[Received] = WriteBuffer(
+            stats.count,
+            name="heartbeats",
+            batch_size=batch_size,
+            interval_s=interval_s,
+            capacity=capacity,
+        )
 
     @property
     def backlog(self) -> int:
         """Heartbeats waiting to be written."""
-        return len(self._queue)
+        return len(self._buffer)
 
     async def submit(self, device_id: str, heartbeat: object) -> None:
         """Queue one heartbeat (the bridge's handler); drops it when the buffer is full."""
         assert isinstance(heartbeat, Heartbeat)
-        if len(self._queue) >= self._capacity:
-            self._stats.count("heartbeats.dropped_backpressure")
-            return
-        self._queue.append(Received(device_id, heartbeat, utc_now()))
-        if len(self._queue) >= self._batch_size:
-            self._wake.set()
+        self._buffer.add(Received(device_id, heartbeat, utc_now()))
 
     async def run(self) -> None:
-        """Flush until cancelled; a failed batch is retried with backoff."""
-        failures = 0
-        while True:
-            with contextlib.suppress(TimeoutError):  # the interval elapsed: flush anyway
-                await asyncio.wait_for(self._wake.wait(), self._interval_s)
-            self._wake.clear()
-            if not self._queue:
-                continue
-            batch: list[Received] = []
-            try:
-                # One connection for the whole backlog: checking one out of the pool costs a
-                # round trip (the liveness ping), which at thousands of heartbeats a second
-                # is worth paying once per flush rather than once per batch.
-                async with self._engine.connect() as connection:
-                    while self._queue:
-                        batch = [
-                            self._queue.popleft()
-                            for _ in range(min(self._batch_size, len(self._queue)))
-                        ]
-                        await self.write(batch, connection)
-                        batch = []
-                failures = 0
-            except (OSError, sa.exc.SQLAlchemyError) as exc:
-                # Put the batch back (oldest first) within the buffer's capacity.
-                room = max(0, self._capacity - len(self._queue))
-                self._queue.extendleft(reversed(batch[:room]))
-                self._stats.count("heartbeats.dropped_backpressure", len(batch) - room)
-                failures += 1
-                delay = min(30.0, 0.5 * 2**failures)
-                log.warning("heartbeat_ingest_failed", error=str(exc)[:200], retry_s=delay)
-                await asyncio.sleep(delay)
+        """Write until cancelled; a failed batch is retried with backoff."""
+        await self._buffer.run(self._write_backlog)
+
+    async def _write_backlog(self) -> None:
+        # One connection for the whole backlog: checking one out of the pool costs a round
+        # trip (the liveness ping), which at thousands of heartbeats a second is worth paying
+        # once per flush rather than once per batch.
+        async with self._engine.connect() as connection:
+            await self._buffer.drain(lambda batch: self.write(batch, connection))
 
     async def write(self, batch: list[Received], connection: AsyncConnection | None = None) -> None:
         """Write one batch in one transaction (on `connection`, or one from the pool)."""

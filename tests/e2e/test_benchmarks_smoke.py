@@ -1,0 +1,77 @@
+"""The benchmarks at toy size, so they keep working: each runs end to end against the real
+stack (PostgreSQL, S3, our Mosquitto, the backend, simulated devices) and records its figures,
+into a temporary folder rather than BENCHMARKS.md. Nothing here judges a figure's size; the
+full runs are the documented commands in bench/README.md."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+
+
+def run_benchmark(script: str, args: list[str], tmp_path: Path) -> dict[str, dict[str, Any]]:
+    output = tmp_path / "results"
+    output.mkdir()
+    finished = subprocess.run(
+        [sys.executable, str(BENCH / script), *args, "--keep", str(tmp_path / "run")],
+        env={**os.environ, "KERNEX_BENCH_OUTPUT": str(output)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+    assert "Command: `.venv/bin/python bench/" in (output / "BENCHMARKS.md").read_text()
+    return {row["name"]: row for row in json.loads((output / "latest.json").read_text())}
+
+
+def test_fleet_benchmark_runs_small(tmp_path: Path) -> None:
+    devices = 120
+    figures = run_benchmark(
+        "fleet_benchmarks.py",
+        [
+            "--devices",
+            str(devices),
+            "--window-s",
+            "10",
+            "--api-requests",
+            "20",
+            "--complete-first",
+            "60",
+            "--ramp",
+            "200",
+        ],
+        tmp_path,
+    )
+    assert figures["capacity.connected_devices"]["value"] == devices
+    assert figures["capacity.connect_ramp_s"]["value"] > 0
+    assert figures["api.list_p50_ms"]["value"] > 0
+    assert figures["api.list_p99_ms"]["value"] >= figures["api.list_p50_ms"]["value"]
+    held = [figures[f"notify.p{q}_s_{devices}"]["value"] for q in (50, 95, 100)]
+    assert 0 < held[0] <= held[1] <= held[2]
+    assert figures[f"notify.reported_p100_s_{devices}"]["value"] > 0
+    assert figures["complete.60_s"]["baseline"] > 0
+    assert figures[f"complete.{devices}_s"]["value"] > 0
+
+
+def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
+    figures = run_benchmark(
+        "ingest_benchmark.py",
+        [
+            *("--devices", "40", "--processes", "1"),
+            *("--rates", "100,200", "--step-s", "3", "--repeat", "1"),
+        ],
+        tmp_path,
+    )
+    rate = figures["ingest.rate_per_s"]
+    assert 90 <= rate["value"] <= 210 and 90 <= rate["baseline"] <= 210
+    assert figures["ingest.ratio"]["value"] == rate["ratio"] > 0
+    assert 0 < figures["ingest.lag_p99_ms"]["value"] < 1000
