@@ -125,7 +125,8 @@ def capacity(
         Figure("capacity.ingest_lag_p99_s", round(percentile(lags, 0.99), 2), "s"),
     ]
     notes = [
-        f"capacity: {devices} simulated devices (kernex-sim, one process per 250) over mTLS, "
+        f"capacity: {devices} simulated devices (kernex-sim: a process per 2,000 devices, "
+        "each with one network thread) over mTLS, "
         f"heartbeats every 30 s with start jitter, measured for {elapsed:.0f} s once all were "
         "online. Baselines: the same broker and backend processes idle, before the fleet "
         "connected; for the heartbeat rate, devices/30 s.",
