@@ -119,9 +119,14 @@ class _SyncReader:
 class S3Storage:
     """Any S3-compatible store (MinIO, SeaweedFS, AWS S3) through the minio SDK."""
 
-    def __init__(self, client: Minio, bucket: str) -> None:
+    def __init__(self, client: Minio, bucket: str, *, region_known: bool = False) -> None:
         self._client = client
         self._bucket = bucket
+        # Presigning is local arithmetic (~30 us) once the SDK knows the bucket's region; only
+        # the first call may have to ask the store. A rollout presigns a URL per device, and
+        # a hop to a worker thread costs several times the signing itself, so once the region
+        # is known (configured, or learnt by the first call) URLs are signed inline.
+        self._presign_inline = region_known
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> "S3Storage":
@@ -133,7 +138,7 @@ class S3Storage:
             secure=settings.secure,
             region=settings.region,
         )
-        return cls(client, settings.bucket)
+        return cls(client, settings.bucket, region_known=settings.region is not None)
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
@@ -207,9 +212,14 @@ class S3Storage:
 
     async def download_url(self, key: str, expires: dt.timedelta) -> DownloadUrl:
         expires_at = dt.datetime.now(dt.UTC) + expires
-        url = await self._call(
-            lambda: self._client.presigned_get_object(self._bucket, key, expires=expires)
-        )
+
+        def presign() -> str:
+            return self._client.presigned_get_object(self._bucket, key, expires=expires)
+
+        if self._presign_inline:
+            return DownloadUrl(presign(), expires_at)
+        url = await self._call(presign)
+        self._presign_inline = True  # the SDK has cached the bucket's region
         return DownloadUrl(url, expires_at)
 
 

@@ -22,6 +22,7 @@ import datetime as dt
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -153,15 +154,24 @@ class NoticeService:
         return notified
 
     async def refresh_device(self, device_id: str) -> None:
-        """Publish the device's live notice, or clear its topic if it has none.
+        """Publish the device's live notice, or clear its topic if it has none."""
+        await self.refresh_devices([device_id])
+
+    async def refresh_devices(self, device_ids: Sequence[str]) -> None:
+        """Publish each device's live notice, or clear its topic if it has none: one query for
+        all of them (a rollout's devices finish by the hundred), then their publishes.
 
         A PENDING execution counts as live but is left to `publish_pending`: clearing the topic
         then could land after that new notice and withdraw it. Publishes to one device are
-        serialised in this replica, so a clear and a notice cannot overtake each other.
+        serialised in this replica (its lock is held from the query to the publish), so a clear
+        and a notice cannot overtake each other. BridgeUnavailable if the broker is gone.
         """
-        async with self._device_locks[device_id]:
+        ids = sorted(set(device_ids))
+        async with contextlib.AsyncExitStack() as held:
+            for device_id in ids:  # in one order, so two refreshes cannot deadlock
+                await held.enter_async_context(self._device_locks[device_id])
             async with self._sessionmaker() as session:
-                row = (
+                rows = (
                     await session.exec(
                         select(DeploymentExecution, Bundle)
                         .join(
@@ -170,25 +180,35 @@ class NoticeService:
                         )
                         .join(Bundle, col(Bundle.id) == col(Deployment.bundle_id))
                         .where(
-                            col(DeploymentExecution.device_id) == device_id,
+                            col(DeploymentExecution.device_id).in_(ids),
                             col(Deployment.status) == DeploymentStatus.RUNNING,
                             col(DeploymentExecution.state).in_(
                                 (ExecutionState.PENDING, *LIVE_STATES)
                             ),
                         )
-                        .order_by(col(DeploymentExecution.id).desc())
-                        .limit(1)
+                        .order_by(col(DeploymentExecution.id))
                     )
-                ).first()
-            if row is None:
-                await self._publish_notice(device_id, b"")
-                self._stats.count("notices.cleared")
-                return
-            execution, bundle = row
-            if execution.state != ExecutionState.PENDING:
-                await self._publish_notice(device_id, await self._notice(execution, bundle))
-        if not self._device_locks[device_id].locked():
-            self._device_locks.pop(device_id, None)
+                ).all()
+            # A device's newest live execution wins (later rows overwrite earlier ones).
+            live = {execution.device_id: (execution, bundle) for execution, bundle in rows}
+            slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
+
+            async def refresh(device_id: str) -> None:
+                async with slots:
+                    row = live.get(device_id)
+                    if row is None:
+                        await self._publish_notice(device_id, b"")
+                        self._stats.count("notices.cleared")
+                    elif row[0].state != ExecutionState.PENDING:
+                        await self._publish_notice(device_id, await self._notice(*row))
+
+            results = await asyncio.gather(*(refresh(d) for d in ids), return_exceptions=True)
+        for device_id in ids:
+            if not self._device_locks[device_id].locked():
+                self._device_locks.pop(device_id, None)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def reconcile(self) -> int:
         """Re-publish live notices and refresh recently ended ones; one replica at a time."""

@@ -14,7 +14,6 @@ gives the same result as applying its reports one by one. A batch that fails is 
 retried with backoff.
 """
 
-import asyncio
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -52,9 +51,6 @@ EXECUTION_STATE: Final[dict[ProgressState, ExecutionState]] = {
 }
 
 
-_FINAL_HOOKS_AT_ONCE = 16  # each takes a database connection and a broker round trip
-
-
 @dataclass(slots=True)
 class _Batch:
     """What one batch did, for counting and for the work after its commit."""
@@ -74,7 +70,7 @@ class ProgressIngest:
         sessionmaker: async_sessionmaker[AsyncSession],
         stats: BridgeStats,
         *,
-        on_final: Callable[[str], Awaitable[None]],
+        on_final: Callable[[list[str]], Awaitable[None]],
         batch_size: int = 500,
         interval_s: float = 0.1,
         capacity: int = 200_000,
@@ -134,22 +130,12 @@ class ProgressIngest:
                 state=state.value,
                 error=error,
             )
-        await self._after_final([device_id for device_id, *_ in done.finished])
-
-    async def _after_final(self, device_ids: list[str]) -> None:
-        """Run the final-report hook (refreshing notices) for each device, a few at a time:
-        a whole fleet finishing at once must not wait for each broker round trip in turn."""
-        slots = asyncio.Semaphore(_FINAL_HOOKS_AT_ONCE)
-
-        async def one(device_id: str) -> None:
-            async with slots:
-                await self._on_final(device_id)
-
-        results = await asyncio.gather(*(one(d) for d in device_ids), return_exceptions=True)
-        for device_id, result in zip(device_ids, results, strict=True):
-            if isinstance(result, Exception):
-                # The execution is final and committed; the reconciler refreshes the notice.
-                log.error("after_final_failed", device_id=device_id, exc_info=result)
+        if done.finished:
+            try:
+                await self._on_final([device_id for device_id, *_ in done.finished])
+            except Exception:
+                # The executions are final and committed; the reconciler refreshes the notices.
+                log.exception("after_final_failed", devices=len(done.finished))
 
     async def _apply_locked(
         self,

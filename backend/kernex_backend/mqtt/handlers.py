@@ -65,10 +65,10 @@ def start(
         sessionmaker=sessionmaker, bridge=bridge, storage=storage, settings=settings, stats=stats
     )
 
-    async def after_final(device_id: str) -> None:
-        # If the broker is gone, the reconciler withdraws the notice once it is back.
+    async def after_final(device_ids: list[str]) -> None:
+        # If the broker is gone, the reconciler withdraws the notices once it is back.
         with contextlib.suppress(BridgeUnavailable):
-            await notices.refresh_device(device_id)
+            await notices.refresh_devices(device_ids)
 
     async def reconcile_now() -> None:
         # Disconnected again: the next connect runs it.

@@ -255,8 +255,8 @@ async def test_progress_is_applied_in_order_once_and_finishes_the_deployment(
     deployment = await make_execution(engine, "pg-1")
     finals: list[str] = []
 
-    async def on_final(device_id: str) -> None:
-        finals.append(device_id)
+    async def on_final(device_ids: list[str]) -> None:
+        finals.extend(device_ids)
 
     stats = BridgeStats()
     ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=on_final)
@@ -298,8 +298,8 @@ async def test_a_batch_applies_each_devices_reports_as_one_by_one_would(
     deployment = await make_execution(engine, "pb-1", "pb-2", "pb-3")
     finals: list[str] = []
 
-    async def on_final(device_id: str) -> None:
-        finals.append(device_id)
+    async def on_final(device_ids: list[str]) -> None:
+        finals.extend(device_ids)
 
     stats = BridgeStats()
     ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=on_final)
@@ -392,7 +392,7 @@ async def test_a_failure_report_keeps_its_error(app: FastAPI, engine: AsyncEngin
     )
 
 
-async def _noop(device_id: str) -> None:
+async def _noop(device_ids: list[str]) -> None:
     return None
 
 
