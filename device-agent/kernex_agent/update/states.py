@@ -8,6 +8,7 @@ idempotent). Blocking work (HTTP, hashing, unpacking, the health command) runs i
 import asyncio
 import logging
 import shutil
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,8 @@ from kernex_agent.update.runner import Failed, Handler
 from kernex_agent.update.store import UpdateRecord
 from kernex_agent.update.verify import BundleMismatch, verify_bundle
 from kernex_protocol.payloads import ErrorCode, Notice
+
+PERCENT_REPORT_INTERVAL_S = 2.0  # download percentages: at most one report this often
 
 log = logging.getLogger("kernex_agent.update")
 
@@ -167,13 +170,20 @@ class UpdateStates:
 
     async def _fetch(self, record: UpdateRecord, notice: Notice, url: str) -> Event | Failed:
         deployment_id, size = notice.deployment_id, notice.manifest.size
-        last_reported = -1
+        last_reported, last_at = -1, 0.0
 
         def on_progress(done: int) -> None:
-            nonlocal last_reported
+            nonlocal last_reported, last_at
             percent = done * 100 // size if size else 100
-            if percent >= last_reported + 10 or (done == size and percent != last_reported):
-                last_reported = percent
+            now = time.monotonic()
+            finished = done == size and percent != last_reported
+            # Steps of 10 %, at most one per interval (and always the end): a slow link still
+            # shows movement, while a fleet downloading a small bundle in a second does not
+            # send its backend eleven reports per device.
+            if finished or (
+                percent >= last_reported + 10 and now - last_at >= PERCENT_REPORT_INTERVAL_S
+            ):
+                last_reported, last_at = percent, now
                 self.reporter.progress(record, percent=percent)
 
         def should_stop() -> bool:

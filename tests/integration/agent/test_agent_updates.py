@@ -1,5 +1,7 @@
 """The agent applying updates end to end: real broker (mTLS), real S3, real agent process."""
 
+import itertools
+
 from kernex_protocol.payloads import ErrorCode, ProgressState
 from tests.integration.agent.conftest import DeviceFactory
 from tests.integration.agent.harness import (
@@ -47,6 +49,24 @@ def test_happy_path_installs_and_commits_then_upgrades(
     assert versions == ["1.0.0", "1.1.0"]
     assert list((device.agent.state_dir / "downloads").iterdir()) == []
     assert device.agent.terminate() == 0
+
+
+def test_download_percentages_are_steps_of_ten_at_most_every_two_seconds(
+    make_device: DeviceFactory, bundles: BundleStore, backend_side: BackendStandIn
+) -> None:
+    # 4 MiB at 1 MiB/s: about four seconds of downloading.
+    device = make_device(update__download_rate_limit_bps=str(1024 * 1024))
+    device.agent.start()
+    release = bundles.put(app_archive("4.0.0", payload_bytes=4 * 1024 * 1024), "4.0.0")
+    deployment = backend_side.notify(device.device_id, release)
+    progress = backend_side.progress_until_final(device.device_id, deployment)
+    assert progress[-1].state == ProgressState.COMMITTED
+    percents = [p.percent for p in progress if p.state == ProgressState.DOWNLOADING and p.percent]
+    assert percents[-1] == 100, percents
+    between = percents[:-1]
+    # Movement is shown, but not one report per 10 % (nine of them): about one per 2 s.
+    assert 1 <= len(between) <= 3, percents
+    assert all(b - a >= 10 for a, b in itertools.pairwise(between)), percents
 
 
 def test_corrupted_byte_fails_before_unpacking(
