@@ -159,24 +159,15 @@ def api_latency(stack: FleetStack, requests: int) -> tuple[list[Figure], list[st
             for i in range(requests)
         ]
     base = round(statistics.median(health), 2)
-    figures = [
-        Figure(
-            "api.list_p50_ms",
-            round(statistics.median(listing), 2),
-            "ms",
-            base,
-            round(statistics.median(listing) / base, 2),
-        ),
-        Figure("api.list_p99_ms", round(percentile(listing, 0.99), 2), "ms"),
-        Figure(
-            "api.filter_p50_ms",
-            round(statistics.median(filtered), 2),
-            "ms",
-            base,
-            round(statistics.median(filtered) / base, 2),
-        ),
-        Figure("api.filter_p99_ms", round(percentile(filtered, 0.99), 2), "ms"),
-    ]
+
+    def latency(name: str, samples: list[float]) -> list[Figure]:
+        median = statistics.median(samples)
+        return [
+            Figure(f"api.{name}_p50_ms", round(median, 2), "ms", base, round(median / base, 2)),
+            Figure(f"api.{name}_p99_ms", round(percentile(samples, 0.99), 2), "ms"),
+        ]
+
+    figures = latency("list", listing) + latency("filter", filtered)
     notes = [
         f"api: {requests} sequential requests each over real HTTP while the fleet's heartbeats "
         "were being ingested: GET /devices?limit=50 at varying offsets, and the same filtered by "

@@ -191,14 +191,7 @@ class FleetStack:
 
     def upload(self, version: str, size: int) -> dict[str, Any]:
         content = bundle_bytes(version, size)
-        manifest = ReleaseManifest(
-            name="bench-app",
-            version=version,
-            device_type=DEVICE_TYPE,
-            sha256=hashlib.sha256(content).hexdigest(),
-            size=len(content),
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        )
+        manifest = ReleaseManifest.for_bytes("bench-app", version, DEVICE_TYPE, content)
         with self.client() as api:
             response = api.post(
                 "/bundles",

@@ -12,8 +12,6 @@ gateways and shows their progress live; then serves the API until Ctrl-C. Everyt
 import argparse
 import asyncio
 import contextlib
-import datetime as dt
-import hashlib
 import os
 import shutil
 import signal
@@ -242,14 +240,7 @@ async def _upload_sample_bundle(client: httpx.AsyncClient, stack: DemoStack) -> 
     patches = [int(b["version"].split(".")[2]) for b in listed.json()["data"]]
     version = f"1.0.{max(patches) + 1 if patches else 0}"
     payload = sample_bundle_bytes(version)
-    manifest = ReleaseManifest(
-        name=SAMPLE_BUNDLE,
-        version=version,
-        device_type="gateway",
-        sha256=hashlib.sha256(payload).hexdigest(),
-        size=len(payload),
-        created_at=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-    )
+    manifest = ReleaseManifest.for_bytes(SAMPLE_BUNDLE, version, "gateway", payload)
     signed = sign(manifest, load_or_create_release_key(stack.release_dir))
     response = await client.post(
         "/api/v1/bundles",

@@ -94,6 +94,20 @@ class ReleaseManifest:
         if created.tzinfo is None:
             raise ManifestInvalid("created_at must carry a time zone")
 
+    @classmethod
+    def for_bytes(
+        cls, name: str, version: str, device_type: str, content: bytes
+    ) -> "ReleaseManifest":
+        """A manifest pinning `content` (its sha256 and size), created now."""
+        return cls(
+            name=name,
+            version=version,
+            device_type=device_type,
+            sha256=hashlib.sha256(content).hexdigest(),
+            size=len(content),
+            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        )
+
     def document(self) -> dict[str, Any]:
         """The manifest as a JSON object (with its schema version)."""
         return {

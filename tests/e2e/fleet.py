@@ -2,8 +2,6 @@
 `worker`) over HTTP with the MQTT bridge on, our Mosquitto with mTLS, PostgreSQL, an S3 server,
 and `kernex-agent` processes with kits issued by the broker's CA."""
 
-import datetime as dt
-import hashlib
 import os
 import subprocess
 import sys
@@ -190,14 +188,7 @@ class Fleet:
     def upload(self, version: str, **archive: Any) -> dict[str, Any]:
         """Sign and upload a bundle of the test application through the API."""
         content = app_archive(version, **archive)
-        manifest = ReleaseManifest(
-            name="app",
-            version=version,
-            device_type=DEVICE_TYPE,
-            sha256=hashlib.sha256(content).hexdigest(),
-            size=len(content),
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        )
+        manifest = ReleaseManifest.for_bytes("app", version, DEVICE_TYPE, content)
         signed = sign(manifest, self.release_key)
         with self.api as api:
             response = api.post(

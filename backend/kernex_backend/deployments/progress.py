@@ -15,6 +15,7 @@ retried with backoff.
 """
 
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -56,10 +57,7 @@ class _Batch:
     """What one batch did, for counting and for the work after its commit."""
 
     finished: list[tuple[str, uuid.UUID, ExecutionState, str | None]] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def count(self, name: str) -> None:
-        self.counts[name] = self.counts.get(name, 0) + 1
+    counts: Counter[str] = field(default_factory=Counter)
 
 
 class ProgressIngest:
@@ -113,7 +111,7 @@ class ProgressIngest:
             try:
                 deployment_id = uuid.UUID(progress.deployment_id)
             except ValueError:
-                done.count("progress.unknown_execution")
+                done.counts["progress.unknown_execution"] += 1
                 continue
             by_execution.setdefault((deployment_id, device_id), []).append(progress)
         if by_execution:
@@ -163,18 +161,18 @@ class ProgressIngest:
             execution = found.get(key)
             if execution is None:
                 for _ in progresses:
-                    done.count("progress.unknown_execution")
+                    done.counts["progress.unknown_execution"] += 1
                 continue
             for progress in progresses:
                 if execution.state.terminal:
-                    done.count("progress.after_final")
+                    done.counts["progress.after_final"] += 1
                     continue
                 if execution.report_seq is not None and progress.seq <= execution.report_seq:
-                    done.count("progress.duplicate")
+                    done.counts["progress.duplicate"] += 1
                     continue
                 state = EXECUTION_STATE[progress.state]
                 self._update(execution, progress, state)
-                done.count("progress.applied")
+                done.counts["progress.applied"] += 1
                 if state == ExecutionState.SUCCEEDED and progress.version is not None:
                     versions.append({"device": key[1], "version": progress.version})
                 if state.terminal:

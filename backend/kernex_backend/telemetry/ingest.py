@@ -10,7 +10,6 @@ and late arrivals are not stored twice. A failed batch is put back and retried w
 ingest recovers on its own when the database returns.
 """
 
-import contextlib
 import datetime as dt
 import json
 from dataclasses import dataclass
@@ -133,6 +132,10 @@ class HeartbeatIngest:
 
     async def write(self, batch: list[Received], connection: AsyncConnection | None = None) -> None:
         """Write one batch in one transaction (on `connection`, or one from the pool)."""
+        if connection is None:
+            async with self._engine.connect() as pooled:
+                await self.write(batch, pooled)
+            return
         params = {
             "device_ids": [r.device_id for r in batch],
             "sessions": [r.heartbeat.session for r in batch],
@@ -142,12 +145,8 @@ class HeartbeatIngest:
             "installed": [r.heartbeat.installed_version for r in batch],
             "agents": [r.heartbeat.agent_version for r in batch],
         }
-        async with contextlib.AsyncExitStack() as stack:
-            conn = connection
-            if conn is None:
-                conn = await stack.enter_async_context(self._engine.connect())
-            async with conn.begin():
-                stored, refused, _ = (await conn.execute(_INGEST, params)).one()
+        async with connection.begin():
+            stored, refused, _ = (await connection.execute(_INGEST, params)).one()
         self._stats.count("heartbeats.stored", stored)
         self._stats.count("heartbeats.refused_unknown_device", refused)
         self._stats.count("heartbeats.duplicates", len(batch) - stored - refused)

@@ -126,14 +126,7 @@ class BundleStore:
     ) -> Release:
         """Store `content`; sign a manifest for `signed_content` (default: the same bytes)."""
         signed_bytes = content if signed_content is None else signed_content
-        manifest = ReleaseManifest(
-            name="app",
-            version=version,
-            device_type=device_type,
-            sha256=hashlib.sha256(signed_bytes).hexdigest(),
-            size=len(signed_bytes),
-            created_at=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        )
+        manifest = ReleaseManifest.for_bytes("app", version, device_type, signed_bytes)
         name = f"bundles/{uuid.uuid4().hex}"
         self.client.put_object(self.bucket, name, io.BytesIO(content), len(content))
         return Release(sign(manifest, key or self.key), name)

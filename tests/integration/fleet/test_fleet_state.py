@@ -283,13 +283,7 @@ async def test_progress_is_applied_in_order_once_and_finishes_the_deployment(
     assert stats.counts["progress.after_final"] == 1
     assert stats.counts["progress.unknown_execution"] == 2
     assert finals == ["pg-1"]
-    async with engine.connect() as conn:
-        status = (
-            await conn.execute(
-                sa.text("SELECT status FROM deployments WHERE id = :d"), {"d": deployment}
-            )
-        ).scalar_one()
-    assert status == "completed"
+    assert await deployment_status(engine, deployment) == "completed"
 
 
 async def test_a_batch_applies_each_devices_reports_as_one_by_one_would(
@@ -450,13 +444,7 @@ async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> 
     assert await notices.time_out_silent() == 1
     row = await execution(engine, deployment)
     assert (row["state"], row["error_code"]) == ("timed_out", "timed_out")
-    async with engine.connect() as conn:
-        status = (
-            await conn.execute(
-                sa.text("SELECT status FROM deployments WHERE id = :d"), {"d": deployment}
-            )
-        ).scalar_one()
-    assert status == "completed"
+    assert await deployment_status(engine, deployment) == "completed"
 
 
 async def test_a_heartbeat_sent_before_the_goodbye_does_not_bring_the_device_back(
@@ -501,10 +489,4 @@ async def test_devices_finishing_at_once_complete_their_deployment(
         ingest.apply("fin-1", report(deployment, ProgressState.COMMITTED, 5)),
         ingest.apply("fin-2", report(deployment, ProgressState.COMMITTED, 5)),
     )
-    async with engine.connect() as conn:
-        status = (
-            await conn.execute(
-                sa.text("SELECT status FROM deployments WHERE id = :d"), {"d": deployment}
-            )
-        ).scalar_one()
-    assert status == "completed"
+    assert await deployment_status(engine, deployment) == "completed"

@@ -16,6 +16,7 @@ import pytest
 from kernex_agent.config import MqttConfig
 from kernex_agent.counter import PersistentCounter
 from kernex_agent.transport import MqttTransport
+from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.payloads import Presence
 from kernex_protocol.topics import Channel, subscription_for_all, topic_for
 from kernex_provision.authority import CertificateAuthority
@@ -68,8 +69,8 @@ class SimulatedDevice:
 
 
 @pytest.fixture
-def relay(broker: object) -> Iterator[TcpRelay]:
-    server = TcpRelay(broker.port)  # type: ignore[attr-defined]
+def relay(broker: EmbeddedBroker) -> Iterator[TcpRelay]:
+    server = TcpRelay(broker.port)
     yield server
     server.close()
 
@@ -99,7 +100,6 @@ def test_many_connections_share_one_thread_and_live_the_transport_life(
     relay: TcpRelay,
     watcher: Probe,
     tmp_path: Path,
-    broker: object,
 ) -> None:
     prefix = f"net-{uuid.uuid4().hex[:6]}"
     network = SharedNetwork(connect_workers=4)
