@@ -199,10 +199,10 @@ def _watch(reports: Any, stop: Any, total: int, workers: int, duration: float) -
             report = reports.get(timeout=0.5)
         except queue.Empty:
             continue
+        latest[report["worker"]] = report
         if report.get("done"):
             done.add(report["worker"])
             continue
-        latest[report["worker"]] = report
         connected = sum(r["connected"] for r in latest.values())
         for share in (0.5, 0.95, 1.0):
             key = f"connected_{int(share * 100)}pct_s"

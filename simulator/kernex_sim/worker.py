@@ -123,6 +123,7 @@ class Supervisor:
             if outage is not None:
                 outage.cancel()
             self.sent.update(self.agent.sent)
+            self.agent = None  # its counts are in self.sent now: not counted twice
             if stop.is_set():
                 return
             if until.is_set():  # a planned outage
@@ -168,28 +169,32 @@ async def run_worker(
                 return
             tasks.append(asyncio.create_task(supervisor.run(stopping)))
 
-    starter = asyncio.create_task(start_all())
-    while not stop.is_set():
+    def report() -> dict[str, Any]:
         totals: Counter[str] = Counter()
         for supervisor in supervisors:
             totals.update(supervisor.counts())
-        reports.put(
-            {
-                "worker": spec.index,
-                "devices": len(supervisors),
-                "started": len(tasks),
-                "connected": sum(s.connected() for s in supervisors),
-                "reboots": sum(s.reboots for s in supervisors),
-                "outages": sum(s.outages for s in supervisors),
-                "sent": dict(totals),
-            }
-        )
+        return {
+            "worker": spec.index,
+            "devices": len(supervisors),
+            "started": len(tasks),
+            "connected": sum(s.connected() for s in supervisors),
+            "reboots": sum(s.reboots for s in supervisors),
+            "outages": sum(s.outages for s in supervisors),
+            "sent": dict(totals),
+        }
+
+    starter = asyncio.create_task(start_all())
+    while not stop.is_set():
+        reports.put(report())
         await asyncio.sleep(spec.report_s)
+    connected = report()["connected"]
     stopping.set()
     starter.cancel()
     await asyncio.gather(starter, *tasks, return_exceptions=True)
     network.close()
-    reports.put({"worker": spec.index, "done": True})
+    # The last word: everything sent up to the very end (the periodic reports can be up to
+    # a report interval behind), and how many were connected when told to stop.
+    reports.put({**report(), "connected": connected, "done": True})
 
 
 def worker_main(spec: WorkerSpec, reports: "multiprocessing.queues.Queue[Any]", stop: Any) -> None:
