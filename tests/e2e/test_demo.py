@@ -50,6 +50,8 @@ def start_demo(state_dir: Path, port: int) -> tuple[subprocess.Popen[str], str, 
         if match:
             return proc, match.group(1), lines
     proc.kill()
+    proc.wait()
+    proc.stdout.close()  # else the pipe is reported unclosed in whichever test runs next
     raise AssertionError("the demo printed no API key:\n" + "".join(lines[-40:]))
 
 
