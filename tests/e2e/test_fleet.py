@@ -1,14 +1,18 @@
 """End to end: real agents, real broker, real PostgreSQL, real S3, the backend over HTTP."""
 
+import hashlib
+import json
 import time
+import uuid
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.topics import Channel, subscription_for_all
 from tests.e2e.fleet import Fleet, eventually, logs_of, service_identity
-from tests.integration.agent.harness import running_version
+from tests.integration.agent.harness import DEVICE_TYPE, running_version
 from tests.integration.mqtt_client import Identity, connect
 
 pytestmark = pytest.mark.e2e
@@ -144,3 +148,49 @@ def test_broker_losing_its_retained_store_gets_every_notice_back(
         what="execution succeeded after the broker lost its store",
     )
     assert running_version(agent.install_root) == "4.0.0"
+
+
+def test_a_new_deployment_is_notified_at_once_and_in_full(
+    fleet: Fleet, broker: EmbeddedBroker
+) -> None:
+    # No periodic run would come in time: the API wakes the notifier when it commits a
+    # deployment, and the notifier goes batch after batch (two notices each here) until none
+    # is left.
+    fleet.base_env["KERNEX_MQTT__NOTIFY_INTERVAL_S"] = "3600"
+    fleet.base_env["KERNEX_MQTT__NOTIFY_BATCH_SIZE"] = "2"
+    api_process = fleet.start_api()
+    eventually(lambda: '"mqtt_connected"' in api_process.log(), what="bridge connected")
+    files = service_identity(broker, "kernex-watcher-2", fleet.root / "watcher")
+    identity = Identity(
+        "kernex-watcher-2",
+        Path(files["KERNEX_MQTT__CA_FILE"]),
+        Path(files["KERNEX_MQTT__CERT_FILE"]),
+        Path(files["KERNEX_MQTT__KEY_FILE"]),
+    )
+    watcher = connect(identity, broker.host, broker.port)
+    ids = [f"e2e-now-{uuid.uuid4().hex[:8]}" for _ in range(5)]
+    with fleet.api as api:
+        for device_id in ids:
+            created = api.post("/devices", json={"id": device_id, "device_type": DEVICE_TYPE})
+            assert created.status_code == 201, created.text
+    watcher.subscribe(subscription_for_all(Channel.DEPLOYMENT))
+    bundle = fleet.upload("5.0.0", payload_bytes=4096)
+    deployment = fleet.deploy(bundle, ids)
+    eventually(
+        lambda: all(e["state"] == "notified" for e in fleet.executions(deployment).values()),
+        timeout=15,
+        what="all five notified without waiting for the interval",
+    )
+    notices = {
+        m.topic.split("/")[3]: json.loads(m.payload)
+        for m in watcher.drain(wait=1.0)
+        if m.payload and m.topic.split("/")[3] in ids
+    }
+    watcher.close()
+    assert sorted(notices) == sorted(ids)
+    assert {n["deployment_id"] for n in notices.values()} == {deployment}
+    # Each batch signs one URL for its bundle; every one of them serves the bundle.
+    for url in {n["url"] for n in notices.values()}:
+        fetched = httpx.get(url, timeout=10)
+        assert fetched.status_code == 200
+        assert hashlib.sha256(fetched.content).hexdigest() == bundle["sha256"]

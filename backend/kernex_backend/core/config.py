@@ -144,7 +144,10 @@ class MqttSettings(BaseModel):
     # An execution that has not reported for this long is TIMED_OUT.
     execution_timeout_s: float = Field(default=3600.0, gt=0)
     url_requests_per_minute: int = Field(default=6, ge=1)
+    # PENDING executions are looked for this often (and at once when this replica creates a
+    # deployment), then notified a batch (one transaction) at a time until none is left.
     notify_interval_s: float = Field(default=1.0, gt=0)
+    notify_batch_size: int = Field(default=1000, ge=1, le=10_000)
     # Re-publish every live notice this often: the broker may have lost its retained store.
     reconcile_interval_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=15.0, gt=0)

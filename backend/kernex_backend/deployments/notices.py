@@ -4,9 +4,10 @@ PostgreSQL is the source of truth; the broker's retained messages are a cache of
 
 - `publish_pending` takes PENDING executions of running deployments with
   `FOR UPDATE SKIP LOCKED`, publishes each notice (retained, QoS 1, acknowledged) and marks it
-  NOTIFIED in the same transaction. Replicas never take the same rows, and a replica that dies
-  before committing leaves its rows PENDING for the next one: no notice is lost, none is
-  sent by two replicas.
+  NOTIFIED in the same transaction, a batch at a time until none is left. Replicas never take
+  the same rows, and a replica that dies before committing leaves its rows PENDING for the next
+  one: no notice is lost, none is sent by two replicas. It runs every `notify_interval_s`, and
+  at once when this replica creates a deployment (`wake`).
 - `refresh_device` publishes a device's current notice, or clears it (an empty retained
   message) when it has no live execution: after a final report, a cancel or a timeout.
 - `reconcile` re-publishes every live notice (with a fresh URL) and refreshes devices whose
@@ -22,7 +23,7 @@ import datetime as dt
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,7 +33,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.bundles.models import Bundle
-from kernex_backend.bundles.storage import BundleStorage
+from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import utc_now
 from kernex_backend.deployments.models import (
@@ -50,7 +51,6 @@ log = structlog.get_logger(__name__)
 
 LIVE_STATES = tuple(s for s in ExecutionState if not s.terminal and s != ExecutionState.PENDING)
 _RECONCILE_LOCK = 0x4B4E5801  # "KNX" + 1: one reconciler across replicas
-_BATCH = 1000
 
 
 def signed_release(bundle: Bundle) -> SignedRelease:
@@ -87,10 +87,28 @@ class NoticeService:
         self._stats = stats
         self._url_requests: dict[str, deque[float]] = defaultdict(deque)
         self._device_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Set when there may be PENDING executions to notify (a deployment was just created).
+        self.pending = asyncio.Event()
 
-    async def _notice(self, execution: DeploymentExecution, bundle: Bundle) -> bytes:
+    def wake(self) -> None:
+        """Have the notifier run now instead of at its next interval."""
+        self.pending.set()
+
+    async def _urls(self, bundles: Iterable[Bundle]) -> dict[uuid.UUID, DownloadUrl]:
+        """One presigned URL per bundle, shared by the devices notified in one batch.
+
+        A presigned URL is a bearer token for one object until it expires, bound to no device,
+        so a URL per device would grant nothing less; signing 1,000 of them cost more than
+        publishing the notices.
+        """
         expires = dt.timedelta(seconds=self._settings.storage.url_expiry_s)
-        url = await self._storage.download_url(bundle.storage_key, expires)
+        urls: dict[uuid.UUID, DownloadUrl] = {}
+        for bundle in bundles:
+            if bundle.id not in urls:
+                urls[bundle.id] = await self._storage.download_url(bundle.storage_key, expires)
+        return urls
+
+    def _notice(self, execution: DeploymentExecution, bundle: Bundle, url: DownloadUrl) -> bytes:
         notice = Notice(
             deployment_id=str(execution.deployment_id),
             device_id=execution.device_id,
@@ -107,7 +125,17 @@ class NoticeService:
         )
 
     async def publish_pending(self) -> int:
-        """Notify PENDING executions of running deployments; returns how many were notified."""
+        """Notify PENDING executions of running deployments, a batch at a time until none is
+        left (or the broker is gone); returns how many were notified."""
+        total = 0
+        while True:
+            taken, notified = await self._publish_batch()
+            total += notified
+            if taken < self._settings.mqtt.notify_batch_size or notified < taken:
+                return total
+
+    async def _publish_batch(self) -> tuple[int, int]:
+        """One batch of PENDING executions: (how many were taken, how many notified)."""
         async with self._sessionmaker() as session:
             rows = (
                 await session.exec(
@@ -119,16 +147,17 @@ class NoticeService:
                         col(DeploymentExecution.state) == ExecutionState.PENDING,
                     )
                     .order_by(col(DeploymentExecution.id))
-                    .limit(_BATCH)
+                    .limit(self._settings.mqtt.notify_batch_size)
                     .with_for_update(of=DeploymentExecution, skip_locked=True)
                 )
             ).all()
+            urls = await self._urls(bundle for _, bundle in rows)
             slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
 
             async def publish(execution: DeploymentExecution, bundle: Bundle) -> bool:
                 async with slots, self._device_locks[execution.device_id]:
                     try:
-                        payload = await self._notice(execution, bundle)
+                        payload = self._notice(execution, bundle, urls[bundle.id])
                         await self._publish_notice(execution.device_id, payload)
                     except BridgeUnavailable:
                         return False  # stays PENDING for the next round
@@ -137,21 +166,20 @@ class NoticeService:
             # Published concurrently (each waits for its acknowledgement); a row becomes
             # NOTIFIED only once the broker has its notice.
             published = await asyncio.gather(*(publish(e, b) for e, b in rows))
-            now = utc_now()
-            notified = 0
-            for (execution, _), ok in zip(rows, published, strict=True):
-                if not ok:
-                    continue
-                execution.state = ExecutionState.NOTIFIED
-                execution.notified_at = now
-                execution.updated_at = now
-                session.add(execution)
-                notified += 1
+            notified = [e.id for (e, _), ok in zip(rows, published, strict=True) if ok]
+            if notified:
+                now = utc_now()
+                mark: Any = (
+                    sa.update(DeploymentExecution)
+                    .where(col(DeploymentExecution.id).in_(notified))
+                    .values(state=ExecutionState.NOTIFIED, notified_at=now, updated_at=now)
+                )
+                await session.exec(mark)
             await session.commit()
         if notified:
-            self._stats.count("notices.published", notified)
-            log.info("notices_published", count=notified)
-        return notified
+            self._stats.count("notices.published", len(notified))
+            log.info("notices_published", count=len(notified))
+        return len(rows), len(notified)
 
     async def refresh_device(self, device_id: str) -> None:
         """Publish the device's live notice, or clear its topic if it has none."""
@@ -191,6 +219,7 @@ class NoticeService:
                 ).all()
             # A device's newest live execution wins (later rows overwrite earlier ones).
             live = {execution.device_id: (execution, bundle) for execution, bundle in rows}
+            urls = await self._urls(bundle for _, bundle in live.values())
             slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
 
             async def refresh(device_id: str) -> None:
@@ -200,7 +229,9 @@ class NoticeService:
                         await self._publish_notice(device_id, b"")
                         self._stats.count("notices.cleared")
                     elif row[0].state != ExecutionState.PENDING:
-                        await self._publish_notice(device_id, await self._notice(*row))
+                        execution, bundle = row
+                        payload = self._notice(execution, bundle, urls[bundle.id])
+                        await self._publish_notice(device_id, payload)
 
             results = await asyncio.gather(*(refresh(d) for d in ids), return_exceptions=True)
         for device_id in ids:

@@ -34,10 +34,13 @@ async def _detail(session: SessionDep, deployment_id: uuid.UUID) -> DeploymentDe
 
 @router.post("", response_model=DeploymentDetail, status_code=201)
 async def create_deployment(
-    body: DeploymentCreate, session: SessionDep, principal: WriteAccess
+    body: DeploymentCreate, request: Request, session: SessionDep, principal: WriteAccess
 ) -> DeploymentDetail:
     """Deploy a signed bundle to the listed devices; each gets its notice within seconds."""
     deployment = await service.create(session=session, request=body, actor=principal.actor)
+    fleet = getattr(request.app.state, "fleet", None)
+    if fleet is not None:
+        fleet.notices.wake()  # committed: notify now, not at the next interval
     return await _detail(session, deployment.id)
 
 

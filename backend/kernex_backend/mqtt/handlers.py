@@ -109,7 +109,11 @@ def start(
         asyncio.create_task(bridge.run(), name="mqtt_bridge"),
         asyncio.create_task(heartbeats.run(), name="heartbeat_ingest"),
         asyncio.create_task(progress.run(), name="progress_ingest"),
-        asyncio.create_task(run_periodically("notify", mqtt.notify_interval_s, publish_pending)),
+        asyncio.create_task(
+            run_periodically(
+                "notify", mqtt.notify_interval_s, publish_pending, wake=notices.pending
+            )
+        ),
         asyncio.create_task(
             run_periodically("reconcile", mqtt.reconcile_interval_s, reconcile, run_first=False)
         ),
