@@ -74,6 +74,13 @@ def destinations() -> tuple[Path, Path]:
 def record(title: str, command: str, figures: list[Figure], notes: list[str]) -> None:
     """Append a section to BENCHMARKS.md and merge the figures into results/latest.json."""
     benchmarks_md, latest = destinations()
+    # Printed first: a run's figures are never lost to a file that cannot be written.
+    for figure in figures:
+        compared = [f"baseline {figure.baseline}"] if figure.baseline is not None else []
+        compared += [f"ratio {figure.ratio}"] if figure.ratio is not None else []
+        suffix = f" ({', '.join(compared)})" if compared else ""
+        print(f"{figure.name}: {figure.value} {figure.unit}{suffix}", flush=True)
+    benchmarks_md.parent.mkdir(parents=True, exist_ok=True)
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
         f"\n## {title} ({when})\n",
@@ -93,13 +100,8 @@ def record(title: str, command: str, figures: list[Figure], notes: list[str]) ->
     with benchmarks_md.open("a") as handle:
         handle.write("\n".join(lines) + "\n")
 
-    latest.parent.mkdir(exist_ok=True)
+    latest.parent.mkdir(parents=True, exist_ok=True)
     existing = json.loads(latest.read_text()) if latest.exists() else []
     names = {f.name for f in figures}
     merged = [row for row in existing if row["name"] not in names] + [asdict(f) for f in figures]
     latest.write_text(json.dumps(sorted(merged, key=lambda r: r["name"]), indent=1) + "\n")
-    for figure in figures:
-        compared = [f"baseline {figure.baseline}"] if figure.baseline is not None else []
-        compared += [f"ratio {figure.ratio}"] if figure.ratio is not None else []
-        suffix = f" ({', '.join(compared)})" if compared else ""
-        print(f"{figure.name}: {figure.value} {figure.unit}{suffix}", flush=True)

@@ -14,6 +14,7 @@ counts, and writes a JSON summary.
 import argparse
 import json
 import multiprocessing
+import os
 import queue
 import signal
 import sys
@@ -99,6 +100,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--api-key-file", type=Path, help="file holding the API key for --register")
     run.add_argument("--summary", type=Path, help="write the final summary (JSON) here")
     run.add_argument("--seed", type=int, default=1)
+    run.add_argument(
+        "--nice",
+        type=int,
+        default=0,
+        choices=range(20),
+        metavar="0..19",
+        help="run at a lower CPU priority: when rehearsing on the backend's own host, the "
+        "devices simulated here would each be a machine of their own, not a share of it",
+    )
     for name in ("fail-install", "fail-health", "slow-download", "reboot-mid-update", "offline"):
         run.add_argument(f"--{name}", type=float, default=0.0, help="share of devices, 0..1")
     run.add_argument("--offline-every-s", type=float, default=120.0)
@@ -115,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Plan, start the workers, report, and summarise."""
+    if args.nice:
+        os.nice(args.nice)  # the workers inherit it
     ids = device_ids(args.prefix, args.devices)
     certs = args.state_dir / "devices"
     began = time.monotonic()

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 
 from kernex_devstack.broker import EmbeddedBroker
@@ -56,6 +57,8 @@ def test_rehearsal_with_a_few_hundred_simulated_devices(
             "0.1",
             "--seed",
             "7",
+            "--nice",
+            "5",
             "--state-dir",
             str(tmp_path / "sim"),
             "--register",
@@ -85,6 +88,10 @@ def test_rehearsal_with_a_few_hundred_simulated_devices(
                 if d["id"].startswith(prefix)
             ]
         assert len(devices) == DEVICES
+        # The supervisor and every worker run at the lower priority asked for.
+        processes = [psutil.Process(sim.pid), *psutil.Process(sim.pid).children(recursive=True)]
+        assert len(processes) >= 3
+        assert {p.nice() for p in processes} == {psutil.Process().nice() + 5}
         deployment = fleet.deploy(fleet.upload("5.0.0"), devices)
         with fleet.api as api:
             detail = eventually(
