@@ -126,7 +126,7 @@ def capacity(
     ]
     notes = [
         f"capacity: {devices} simulated devices (kernex-sim: a process per 2,000 devices, "
-        "each with one network thread) over mTLS, "
+        "each with one network thread, at nice 10) over mTLS, "
         f"heartbeats every 30 s with start jitter, measured for {elapsed:.0f} s once all were "
         "online. Baselines: the same broker and backend processes idle, before the fleet "
         "connected; for the heartbeat rate, devices/30 s.",
@@ -265,7 +265,7 @@ def notify(stack: FleetStack, ids: list[str]) -> tuple[list[Figure], list[str]]:
     notes = [
         f"notify: POST /deployments for {n} devices (a 1 KiB bundle) took {post_s:.2f} s; times "
         "run from the POST until the broker delivered each device's notice (seen by an observer "
-        "subscribed to every deployment topic). notify.reported_p100 is the end-to-end time "
+        "subscribed at QoS 0 to every deployment topic). notify.reported_p100 is the end-to-end time "
         "until every device had reported its first progress and the backend had stored it. "
         "Baseline for p100: the 10 s goal (AWS IoT Jobs notifies at most 1,000 devices a "
         "minute)."

@@ -19,9 +19,11 @@ from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.ports import free_port, wait_for_port
 from kernex_devstack.s3 import EmbeddedS3
 from kernex_protocol.manifest import ReleaseManifest, sign
+from kernex_protocol.topics import Channel, subscription_for_all
 from kernex_provision.certificates import CertificateKind, new_key
 from kernex_provision.kit import BrokerAddress, write_kit
 from tests.integration.agent.harness import DEVICE_TYPE, AgentProcess, app_archive
+from tests.integration.mqtt_client import Identity, Probe, connect
 
 BIN = Path(sys.executable).parent
 
@@ -34,6 +36,21 @@ def service_identity(broker: EmbeddedBroker, name: str, folder: Path) -> dict[st
         "KERNEX_MQTT__CERT_FILE": str(folder / "service.crt"),
         "KERNEX_MQTT__KEY_FILE": str(folder / "service.key"),
     }
+
+
+def deployment_watcher(broker: EmbeddedBroker, name: str, folder: Path) -> Probe:
+    """A client with a service identity of its own (the broker makes the CN the client id:
+    sharing a replica's would kick it off) that sees every notice as the broker delivers it."""
+    files = service_identity(broker, name, folder)
+    identity = Identity(
+        name,
+        Path(files["KERNEX_MQTT__CA_FILE"]),
+        Path(files["KERNEX_MQTT__CERT_FILE"]),
+        Path(files["KERNEX_MQTT__KEY_FILE"]),
+    )
+    watcher = connect(identity, broker.host, broker.port)
+    watcher.subscribe(subscription_for_all(Channel.DEPLOYMENT))
+    return watcher
 
 
 class BackendProcess:

@@ -4,16 +4,13 @@ import hashlib
 import json
 import time
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from kernex_devstack.broker import EmbeddedBroker
-from kernex_protocol.topics import Channel, subscription_for_all
-from tests.e2e.fleet import Fleet, eventually, logs_of, service_identity
+from tests.e2e.fleet import Fleet, deployment_watcher, eventually, logs_of
 from tests.integration.agent.harness import DEVICE_TYPE, running_version
-from tests.integration.mqtt_client import Identity, connect
 
 pytestmark = pytest.mark.e2e
 
@@ -78,17 +75,7 @@ def test_two_replicas_share_device_traffic_and_notify_each_device_once(
 ) -> None:
     api = fleet.start_api("kernex-backend")
     worker = fleet.start_worker("kernex-backend-2")
-    # Watch every notice the devices get, as the broker delivers them, with an identity of
-    # its own (the broker makes the CN the client id: sharing one would kick a replica off).
-    files = service_identity(broker, "kernex-watcher", fleet.root / "watcher")
-    identity = Identity(
-        "kernex-watcher",
-        Path(files["KERNEX_MQTT__CA_FILE"]),
-        Path(files["KERNEX_MQTT__CERT_FILE"]),
-        Path(files["KERNEX_MQTT__KEY_FILE"]),
-    )
-    watcher = connect(identity, broker.host, broker.port)
-    watcher.subscribe(subscription_for_all(Channel.DEPLOYMENT))
+    watcher = deployment_watcher(broker, "kernex-watcher", fleet.root / "watcher")
     agents = [fleet.add_device() for _ in range(8)]
     for agent in agents:
         agent.start()
@@ -160,20 +147,12 @@ def test_a_new_deployment_is_notified_at_once_and_in_full(
     fleet.base_env["KERNEX_MQTT__NOTIFY_BATCH_SIZE"] = "2"
     api_process = fleet.start_api()
     eventually(lambda: '"mqtt_connected"' in api_process.log(), what="bridge connected")
-    files = service_identity(broker, "kernex-watcher-2", fleet.root / "watcher")
-    identity = Identity(
-        "kernex-watcher-2",
-        Path(files["KERNEX_MQTT__CA_FILE"]),
-        Path(files["KERNEX_MQTT__CERT_FILE"]),
-        Path(files["KERNEX_MQTT__KEY_FILE"]),
-    )
-    watcher = connect(identity, broker.host, broker.port)
     ids = [f"e2e-now-{uuid.uuid4().hex[:8]}" for _ in range(5)]
     with fleet.api as api:
         for device_id in ids:
             created = api.post("/devices", json={"id": device_id, "device_type": DEVICE_TYPE})
             assert created.status_code == 201, created.text
-    watcher.subscribe(subscription_for_all(Channel.DEPLOYMENT))
+    watcher = deployment_watcher(broker, "kernex-watcher-2", fleet.root / "watcher")
     bundle = fleet.upload("5.0.0", payload_bytes=4096)
     deployment = fleet.deploy(bundle, ids)
     eventually(
