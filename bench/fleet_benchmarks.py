@@ -265,8 +265,8 @@ def notify(stack: FleetStack, ids: list[str]) -> tuple[list[Figure], list[str]]:
     notes = [
         f"notify: POST /deployments for {n} devices (a 1 KiB bundle) took {post_s:.2f} s; times "
         "run from the POST until the broker delivered each device's notice (seen by an observer "
-        "subscribed at QoS 0 to every deployment topic). notify.reported_p100 is the end-to-end time "
-        "until every device had reported its first progress and the backend had stored it. "
+        "subscribed at QoS 0 to every deployment topic). notify.reported_p100 is the end-to-end "
+        "time until every device had reported its first progress and the backend had stored it. "
         "Baseline for p100: the 10 s goal (AWS IoT Jobs notifies at most 1,000 devices a "
         "minute)."
     ]
