@@ -34,9 +34,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet_stack import FleetStack
 from results import Figure, record
-from subscriber import Subscriber
 
-from kernex_protocol.topics import Channel, subscription_for_all
+from kernex_protocol.topics import Channel
 
 MiB = 1024 * 1024
 STALL_S = 180.0  # no execution moved on for this long: reports were lost; fail, do not hang
@@ -232,19 +231,10 @@ def notify(stack: FleetStack, ids: list[str]) -> tuple[list[Figure], list[str]]:
         with lock:
             held.setdefault(notice["deployment_id"], {}).setdefault(notice["device_id"], at)
 
-    # QoS 0: the instrument must not pace what it measures. At QoS 1 all 10,000 notices would
-    # pass through the broker's window of 100 unacknowledged messages to this one client, where
-    # each device has a window of its own for its single notice. A notice it misses fails the
-    # run below (the count is checked), so QoS 0 cannot flatter the figure.
-    observer = Subscriber(
-        stack.broker,
-        f"bench-observer-{uuid.uuid4().hex[:6]}",
-        stack.root / "observer",
-        subscription_for_all(Channel.DEPLOYMENT),
-        qos=0,
-    )
-    observer.on_message = seen
-    with observer:
+    # At QoS 0 (each device has a window of its own for its single notice; this one client
+    # would otherwise take all 10,000 through one). A notice it misses fails the run below (the
+    # count is checked), so QoS 0 cannot flatter the figure.
+    with stack.subscriber("observer", Channel.DEPLOYMENT, seen):
         started = time.time()
         deployment = stack.deploy(bundle, ids)
         post_s = time.time() - started

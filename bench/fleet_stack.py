@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,14 @@ import httpx
 import psutil
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from subscriber import OnMessage, Subscriber
 
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.ports import free_port, wait_for_port
 from kernex_devstack.postgres import EmbeddedPostgres
 from kernex_devstack.s3 import EmbeddedS3
 from kernex_protocol.manifest import ReleaseManifest, sign
+from kernex_protocol.topics import Channel, subscription_for_all
 
 BIN = Path(sys.executable).parent
 DEVICE_TYPE = "bench-board"
@@ -137,6 +140,14 @@ class FleetStack:
         self.pg.stop()
 
     # --- measuring --------------------------------------------------------------------------
+
+    def subscriber(self, role: str, channel: Channel, on_message: OnMessage) -> Subscriber:
+        """A bare subscriber to `channel` of every device, with a service identity of its own;
+        use it as a context manager."""
+        name = f"bench-{role}-{uuid.uuid4().hex[:6]}"
+        return Subscriber(
+            self.broker, name, self.root / name, subscription_for_all(channel), on_message
+        )
 
     def processes(self) -> dict[str, psutil.Process]:
         assert self.backend is not None and self.broker._process is not None

@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,9 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet_stack import FleetStack
 from heartbeat_load import HeartbeatLoad, LoadSpec
 from results import Figure, record
-from subscriber import Subscriber
 
-from kernex_protocol.topics import Channel, subscription_for_all
+from kernex_protocol.topics import Channel
 from kernex_sim.fleet import ensure_certificates
 
 DELIVERED_SHARE = 0.99
@@ -142,15 +140,7 @@ def bare_ladder(
     def counted(topic: str, payload: bytes, at: float) -> None:
         arrivals.add(json.loads(payload)["metrics"]["sent_ms"], at)
 
-    subscriber = Subscriber(
-        stack.broker,
-        f"bench-bare-{uuid.uuid4().hex[:6]}",
-        stack.root / "bare-subscriber",
-        subscription_for_all(Channel.HEARTBEAT),
-        qos=0,
-    )
-    subscriber.on_message = counted
-    with subscriber:
+    with stack.subscriber("bare", Channel.HEARTBEAT, counted):
         return run_ladder(
             load,
             rates,

@@ -18,10 +18,17 @@ OnMessage = Callable[[str, bytes, float], None]  # topic, payload, time.time() a
 
 
 class Subscriber:
-    """Subscribe to `topic_filter` as a new service identity named `name`."""
+    """Subscribe to `topic_filter` as a new service identity named `name`, at QoS 0: at QoS 1
+    every message to this one client would pass through the broker's window of unacknowledged
+    messages, and the instrument would pace what it measures."""
 
     def __init__(
-        self, broker: EmbeddedBroker, name: str, folder: Path, topic_filter: str, qos: int = 1
+        self,
+        broker: EmbeddedBroker,
+        name: str,
+        folder: Path,
+        topic_filter: str,
+        on_message: OnMessage,
     ) -> None:
         broker.add_service_identity(name, folder)
         context = ssl.create_default_context(cafile=str(folder / "ca-chain.pem"))
@@ -30,12 +37,10 @@ class Subscriber:
             CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311
         )
         self._client.tls_set_context(context)
-        self._client.max_inflight_messages_set(100)
         self._subscribed = threading.Event()
-        self.on_message: OnMessage = lambda topic, payload, at: None
-        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic_filter, qos)
+        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic_filter, 0)
         self._client.on_subscribe = lambda *args: self._subscribed.set()
-        self._client.on_message = lambda c, u, m: self.on_message(m.topic, m.payload, time.time())
+        self._client.on_message = lambda c, u, m: on_message(m.topic, m.payload, time.time())
         self._broker = broker
 
     def __enter__(self) -> "Subscriber":

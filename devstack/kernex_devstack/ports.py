@@ -7,6 +7,7 @@ take it: CI saw Mosquitto fail with "Address already in use" that way. Below or 
 only another listener can collide, and this process never hands out the same port twice.
 """
 
+import functools
 import random
 import socket
 import threading
@@ -28,10 +29,11 @@ def _ephemeral_range() -> tuple[int, int]:
     return low, high
 
 
-def candidate_ports() -> list[int]:
+@functools.cache
+def candidate_ports() -> tuple[int, ...]:
     """Ports `free_port` may choose: from _LOWEST up, outside the ephemeral range."""
     low, high = _ephemeral_range()
-    return [port for port in range(_LOWEST, _HIGHEST + 1) if not low <= port <= high]
+    return tuple(port for port in range(_LOWEST, _HIGHEST + 1) if not low <= port <= high)
 
 
 def _bindable(host: str, port: int) -> bool:

@@ -160,8 +160,7 @@ class ProgressIngest:
         for key, progresses in by_execution.items():
             execution = found.get(key)
             if execution is None:
-                for _ in progresses:
-                    done.counts["progress.unknown_execution"] += 1
+                done.counts["progress.unknown_execution"] += len(progresses)
                 continue
             for progress in progresses:
                 if execution.state.terminal:
