@@ -31,7 +31,7 @@ from kernex_agent.telemetry import system_metrics, system_uptime_s
 from kernex_agent.transport import MqttTransport, Network
 from kernex_agent.update.download import HttpDownloader
 from kernex_agent.update.health import CommandHealthCheck
-from kernex_agent.update.installer import DirectoryInstaller, Installer
+from kernex_agent.update.installer import DirectoryInstaller, Installer, UnpackLimits
 from kernex_agent.update.machine import TERMINAL, State
 from kernex_agent.update.runner import UpdateRunner
 from kernex_agent.update.states import AgentStopping, UpdateStates, notice_of
@@ -109,7 +109,7 @@ class Agent:
         self.installer: Installer = installer or DirectoryInstaller(
             update.install_root,
             keep_versions=update.keep_versions,
-            max_unpacked_bytes=update.max_unpacked_bytes,
+            limits=UnpackLimits(max_bytes=update.max_unpacked_bytes),
         )
         health = health_check or (
             CommandHealthCheck(

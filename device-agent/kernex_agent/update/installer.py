@@ -11,21 +11,19 @@ power cut the device runs either the old version or the new one, complete. Every
 idempotent, because after a crash the state machine runs the interrupted state again.
 """
 
+import logging
 import os
 import shutil
-import stat
-import tarfile
+import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from kernex_agent.files import fsync_directory
+from kernex_agent.update.unpack import InstallRefused, UnpackLimits, unpack
 
-_CHUNK = 1024 * 1024
+__all__ = ["DirectoryInstaller", "InstallRefused", "Installer", "UnpackLimits", "remove_tree"]
 
-
-class InstallRefused(Exception):
-    """The bundle cannot be installed (hostile or broken archive): a permanent failure."""
-
+log = logging.getLogger("kernex_agent.update")
 
 class Installer(Protocol):
     """What the update state machine needs from an installer (script hooks, A/B partitions...)."""
@@ -46,63 +44,32 @@ class Installer(Protocol):
         """The version that runs now."""
 
 
-def _check_member(member: tarfile.TarInfo, destination: Path) -> PurePosixPath:
-    name = PurePosixPath(member.name)
-    if member.name.startswith("/") or name.is_absolute():
-        raise InstallRefused(f"absolute path in archive: {member.name!r}")
-    if any(part == ".." for part in name.parts) or not name.parts:
-        raise InstallRefused(f"path escapes the install directory: {member.name!r}")
-    if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
-        raise InstallRefused(
-            f"device files, FIFOs and other special files are refused: {member.name!r}"
-        )
-    if member.issym() or member.islnk():
-        target = PurePosixPath(member.linkname)
-        if target.is_absolute() or member.linkname.startswith("/"):
-            raise InstallRefused(
-                f"link to an absolute path: {member.name!r} -> {member.linkname!r}"
-            )
-        base = name.parent if member.issym() else PurePosixPath()
-        resolved = os.path.normpath(str(destination / base / target))
-        if not (resolved == str(destination) or resolved.startswith(str(destination) + os.sep)):
-            raise InstallRefused(f"link points outside the install directory: {member.name!r}")
-    return name
+def remove_tree(path: Path) -> bool:
+    """Remove `path` and everything under it; False (logged) if anything is left behind.
 
-
-def unpack(archive: Path, destination: Path, *, max_bytes: int) -> None:
-    """Unpack a tar(.gz) into `destination` (which must not exist), refusing absolute paths,
-    `..`, links leading outside, special files, and more than `max_bytes` of content."""
-    destination.mkdir(parents=True)
-    total = 0
+    Never raises: a version folder that cannot be removed wastes space but must not stop a
+    rollback or a commit, since the `current` link already says what runs."""
+    if not path.exists() and not path.is_symlink():
+        return True
     try:
-        with tarfile.open(archive, mode="r:*") as tar:
-            for member in tar:
-                name = _check_member(member, destination)
-                path = destination / name
-                if member.isdir():
-                    path.mkdir(parents=True, exist_ok=True)
-                    continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                if member.issym():
-                    os.symlink(member.linkname, path)
-                    continue
-                if member.islnk():
-                    os.link(destination / member.linkname, path)
-                    continue
-                total += member.size
-                if total > max_bytes:
-                    raise InstallRefused(f"the archive unpacks to more than {max_bytes} bytes")
-                source = tar.extractfile(member)
-                assert source is not None
-                # Our own write: no owner, no setuid/setgid/sticky bits from the archive.
-                mode = 0o755 if member.mode & stat.S_IXUSR else 0o644
-                with source, open(path, "xb") as target:
-                    shutil.copyfileobj(source, target, _CHUNK)
-                    target.flush()
-                    os.fsync(target.fileno())
-                os.chmod(path, mode)
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise InstallRefused(f"the archive cannot be unpacked: {exc}") from None
+        shutil.rmtree(path)
+    except RecursionError:
+        # A tree deeper than the interpreter's stack (written by the running app itself):
+        # rm walks it without recursion.
+        subprocess.run(  # noqa: S603 - fixed argv, a path we own
+            ["rm", "-rf", "--one-file-system", "--", str(path)],  # noqa: S607
+            check=False,
+            capture_output=True,
+            timeout=600,
+        )
+    except OSError as exc:
+        log.warning(
+            "install.remove_failed", extra={"path": str(path), "reason": str(exc)[:200]}
+        )
+    if path.exists() or path.is_symlink():
+        log.error("install.cleanup_incomplete", extra={"path": str(path)})
+        return False
+    return True
 
 
 def _point(link: Path, target: str) -> None:
@@ -118,14 +85,14 @@ class DirectoryInstaller:
     """Versions side by side under `root`, selected by the `current` symlink."""
 
     def __init__(
-        self, root: Path, *, keep_versions: int = 2, max_unpacked_bytes: int = 8 * 1024**3
+        self, root: Path, *, keep_versions: int = 2, limits: UnpackLimits | None = None
     ):
         self.root = root
         self.versions = root / "versions"
         self.current = root / "current"
         self.previous = root / "previous"
         self.keep_versions = keep_versions
-        self.max_unpacked_bytes = max_unpacked_bytes
+        self.limits = limits or UnpackLimits()
 
     def _target(self, link: Path) -> str | None:
         try:
@@ -146,8 +113,12 @@ class DirectoryInstaller:
             return  # switched already (the state is being re-run after a crash)
         if not final.is_dir():
             staging = self.versions / f".{version}.staging"
-            shutil.rmtree(staging, ignore_errors=True)
-            unpack(bundle, staging, max_bytes=self.max_unpacked_bytes)
+            remove_tree(staging)
+            try:
+                unpack(bundle, staging, limits=self.limits)
+            except InstallRefused:
+                remove_tree(staging)  # nothing of a refused archive stays on the device
+                raise
             os.replace(staging, final)
             fsync_directory(self.versions)
         if running is not None:
@@ -158,9 +129,9 @@ class DirectoryInstaller:
         before = self._target(self.previous)
         if before is not None and self.current_version() == version:
             _point(self.current, f"versions/{before}")
-        if self.current_version() != version:
-            shutil.rmtree(self.versions / version, ignore_errors=True)
         self.previous.unlink(missing_ok=True)
+        if self.current_version() != version:
+            remove_tree(self.versions / version)  # the device runs `before` whatever this says
 
     def commit(self, version: str) -> None:
         self.previous.unlink(missing_ok=True)
@@ -177,9 +148,9 @@ class DirectoryInstaller:
             keep.add(path.name)
         for path in installed:
             if path.name not in keep:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
 
     def cleanup(self) -> None:
         if self.versions.is_dir():
             for leftover in self.versions.glob(".*.staging"):
-                shutil.rmtree(leftover, ignore_errors=True)
+                remove_tree(leftover)

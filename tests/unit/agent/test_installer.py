@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kernex_agent.update.health import CommandHealthCheck
-from kernex_agent.update.installer import DirectoryInstaller, InstallRefused
+from kernex_agent.update.installer import DirectoryInstaller, InstallRefused, UnpackLimits
 
 
 def make_bundle(
@@ -113,7 +113,7 @@ def test_hostile_archives_write_nothing_outside(
 
 
 def test_archive_bombs_are_refused(tmp_path: Path) -> None:
-    installer = DirectoryInstaller(tmp_path / "app", max_unpacked_bytes=1000)
+    installer = DirectoryInstaller(tmp_path / "app", limits=UnpackLimits(max_bytes=1000))
     bundle = make_bundle(tmp_path / "big.tgz", {"a": b"0" * 600, "b": b"0" * 600})
     with pytest.raises(InstallRefused, match="more than 1000 bytes"):
         installer.install(bundle, "1.0.0")
