@@ -29,13 +29,13 @@ from kernex_agent.files import write_atomic
 from kernex_agent.notices import NoticeRejected, Verdict, check_notice
 from kernex_agent.telemetry import system_metrics, system_uptime_s
 from kernex_agent.transport import MqttTransport, Network
-from kernex_agent.update.download import HttpDownloader
+from kernex_agent.update.download import HttpDownloader, TransferLimits
 from kernex_agent.update.health import CommandHealthCheck
 from kernex_agent.update.installer import DirectoryInstaller, Installer, UnpackLimits
 from kernex_agent.update.machine import TERMINAL, State
 from kernex_agent.update.runner import UpdateRunner
 from kernex_agent.update.states import AgentStopping, UpdateStates, notice_of
-from kernex_agent.update.store import FileStateStore, UpdateRecord
+from kernex_agent.update.store import FileStateStore, UpdateRecord, require_notice
 from kernex_protocol.manifest import load_trusted_keys
 from kernex_protocol.payloads import (
     ErrorCode,
@@ -118,7 +118,7 @@ class Agent:
             if update.health_command
             else (lambda: True)
         )
-        self.store = FileStateStore(update.state_dir / "update.json")
+        self.store = FileStateStore(update.state_dir / "update.json", check=require_notice)
         self._outcome_path = update.state_dir / "last-outcome.json"
         self._progress_seq = PersistentCounter(update.state_dir / "progress-seq")
         self.transport = MqttTransport(
@@ -134,7 +134,13 @@ class Agent:
             installer=self.installer,
             health_check=health,
             downloader=HttpDownloader(
-                timeout_s=update.download_timeout_s, rate_limit_bps=update.download_rate_limit_bps
+                timeout_s=update.download_timeout_s,
+                rate_limit_bps=update.download_rate_limit_bps,
+                limits=TransferLimits(
+                    stall_s=update.download_stall_s,
+                    min_rate_bps=update.download_min_rate_bps,
+                    rate_window_s=update.download_rate_window_s,
+                ),
             ),
             reporter=self,
             deployments=self,
@@ -144,6 +150,7 @@ class Agent:
             self.states.handlers(),
             max_saves=update.max_state_saves,
             on_enter=self._on_enter,
+            passes_through=(AgentStopping,),
         )
         self._crash_in = crash_in
         self._crash = crash or _exit_for_test
@@ -162,8 +169,9 @@ class Agent:
 
     # --- life cycle ----------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Run until `stop` is set; an update in progress is left saved, to resume later."""
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Run until `stop` is set; an update in progress is left saved, to resume later.
+        False if a task ended on its own (a bug): the caller exits non-zero."""
         self._loop = asyncio.get_running_loop()
         log.info(
             "agent.starting",
@@ -176,6 +184,7 @@ class Agent:
         ]
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        clean = stop.is_set()
         self._stopping = True
         for task in tasks:
             task.cancel()
@@ -186,7 +195,8 @@ class Agent:
                 log.error("agent.task_failed", exc_info=result)
         stopped.cancel()
         await asyncio.to_thread(self.transport.stop)
-        log.info("agent.stopped")
+        log.info("agent.stopped", extra={"clean": clean})
+        return clean
 
     @property
     def stopping(self) -> bool:
@@ -370,15 +380,50 @@ class Agent:
 
     async def _updates(self) -> None:
         await asyncio.to_thread(self.installer.cleanup)
-        interrupted = self.store.load().state
-        if interrupted != State.IDLE:
-            log.info("update.resuming", extra={"state": interrupted.value})
+        interrupted = self.runner.resume()  # counts this start if an update was interrupted
+        if self.store.damaged is not None:
+            await self._recover_from_damaged_record()
+        elif interrupted.state != State.IDLE:
+            log.info("update.resuming", extra={"state": interrupted.state.value})
             await self.runner.run()
         while True:
             await self._notice_changed.wait()
             self._notice_changed.clear()
-            if self._latest_notice:
+            if not self._latest_notice:
+                continue
+            try:
                 await self._consider(self._latest_notice, self._latest_parsed)
+            except (asyncio.CancelledError, AgentStopping):
+                raise
+            except Exception as exc:
+                # One notice must not end the loop that serves every later one.
+                log.error("update.notice_error", extra={"error": type(exc).__name__}, exc_info=exc)
+
+    async def _recover_from_damaged_record(self) -> None:
+        """The saved update state was unreadable: go on from what the installer says runs,
+        undoing an uncommitted install, and tell the backend once about the deployment."""
+        damaged = self.store.damaged
+        assert damaged is not None
+        returned_to = await asyncio.to_thread(self.installer.recover)
+        log.error(
+            "update.recovered_from_damaged_record",
+            extra={
+                "reason": damaged.reason,
+                "running": self.installer.current_version(),
+                "rolled_back_to": returned_to,
+            },
+        )
+        if damaged.deployment_id is not None:
+            detail = f"{damaged.reason}; running {self.installer.current_version()}"
+            await self._report_outcome(
+                Progress(
+                    deployment_id=damaged.deployment_id,
+                    state=ProgressState.FAILED,
+                    seq=self._progress_seq.advance(),
+                    sent_at=_now(),
+                    error=ProgressError(ErrorCode.STATE_DAMAGED, detail),
+                )
+            )
 
     async def _consider(self, raw: bytes, parsed: Notice | PayloadInvalid | None) -> None:
         if not isinstance(parsed, Notice):

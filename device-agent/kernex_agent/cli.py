@@ -21,12 +21,12 @@ FAULT_ENV = "KERNEX_FAULT_CRASH_IN"
 log = logging.getLogger("kernex_agent")
 
 
-async def _serve(agent: Agent) -> None:
+async def _serve(agent: Agent) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await agent.run(stop)
+    return await agent.run(stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         print(f"kernex-agent: configuration of {config.device_id} is valid")
         return 0
-    asyncio.run(_serve(agent))
-    return 0
+    # Not 0 when a task of the agent ended by itself: the service manager restarts it, and the
+    # update loop guard counts that start.
+    return 0 if asyncio.run(_serve(agent)) else 1
 
 
 if __name__ == "__main__":

@@ -94,6 +94,10 @@ class ErrorCode(StrEnum):
     ROLLBACK_FAILED = "rollback_failed"
     LOOP_DETECTED = "loop_detected"
     SUPERSEDED = "superseded"
+    # The agent hit an error of its own while working (reported instead of crash-looping).
+    AGENT_ERROR = "agent_error"
+    # The saved update state was unreadable; the device went on from its installed version.
+    STATE_DAMAGED = "state_damaged"
 
 
 # --- field helpers ------------------------------------------------------------------------
@@ -132,9 +136,14 @@ def _count(document: dict[str, Any], name: str, *, optional: bool = False) -> in
     return value
 
 
+def is_token(value: str) -> bool:
+    """Whether `value` is usable as a deployment or request ID (a file name, a log key)."""
+    return _TOKEN_RE.fullmatch(value) is not None
+
+
 def _token(document: dict[str, Any], name: str) -> str:
     value = _typed(document, name, str)
-    if not _TOKEN_RE.fullmatch(value):
+    if not is_token(value):
         raise PayloadInvalid(f"{name} must be 1-64 characters from A-Z a-z 0-9 . _ -")
     return value
 

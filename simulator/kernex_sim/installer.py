@@ -46,6 +46,13 @@ class SimulatedInstaller:
             write_atomic(self._current, (self._read(self._previous) or "").encode())
         self._previous.unlink(missing_ok=True)
 
+    def recover(self) -> str | None:
+        running, before = self.current_version(), self._read(self._previous)
+        if running is None or not self._previous.exists():
+            return None
+        self.rollback(running)
+        return before
+
     def commit(self, version: str) -> None:
         self._previous.unlink(missing_ok=True)
 

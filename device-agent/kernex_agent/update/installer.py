@@ -25,6 +25,7 @@ __all__ = ["DirectoryInstaller", "InstallRefused", "Installer", "UnpackLimits", 
 
 log = logging.getLogger("kernex_agent.update")
 
+
 class Installer(Protocol):
     """What the update state machine needs from an installer (script hooks, A/B partitions...)."""
 
@@ -42,6 +43,10 @@ class Installer(Protocol):
 
     def current_version(self) -> str | None:
         """The version that runs now."""
+
+    def recover(self) -> str | None:
+        """Return to the last committed version if an update was left uncommitted and its
+        record is lost; the version returned to, or None when there was nothing to undo."""
 
 
 def remove_tree(path: Path) -> bool:
@@ -63,9 +68,7 @@ def remove_tree(path: Path) -> bool:
             timeout=600,
         )
     except OSError as exc:
-        log.warning(
-            "install.remove_failed", extra={"path": str(path), "reason": str(exc)[:200]}
-        )
+        log.warning("install.remove_failed", extra={"path": str(path), "reason": str(exc)[:200]})
     if path.exists() or path.is_symlink():
         log.error("install.cleanup_incomplete", extra={"path": str(path)})
         return False
@@ -84,9 +87,7 @@ def _point(link: Path, target: str) -> None:
 class DirectoryInstaller:
     """Versions side by side under `root`, selected by the `current` symlink."""
 
-    def __init__(
-        self, root: Path, *, keep_versions: int = 2, limits: UnpackLimits | None = None
-    ):
+    def __init__(self, root: Path, *, keep_versions: int = 2, limits: UnpackLimits | None = None):
         self.root = root
         self.versions = root / "versions"
         self.current = root / "current"
@@ -132,6 +133,13 @@ class DirectoryInstaller:
         self.previous.unlink(missing_ok=True)
         if self.current_version() != version:
             remove_tree(self.versions / version)  # the device runs `before` whatever this says
+
+    def recover(self) -> str | None:
+        running, before = self.current_version(), self._target(self.previous)
+        if before is None or running is None:
+            return None
+        self.rollback(running)
+        return before
 
     def commit(self, version: str) -> None:
         self.previous.unlink(missing_ok=True)

@@ -4,14 +4,26 @@ A handler is a small coroutine per state that does that state's work and returns
 runner saves the record before entering each state, counts saves per update, and treats a count
 past `max_saves` as a loop (a device rebooting in the same state over and over): it feeds
 LOOP_DETECTED instead of running the handler again, which leads to rollback or failure.
+
+Every start of the agent in a working state counts as a save too (`resume`), so an agent that
+dies in the same state again and again (killed for memory, a crash in a library) reaches the
+loop guard instead of restarting forever. An exception a handler did not expect is that state's
+failure, with the error code `agent_error`: before INSTALLING the update fails, after it the
+device rolls back, and in a terminal state the report is retried within the same budget.
 """
 
+import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Final
 
-from kernex_agent.update.machine import Event, State, next_state
+from kernex_agent.update.machine import TERMINAL, Event, State, next_state
 from kernex_agent.update.store import StateStore, UpdateRecord
+
+AGENT_ERROR: Final = "agent_error"
+
+log = logging.getLogger("kernex_agent.update")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,11 +48,17 @@ class UpdateRunner:
         *,
         max_saves: int = 50,
         on_enter: Observer | None = None,
+        passes_through: tuple[type[BaseException], ...] = (),
+        pause_after_error_s: float = 1.0,
     ) -> None:
+        """`passes_through` are exceptions that end `run` and leave the record as saved (the
+        agent stopping); any other exception from a handler is that state's failure."""
         self._store = store
         self._handlers = handlers
         self._max_saves = max_saves
         self._on_enter = on_enter
+        self._passes_through = passes_through
+        self._pause_after_error_s = pause_after_error_s
 
     def _enter(self, current: UpdateRecord, state: State) -> UpdateRecord:
         attempt = current.attempt + 1 if state == current.state else 1
@@ -55,16 +73,53 @@ class UpdateRunner:
             raise RuntimeError(f"an update is in progress ({current.state.value})")
         return self._enter(UpdateRecord(deployment=deployment), State.DOWNLOADING)
 
+    def resume(self) -> UpdateRecord:
+        """At start-up: count this start against the loop guard if an update was interrupted."""
+        record = self._store.load()
+        if record.state == State.IDLE:
+            return record
+        return self._enter(record, record.state)
+
+    async def _handle(self, record: UpdateRecord) -> Event | Failed:
+        try:
+            return await self._handlers[record.state](record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, self._passes_through):
+                raise
+            log.error(
+                "update.handler_error",
+                extra={"state": record.state.value, "error": f"{type(exc).__name__}: {exc}"[:300]},
+                exc_info=exc,
+            )
+            await asyncio.sleep(self._pause_after_error_s)
+            if record.state in TERMINAL:
+                return Event.RETRY  # reporting failed: again, within the loop guard's budget
+            return Failed(AGENT_ERROR, f"{type(exc).__name__}: {exc}"[:300])
+
+    async def _observe(self, record: UpdateRecord) -> None:
+        assert self._on_enter is not None
+        try:
+            await self._on_enter(record)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, self._passes_through):
+                raise
+            # Telling the backend is not worth stopping the update for.
+            log.warning("update.observer_error", extra={"error": f"{type(exc).__name__}"})
+
     async def run(self) -> UpdateRecord:
         """Run from the saved state until IDLE; call again after a crash to resume."""
         record = self._store.load()
         while record.state != State.IDLE:
             if self._on_enter is not None:
-                await self._on_enter(record)
+                await self._observe(record)
             if record.store_count > self._max_saves:
                 event: Event | Failed = Event.LOOP_DETECTED
             else:
-                event = await self._handlers[record.state](record)
+                event = await self._handle(record)
             if isinstance(event, Failed):
                 record = replace(record, error={"code": event.code, "detail": event.detail})
                 event = Event.FAILURE

@@ -147,7 +147,7 @@ async def test_a_crash_resumes_in_the_state_it_interrupted(tmp_path: Path, crash
     device.crash_in = crash_in
     UpdateRunner(store, device.handlers()).begin({"deployment_id": "d1"})  # type: ignore[arg-type]
     with pytest.raises(Crash):
-        await UpdateRunner(store, device.handlers()).run()  # type: ignore[arg-type]
+        await UpdateRunner(store, device.handlers(), passes_through=(Crash,)).run()  # type: ignore[arg-type]
     assert store.load().state == crash_in  # what a rebooted agent finds
 
     # A new agent process with the same store picks up exactly there and finishes.
@@ -192,5 +192,141 @@ def test_store_round_trip_is_atomic_and_strict(tmp_path: Path) -> None:
     assert store.load() == record
     assert [p.name for p in store.path.parent.iterdir()] == ["state.json"]  # no temp file left
     store.path.write_text('{"schema": 99, "state": "idle"}')
-    with pytest.raises(ValueError, match="schema"):
-        store.load()
+    assert store.load() == UpdateRecord()  # unusable: set aside, not fatal
+    assert store.damaged is not None and "schema" in store.damaged.reason
+
+
+# --- never crash-loop: unexpected errors, restarts in a working state, damaged records -------
+
+
+class Boom(Exception):
+    """An error no handler expected (a library bug, a RecursionError, a ValueError)."""
+
+
+def _raising(state_errors: dict[State, BaseException], device: FakeDevice) -> dict[State, object]:
+    handlers = device.handlers()
+    for state, error in state_errors.items():
+
+        async def fail(record: UpdateRecord, error: BaseException = error) -> Event:
+            device.calls.append(record.state)
+            raise error
+
+        handlers[state] = fail
+    return handlers
+
+
+@pytest.mark.parametrize(
+    ("state", "error", "ends_with"),
+    [
+        (State.DOWNLOADING, Boom("x"), [State.FAILED, State.IDLE]),
+        (State.VERIFYING, ValueError("embedded null byte"), [State.FAILED, State.IDLE]),
+        (
+            State.INSTALLING,
+            RecursionError("maximum recursion depth exceeded"),
+            [State.ROLLING_BACK, State.ROLLED_BACK, State.IDLE],
+        ),
+        (State.HEALTH_CHECK, KeyError("k"), [State.ROLLING_BACK, State.ROLLED_BACK, State.IDLE]),
+        (State.ROLLING_BACK, Boom("cleanup"), [State.FAILED, State.IDLE]),
+    ],
+)
+async def test_an_unexpected_error_is_that_states_failure(
+    tmp_path: Path, state: State, error: BaseException, ends_with: list[State]
+) -> None:
+    store = RecordingStore(tmp_path / "state.json")
+    script = {State.HEALTH_CHECK: [Event.FAILURE]} if state == State.ROLLING_BACK else {}
+    device = FakeDevice(script)
+    runner = UpdateRunner(store, _raising({state: error}, device), pause_after_error_s=0)  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    final = await runner.run()
+    assert final.state == State.IDLE
+    assert store.saved[-len(ends_with) :] == ends_with
+    failed = [s for s in store.saved if s in (State.FAILED, State.ROLLING_BACK)]
+    assert failed  # the failure was recorded, with the agent's own error code
+
+
+async def test_a_terminal_state_that_keeps_raising_still_ends_idle(tmp_path: Path) -> None:
+    store = RecordingStore(tmp_path / "state.json")
+    device = FakeDevice({})
+    handlers = _raising({State.COMMITTED: Boom("report")}, device)
+    runner = UpdateRunner(store, handlers, max_saves=12, pause_after_error_s=0)  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    assert (await runner.run()).state == State.IDLE
+    assert device.calls.count(State.COMMITTED) < 12
+
+
+async def test_restarts_in_a_working_state_reach_the_loop_guard(tmp_path: Path) -> None:
+    """An agent killed in INSTALLING at every start (out of memory, say) must stop trying."""
+    path = tmp_path / "state.json"
+    device = FakeDevice({})
+    device_handlers = device.handlers()
+
+    async def killed(record: UpdateRecord) -> Event:
+        raise Crash  # the process dies: nothing after this runs
+
+    device_handlers[State.INSTALLING] = killed
+    UpdateRunner(FileStateStore(path), device_handlers).begin({"deployment_id": "d1"})  # type: ignore[arg-type]
+    starts = 0
+    for starts in range(1, 40):  # noqa: B007 - the count is the result
+        runner = UpdateRunner(
+            FileStateStore(path),
+            device_handlers,  # type: ignore[arg-type]
+            max_saves=10,
+            passes_through=(Crash,),
+        )
+        if runner.resume().state == State.IDLE:
+            break
+        try:
+            final = await runner.run()
+        except Crash:
+            continue
+        assert final.state == State.IDLE
+        break
+    assert starts < 15, "the loop guard never tripped"
+    assert FileStateStore(path).load() == UpdateRecord()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b'{"schema": 1, "state": "instal',
+        b"\x00\xff garbage",
+        b"[1, 2, 3]",
+        b'{"schema": 1, "state": "teleporting"}',
+        b'{"schema": 7, "state": "idle"}',
+        b'{"schema": 1, "state": "installing", "attempt": -1}',
+        b'{"schema": 1, "state": "installing", "deployment": []}',
+        b'{"schema": 1, "state": "installing", "error": {"code": 5}}',
+        b"[" * 100_000,
+    ],
+    ids=[
+        "empty",
+        "half-written",
+        "binary",
+        "list",
+        "unknown-state",
+        "unknown-schema",
+        "negative",
+        "deployment-list",
+        "error-type",
+        "deep",
+    ],
+)
+def test_a_damaged_record_is_set_aside_and_loads_idle(tmp_path: Path, content: bytes) -> None:
+    store = FileStateStore(tmp_path / "state.json")
+    store.path.write_bytes(content)
+    assert store.load() == UpdateRecord()
+    assert store.damaged is not None
+    assert store.damaged.moved_to.read_bytes() == content  # kept for a post-mortem
+    assert not store.path.exists()
+    assert FileStateStore(store.path).load() == UpdateRecord()  # reported once, not again
+
+
+def test_a_record_without_its_notice_is_damaged_for_the_agent(tmp_path: Path) -> None:
+    from kernex_agent.update.store import require_notice
+
+    store = FileStateStore(tmp_path / "state.json", check=require_notice)
+    store.save(UpdateRecord(state=State.VERIFYING, deployment={"id": "dep-1"}))
+    assert store.load() == UpdateRecord()
+    assert store.damaged is not None
+    assert store.damaged.deployment_id == "dep-1"  # salvaged, so the backend hears of it
