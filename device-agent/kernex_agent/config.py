@@ -72,6 +72,10 @@ class UpdateConfig:
     download_timeout_s: float = 30.0
     url_wait_s: float = 30.0  # how long to wait for the answer to a url/request
     download_rate_limit_bps: int = 0  # 0: unlimited; set it on metered or shared links
+    # A transfer that still moves but too little is cut and resumed later (see download.py).
+    download_stall_s: float = 60.0
+    download_min_rate_bps: int = 1024
+    download_rate_window_s: float = 120.0
     retry_min_s: float = 1.0
     retry_max_s: float = 60.0
     max_state_saves: int = 50

@@ -4,21 +4,36 @@ The partial file is the download's only state: its length is the offset to resum
 fsynced every few MiB, so after a power cut the bytes it claims are the bytes it holds (a tail
 that was not fsynced can still be wrong; verification catches that and the state machine
 fetches again). Presigned URLs are bearer credentials: they are never logged.
+
+A socket timeout bounds each read, not the transfer: a server that sends a byte a second keeps
+a read alive for ever. So a watchdog thread watches every transfer and shuts its socket down
+(which wakes the blocked read at once) when the agent stops or the notice is withdrawn, when
+no byte arrived for `stall_s`, or when fewer than `min_rate_bps` arrived on average over the
+last `rate_window_s`. What was received stays in the partial file; the next attempt resumes.
 """
 
+import contextlib
 import http.client
 import os
+import socket
+import ssl
+import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
+
+from kernex_agent.files import write_all
 
 _CHUNK: Final = 64 * 1024
 _FSYNC_EVERY: Final = 4 * 1024 * 1024
 # Statuses by which a presigned URL says it is no longer (or never was) good: ask for a new one.
 _URL_REFUSED: Final = frozenset({401, 403, 404, 410})
+_REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
+_MAX_REDIRECTS: Final = 3
 
 
 class DownloadError(Exception):
@@ -33,25 +48,108 @@ class ContentTooLarge(Exception):
     """The server sends more bytes than the signed manifest's size: permanent."""
 
 
+class _RangeNotSatisfiable(DownloadError):
+    """Our offset is past the object's end: the partial file is not a prefix of it."""
+
+
 class DownloadCanceled(Exception):
-    """The deployment was withdrawn while downloading."""
+    """The deployment was withdrawn (or the agent is stopping) while downloading."""
 
 
-class _NoRedirectToOtherScheme(urllib.request.HTTPRedirectHandler):
-    # The stdlib's signature, overridden as is.
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]  # noqa: PLR0917
-        if not newurl.startswith(("https://", "http://")):
-            return None
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+@dataclass(frozen=True, slots=True)
+class TransferLimits:
+    """When a transfer that still moves is given up (and resumed later)."""
+
+    stall_s: float = 60.0  # no byte at all for this long
+    min_rate_bps: int = 1024  # average over the window below this
+    rate_window_s: float = 120.0
+    poll_s: float = 0.5  # how often stop, withdrawal and progress are looked at
+
+
+class _Watchdog:
+    """Cuts a transfer that should end: stop requested, stalled, or too slow."""
+
+    def __init__(self, limits: TransferLimits, should_stop: Callable[[], bool] | None) -> None:
+        self._limits = limits
+        self._should_stop = should_stop
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._sock: socket.socket | None = None
+        self.received = 0  # body bytes, updated by the reading thread
+        self.reason: str | None = None  # why the watchdog cut the transfer
+        self.stopped = False  # the cut was a stop or withdrawal, not a slow server
+        self._thread = threading.Thread(target=self._watch, name="download-watchdog", daemon=True)
+
+    def __enter__(self) -> "_Watchdog":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """The socket to shut down when the transfer must end (one per connection)."""
+        with self._lock:
+            self._sock = sock
+            if self.reason is not None:
+                self._cut()
+
+    def _cut(self) -> None:
+        if self._sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                self._sock.shutdown(socket.SHUT_RDWR)
+
+    def _trip(self, reason: str, *, stopped: bool = False) -> None:
+        with self._lock:
+            self.reason, self.stopped = reason, stopped
+            self._cut()
+
+    def _watch(self) -> None:
+        limits = self._limits
+        started = last_change = time.monotonic()
+        last_seen = 0
+        samples: deque[tuple[float, int]] = deque([(started, 0)])
+        while not self._done.wait(limits.poll_s):
+            now, received = time.monotonic(), self.received
+            if self._should_stop is not None and self._should_stop():
+                self._trip("the download was stopped", stopped=True)
+                return
+            if received != last_seen:
+                last_seen, last_change = received, now
+            if now - last_change >= limits.stall_s:
+                self._trip(f"no data for {limits.stall_s:.0f} s")
+                return
+            samples.append((now, received))
+            while samples and now - samples[0][0] > limits.rate_window_s:
+                oldest = samples.popleft()
+            if now - started >= limits.rate_window_s:
+                rate = (received - oldest[1]) / (now - oldest[0])
+                if rate < limits.min_rate_bps:
+                    self._trip(f"under {limits.min_rate_bps} B/s for {limits.rate_window_s:.0f} s")
+                    return
 
 
 class HttpDownloader:
     """Fetches one URL into a partial file, resuming from the file's length."""
 
-    def __init__(self, *, timeout_s: float, rate_limit_bps: int = 0) -> None:
+    def __init__(
+        self,
+        *,
+        timeout_s: float,
+        rate_limit_bps: int = 0,
+        limits: TransferLimits | None = None,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self.timeout_s = timeout_s
         self.rate_limit_bps = rate_limit_bps
-        self._opener = urllib.request.build_opener(_NoRedirectToOtherScheme())
+        self.limits = limits or TransferLimits()
+        if rate_limit_bps and self.limits.min_rate_bps > rate_limit_bps // 2:
+            # Our own cap must not look like a slow server.
+            self.limits = TransferLimits(
+                self.limits.stall_s, rate_limit_bps // 2, self.limits.rate_window_s
+            )
+        self._tls = tls or ssl.create_default_context()
 
     def fetch(
         self,
@@ -72,57 +170,111 @@ class HttpDownloader:
             offset = 0
         if offset == size:
             return offset
-        request = urllib.request.Request(url)  # noqa: S310 - scheme checked above
-        if offset:
-            request.add_header("Range", f"bytes={offset}-")
-        try:
-            response = self._opener.open(request, timeout=self.timeout_s)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            if exc.code in _URL_REFUSED:
-                raise UrlRefused(f"the server refused the URL (HTTP {exc.code})") from None
-            if exc.code == 416:
-                partial.unlink(missing_ok=True)  # our offset is past the object: start over
-            raise DownloadError(f"HTTP {exc.code}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise DownloadError(f"cannot reach the download server: {_reason(exc)}") from None
-        with response:
-            resumed_from = offset
-            if offset and response.status != 206:
-                offset = resumed_from = 0  # the server ignored Range: take the whole body
-            elif offset and not _content_range_starts_at(
-                response.headers.get("Content-Range"), offset
-            ):
-                raise DownloadError("the server answered a different range than asked")
-            self._stream(response, partial, offset, size, on_progress, should_stop)
-        return resumed_from
+        with _Watchdog(self.limits, should_stop) as watchdog:
+            try:
+                try:
+                    connection, response = self._open(url, offset, watchdog)
+                except _RangeNotSatisfiable:
+                    partial.unlink(missing_ok=True)  # start over next time
+                    raise
+                try:
+                    return self._receive(response, partial, offset, size, on_progress, watchdog)
+                finally:
+                    connection.close()
+            except (OSError, http.client.HTTPException) as exc:
+                if watchdog.stopped:
+                    raise DownloadCanceled from None
+                if watchdog.reason is not None:
+                    raise DownloadError(f"the transfer was cut: {watchdog.reason}") from None
+                raise DownloadError(f"the transfer broke off: {_reason(exc)}") from None
 
-    def _stream(  # noqa: PLR0917 - private, called once
+    def _open(
+        self, url: str, offset: int, watchdog: _Watchdog
+    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Connect and send the request, following a few redirects to http(s) URLs."""
+        for _ in range(_MAX_REDIRECTS + 1):
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise UrlRefused("only http(s) URLs are fetched")
+            connection: http.client.HTTPConnection
+            if parts.scheme == "https":
+                connection = http.client.HTTPSConnection(
+                    parts.hostname, parts.port, timeout=self.timeout_s, context=self._tls
+                )
+            else:
+                connection = http.client.HTTPConnection(
+                    parts.hostname, parts.port, timeout=self.timeout_s
+                )
+            try:
+                connection.connect()
+            except OSError as exc:
+                connection.close()
+                raise DownloadError(f"cannot reach the download server: {_reason(exc)}") from None
+            watchdog.watch(connection.sock)
+            target = parts.path or "/"
+            if parts.query:
+                target += "?" + parts.query
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
+            try:
+                connection.request("GET", target, headers=headers)
+                response = connection.getresponse()
+            except BaseException:
+                connection.close()
+                raise
+            if response.status in _REDIRECTS and response.getheader("Location"):
+                url = urllib.parse.urljoin(url, response.getheader("Location", ""))
+                connection.close()
+                continue
+            if response.status in _URL_REFUSED:
+                connection.close()
+                raise UrlRefused(f"the server refused the URL (HTTP {response.status})")
+            if response.status == 416:
+                connection.close()
+                raise _RangeNotSatisfiable("HTTP 416")
+            if response.status not in (200, 206):
+                connection.close()
+                raise DownloadError(f"HTTP {response.status}")
+            return connection, response
+        raise DownloadError(f"more than {_MAX_REDIRECTS} redirects")
+
+    def _pace(self, received: int, started: float, watchdog: _Watchdog) -> None:
+        """Sleep until `received` bytes are within the configured rate (in short slices, so a
+        stop is still seen)."""
+        while watchdog.reason is None:
+            ahead = received / self.rate_limit_bps - (time.monotonic() - started)
+            if ahead <= 0:
+                return
+            time.sleep(min(ahead, self.limits.poll_s))
+
+    def _receive(  # noqa: PLR0917 - private, called once
         self,
         response: http.client.HTTPResponse,
         partial: Path,
         offset: int,
         size: int,
         on_progress: Callable[[int], None] | None,
-        should_stop: Callable[[], bool] | None,
-    ) -> None:
+        watchdog: _Watchdog,
+    ) -> int:
+        resumed_from = offset
+        if offset and response.status != 206:
+            offset = resumed_from = 0  # the server ignored Range: take the whole body
+        elif offset and not _content_range_starts_at(response.getheader("Content-Range"), offset):
+            raise DownloadError("the server answered a different range than asked")
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if offset else os.O_TRUNC)
         fd = os.open(partial, flags, 0o600)
         written, since_sync, started = offset, 0, time.monotonic()
+        chunk_size = min(_CHUNK, self.rate_limit_bps or _CHUNK)
         try:
             while written < size:
-                if should_stop is not None and should_stop():
-                    raise DownloadCanceled
-                try:
-                    chunk = response.read(min(_CHUNK, size - written + 1))
-                except (OSError, http.client.HTTPException) as exc:
-                    raise DownloadError(f"the transfer broke off: {_reason(exc)}") from None
+                # read1: what one receive brings, so progress and the watchdog see every byte.
+                chunk = response.read1(min(chunk_size, size - written + 1))
                 if not chunk:
-                    raise DownloadError(f"the transfer ended early at {written} of {size} bytes")
+                    raise _ended_early(watchdog, written, size)
                 if written + len(chunk) > size:
                     raise ContentTooLarge(f"the server sends more than the signed {size} bytes")
-                os.write(fd, chunk)
+                write_all(fd, chunk)
                 written += len(chunk)
+                watchdog.received = written - offset
                 since_sync += len(chunk)
                 if since_sync >= _FSYNC_EVERY:
                     os.fsync(fd)
@@ -130,12 +282,10 @@ class HttpDownloader:
                 if on_progress is not None:
                     on_progress(written)
                 if self.rate_limit_bps:
-                    ahead = (written - offset) / self.rate_limit_bps - (time.monotonic() - started)
-                    if ahead > 0:
-                        time.sleep(ahead)
+                    self._pace(written - offset, started, watchdog)
             # Exactly `size` bytes: anything more is a content mismatch.
             try:
-                extra = response.read(1)
+                extra = response.read1(1)
             except (OSError, http.client.HTTPException):
                 extra = b""
             if extra:
@@ -143,6 +293,16 @@ class HttpDownloader:
         finally:
             os.fsync(fd)
             os.close(fd)
+        return resumed_from
+
+
+def _ended_early(watchdog: _Watchdog, written: int, size: int) -> Exception:
+    """Why a body ended before `size` bytes: the watchdog's cut, or the server's."""
+    if watchdog.stopped:
+        return DownloadCanceled()
+    if watchdog.reason is not None:
+        return DownloadError(f"the transfer was cut: {watchdog.reason}")
+    return DownloadError(f"the transfer ended early at {written} of {size} bytes")
 
 
 def _content_range_starts_at(header: str | None, offset: int) -> bool:

@@ -17,6 +17,7 @@ the unpacker trusts no name in it and no state of the file system it builds:
 Every refusal is an InstallRefused with a reason the device reports to the backend.
 """
 
+import contextlib
 import errno
 import os
 import stat
@@ -107,10 +108,9 @@ class _Tree:
         try:
             for part in parts:
                 if create:
-                    try:
+                    # Made already by an earlier member? The open below checks what it is.
+                    with contextlib.suppress(FileExistsError):
                         os.mkdir(part, 0o755, dir_fd=fd)
-                    except FileExistsError:
-                        pass  # made by an earlier member; the open below checks what it is
                 try:
                     child = os.open(part, _DIR_FLAGS, dir_fd=fd)
                 except OSError as exc:
@@ -253,9 +253,7 @@ def _check_link_text(member: tarfile.TarInfo, parts: tuple[str, ...], limits: Un
     if len(target.encode(errors="surrogateescape")) > limits.max_link_bytes:
         raise InstallRefused(f"link {member.name[:200]!r} has a target over the length limit")
     if target.startswith("/"):
-        raise InstallRefused(
-            f"link to an absolute path: {member.name[:200]!r} -> {target[:200]!r}"
-        )
+        raise InstallRefused(f"link to an absolute path: {member.name[:200]!r} -> {target[:200]!r}")
     depth = len(parts) - 1
     for part in target.split("/"):
         if part == "..":
