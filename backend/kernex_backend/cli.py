@@ -52,6 +52,7 @@ async def _work(settings: Settings) -> None:
     from kernex_backend.bundles.storage import create_storage
     from kernex_backend.core.background import run_periodically
     from kernex_backend.core.db import create_engine, create_sessionmaker, utc_now
+    from kernex_backend.devices.certificates import Pki
     from kernex_backend.mqtt import handlers as fleet_state
     from kernex_backend.telemetry import partitions
 
@@ -77,7 +78,11 @@ async def _work(settings: Settings) -> None:
         )
     )
     fleet = fleet_state.start(
-        settings=settings, engine=engine, sessionmaker=create_sessionmaker(engine), storage=storage
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        storage=storage,
+        pki=Pki.from_settings(settings.pki),
     )
     typer.echo(f"worker running (share group {settings.mqtt.share_group}); Ctrl-C stops it")
     try:

@@ -52,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine=engine,
                 sessionmaker=app.state.sessionmaker,
                 storage=app.state.storage,
+                pki=app.state.pki,
             )
         log.info("backend_started", version=__version__, environment=settings.environment)
         try:

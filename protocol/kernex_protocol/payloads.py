@@ -14,7 +14,7 @@ from enum import StrEnum
 from typing import Any, Final, Self, TypeVar
 
 from kernex_protocol.ids import is_valid_device_id
-from kernex_protocol.limits import MAX_PAYLOAD_BYTES
+from kernex_protocol.limits import INT_LIMITS, MAX_CONTAINERS, MAX_PAYLOAD_BYTES
 from kernex_protocol.manifest import (
     ManifestInvalid,
     ReleaseManifest,
@@ -103,19 +103,41 @@ class ErrorCode(StrEnum):
 # --- field helpers ------------------------------------------------------------------------
 
 
+def _refuse_constant(name: str) -> None:
+    raise PayloadInvalid(f"{name} is not a JSON number")
+
+
 def _decode(raw: bytes, channel: Channel) -> dict[str, Any]:
     limit = MAX_PAYLOAD_BYTES[channel]
     if len(raw) > limit:
         raise PayloadInvalid(f"payload of {len(raw)} bytes exceeds the {limit}-byte limit")
+    # Counted on the bytes (brackets inside strings count too: no payload of ours needs many),
+    # so nesting never reaches the recursive decoder.
+    if raw.count(b"{") + raw.count(b"[") > MAX_CONTAINERS:
+        raise PayloadInvalid(f"payload holds more than {MAX_CONTAINERS} objects and arrays")
     try:
-        document = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        document = json.loads(raw, parse_constant=_refuse_constant)
+    except PayloadInvalid:
+        raise
+    except (ValueError, RecursionError):  # also: integers of thousands of digits
         raise PayloadInvalid("payload is not UTF-8 JSON") from None
     if not isinstance(document, dict):
         raise PayloadInvalid("payload must be a JSON object")
-    if document.get("v") != PAYLOAD_VERSION:
-        raise PayloadInvalid(f"unsupported payload version {document.get('v')!r}")
+    version = document.get("v")
+    if type(version) is not int or version != PAYLOAD_VERSION:  # `true` is not 1
+        raise PayloadInvalid(f"unsupported payload version {str(version)[:16]!r}")
     return document
+
+
+def storable(value: str) -> bool:
+    """Whether PostgreSQL can store `value` as text and in jsonb: no NUL, valid UTF-8."""
+    if "\x00" in value:
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:  # a lone surrogate from a "\ud800" escape
+        return False
+    return True
 
 
 def _typed(document: dict[str, Any], name: str, kind: type[T], *, optional: bool = False) -> T:
@@ -126,13 +148,17 @@ def _typed(document: dict[str, Any], name: str, kind: type[T], *, optional: bool
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         described = _JSON_TYPES.get(kind, kind.__name__)
         raise PayloadInvalid(f"{name} must be {described}" + ("" if optional else " (required)"))
+    if isinstance(value, str) and not storable(value):
+        raise PayloadInvalid(f"{name} holds a NUL character or invalid UTF-8")
     return value
 
 
-def _count(document: dict[str, Any], name: str, *, optional: bool = False) -> int:
+def _int(document: dict[str, Any], name: str, limit: str, *, optional: bool = False) -> int:
+    """An integer field within its range from INT_LIMITS."""
     value = _typed(document, name, int, optional=optional)
-    if value is not None and value < 0:
-        raise PayloadInvalid(f"{name} must not be negative")
+    bounds = INT_LIMITS[limit]
+    if value is not None and not bounds.low <= value <= bounds.high:
+        raise PayloadInvalid(f"{name} must be {bounds.low}-{bounds.high}")
     return value
 
 
@@ -201,7 +227,7 @@ class Presence:
         d = _decode(raw, Channel.PRESENCE)
         return cls(
             online=_typed(d, "online", bool),
-            session=_count(d, "session"),
+            session=_int(d, "session", "session"),
             agent_version=_short_text(_typed(d, "agent_version", str, optional=True)),
             installed_version=_short_text(_typed(d, "installed_version", str, optional=True)),
             cert_serial=_short_text(_typed(d, "cert_serial", str, optional=True), 40),
@@ -240,16 +266,19 @@ class Heartbeat:
         """Validate and decode."""
         d = _decode(raw, Channel.HEARTBEAT)
         metrics = _typed(d, "metrics", dict, optional=True) or {}
+        bounds = INT_LIMITS["heartbeat.metric"]
         if len(metrics) > 32 or not all(
-            isinstance(k, str) and len(k) <= 32 and isinstance(v, int) and not isinstance(v, bool)
+            len(k) <= 32 and storable(k) and type(v) is int and bounds.low <= v <= bounds.high
             for k, v in metrics.items()
         ):
-            raise PayloadInvalid("metrics must map at most 32 short names to integers")
+            raise PayloadInvalid(
+                "metrics must map at most 32 short names to integers within ±(2^53-1)"
+            )
         return cls(
-            seq=_count(d, "seq"),
-            session=_count(d, "session"),
+            seq=_int(d, "seq", "heartbeat.seq"),
+            session=_int(d, "session", "session"),
             sent_at=_typed(d, "sent_at", str)[:40],
-            uptime_s=_count(d, "uptime_s"),
+            uptime_s=_int(d, "uptime_s", "heartbeat.uptime_s"),
             agent_version=_typed(d, "agent_version", str)[:64],
             installed_version=_short_text(_typed(d, "installed_version", str, optional=True)),
             metrics=metrics,
@@ -302,9 +331,7 @@ class Progress:
             state = ProgressState(_typed(d, "state", str))
         except ValueError:
             raise PayloadInvalid(f"unknown state {str(d.get('state'))[:32]!r}") from None
-        percent = _count(d, "percent", optional=True)
-        if percent is not None and percent > 100:
-            raise PayloadInvalid("percent must be 0-100")
+        percent = _int(d, "percent", "progress.percent", optional=True)
         error = None
         raw_error = _typed(d, "error", dict, optional=True)
         if raw_error is not None:
@@ -317,7 +344,7 @@ class Progress:
         return cls(
             deployment_id=_token(d, "deployment_id"),
             state=state,
-            seq=_count(d, "seq"),
+            seq=_int(d, "seq", "progress.seq"),
             sent_at=_typed(d, "sent_at", str)[:40],
             version=_short_text(_typed(d, "version", str, optional=True)),
             percent=percent,

@@ -2,6 +2,7 @@
 
 import os
 import signal
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
@@ -110,12 +111,15 @@ def acl_identities(authority: CertificateAuthority, extra_service: str | None = 
 def publish_revocations(
     authority: CertificateAuthority,
     layout: BrokerLayout,
+    *,
+    also_blocked: Iterable[str] = (),
 ) -> None:
-    """Copy the current CRL and re-render the ACL's blocked identities into the broker dir."""
+    """Copy the current CRL and re-render the ACL's blocked identities into the broker dir:
+    the revoked ones, and `also_blocked` (devices quarantined for a while, still certified)."""
     write_public(layout.crl, (authority.directory / CRL).read_bytes())
     render_acl(
         layout,
-        blocked=authority.blocked_identities(),
+        blocked=sorted(set(authority.blocked_identities()) | set(also_blocked)),
         service_identities=acl_identities(authority),
     )
 

@@ -94,7 +94,7 @@ def test_notice_with_rollback_round_trips() -> None:
         (Presence, b"[1]", "JSON object"),
         (Presence, b'{"v": 2, "online": true, "session": 1}', "version"),
         (Presence, b'{"v": 1, "online": "yes", "session": 1}', "online"),
-        (Presence, b'{"v": 1, "online": true, "session": -1}', "negative"),
+        (Presence, b'{"v": 1, "online": true, "session": -1}', "session must be 0-"),
         (Presence, b'{"v": 1, "online": true, "session": true}', "session"),
         (Presence, b'{"v": 1, "online": true}', "session"),
         (

@@ -151,6 +151,20 @@ class MqttSettings(BaseModel):
     # Re-publish every live notice this often: the broker may have lost its retained store.
     reconcile_interval_s: float = Field(default=300.0, gt=0)
     sweep_interval_s: float = Field(default=15.0, gt=0)
+    # Per-device traffic budgets, in messages per second, checked before a message is parsed
+    # (docs/operations.md). The agent sends a heartbeat every 30 s and a few progress reports
+    # per update step: these leave it a wide margin. A burst of `budget_burst_s` seconds' worth
+    # may come at once (a reconnect flushing its queue).
+    heartbeat_budget_per_s: float = Field(default=1.0, gt=0)
+    progress_budget_per_s: float = Field(default=10.0, gt=0)
+    presence_budget_per_s: float = Field(default=1.0, gt=0)
+    url_request_budget_per_s: float = Field(default=0.5, gt=0)
+    budget_burst_s: float = Field(default=20.0, ge=1)
+    # A device dropping this many messages over budget within quarantine_window_s is cut off at
+    # the broker for quarantine_s (0: never quarantine; an operator can release it earlier).
+    quarantine_after_drops: int = Field(default=1000, ge=0)
+    quarantine_window_s: float = Field(default=10.0, gt=0)
+    quarantine_s: float = Field(default=900.0, ge=10)
 
 
 class LogSettings(BaseModel):

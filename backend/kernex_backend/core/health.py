@@ -38,7 +38,9 @@ async def health() -> Health:
 
 @router.get("/ready", response_model=Readiness, responses={503: {"description": "not ready"}})
 async def ready(request: Request) -> Readiness:
-    """Readiness: the database and the bundle storage answer within the timeout."""
+    """Readiness: the database and the bundle storage answer within the timeout, and (with the
+    MQTT bridge on) device traffic flows: the bridge is connected, no background task is down
+    and no writer is stuck. `checks` says which failed and why."""
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_S):
@@ -53,7 +55,13 @@ async def ready(request: Request) -> Readiness:
         checks["storage"] = "ok"
     except (TimeoutError, StorageError) as exc:
         checks["storage"] = type(exc).__name__
+    fleet = getattr(request.app.state, "fleet", None)
+    if fleet is not None:
+        problems = fleet.problems()
+        checks["device_traffic"] = "; ".join(problems) if problems else "ok"
     failing = sorted(name for name, state in checks.items() if state != "ok")
     if failing:
-        raise ServiceUnavailable(f"not ready: {', '.join(failing)} unreachable", checks=checks)
+        raise ServiceUnavailable(
+            f"not ready: {', '.join(f'{n} ({checks[n]})' for n in failing)}", checks=checks
+        )
     return Readiness(status="ok", checks=checks)

@@ -25,7 +25,11 @@ def configure_logging(level: str = "INFO", json_output: bool | None = None) -> N
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_output
-        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        # Plain tracebacks: the default rich formatter prints every frame's local variables,
+        # which costs seconds per traceback and would print device-controlled data.
+        else structlog.dev.ConsoleRenderer(
+            colors=sys.stderr.isatty(), exception_formatter=structlog.dev.plain_traceback
+        )
     )
     structlog.configure(
         processors=[

@@ -319,9 +319,8 @@ class NoticeService:
         window.append(now)
         return True
 
-    async def answer_url_request(self, device_id: str, request: object) -> None:
+    async def answer_url_request(self, device_id: str, request: UrlRequest) -> None:
         """Answer a url/request with a fresh URL, or say why there is none."""
-        assert isinstance(request, UrlRequest)
         if not self._allow_url_request(device_id):
             self._stats.count("url_requests.rate_limited")
             return

@@ -10,8 +10,9 @@ Reports are queued as they arrive and applied in batches, one transaction each: 
 thousands of devices sends several reports per device within seconds, and a transaction (with
 its commit's flush to disk) per report made the database the rollout's pace. Within a batch
 each execution's reports are walked in arrival order with exactly the rules above, so a batch
-gives the same result as applying its reports one by one. A batch that fails is put back and
-retried with backoff.
+gives the same result as applying its reports one by one. A batch that fails for a transient
+reason is put back and retried with backoff; a report the database refuses is isolated and
+dropped without holding up the others (core/write_buffer.py).
 """
 
 import uuid
@@ -82,6 +83,7 @@ class ProgressIngest:
             batch_size=batch_size,
             interval_s=interval_s,
             capacity=capacity,
+            describe=lambda report: report[0],
         )
 
     @property
@@ -89,18 +91,20 @@ class ProgressIngest:
         """Reports waiting to be applied."""
         return len(self._buffer)
 
-    async def submit(self, device_id: str, progress: object) -> None:
+    def problem(self) -> str | None:
+        """Why the writer is stuck, or None."""
+        return self._buffer.problem()
+
+    async def submit(self, device_id: str, progress: Progress) -> None:
         """Queue one report (the bridge's handler); drops it when the buffer is full."""
-        assert isinstance(progress, Progress)
         self._buffer.add((device_id, progress))
 
     async def run(self) -> None:
         """Apply queued reports until cancelled; a failed batch is retried with backoff."""
         await self._buffer.run(lambda: self._buffer.drain(self.apply_batch))
 
-    async def apply(self, device_id: str, progress: object) -> None:
+    async def apply(self, device_id: str, progress: Progress) -> None:
         """Apply one report now (a batch of one)."""
-        assert isinstance(progress, Progress)
         await self.apply_batch([(device_id, progress)])
 
     async def apply_batch(self, reports: list[tuple[str, Progress]]) -> None:

@@ -24,6 +24,7 @@ from kernex_backend.core.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from kernex_backend.devices import broker_access
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.schemas import CertificateRequest
 from kernex_backend.devices.service import DeviceDecommissioned, DeviceNotFound
@@ -224,6 +225,8 @@ async def revoke(
                 f"device {device_id!r} has no certificate with serial {serial}"
             )
 
+    quarantined = await broker_access.quarantined_ids(session)
+
     def revoke_and_publish() -> tuple[list[str], bool, bool]:
         try:
             rows = pki.authority.revoke(
@@ -235,10 +238,7 @@ async def revoke(
         except AuthorityError as exc:
             raise NoLiveCertificate(str(exc)) from None
         cut_off = device_id in pki.authority.blocked_identities()
-        reloaded = False
-        if pki.broker is not None:
-            broker_files.publish_revocations(pki.authority, pki.broker)
-            reloaded = broker_files.reload_broker(pki.broker)
+        reloaded = broker_access.publish(pki.authority, pki.broker, quarantined)
         return [row.serial for row in rows], cut_off, reloaded
 
     serials, cut_off, reloaded = await anyio.to_thread.run_sync(revoke_and_publish)

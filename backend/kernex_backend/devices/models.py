@@ -36,6 +36,8 @@ class Device(SQLModel, table=True):
     last_seen_at: datetime | None = optional_timestamp_field()
     # Grows with every agent (re)connect; orders presence messages (see docs/protocol.md).
     presence_session: int | None = Field(default=None, sa_type=sa.BigInteger)
+    # When presence_session was applied: an old claim stops outranking lower sessions.
+    presence_at: datetime | None = optional_timestamp_field()
     # The newest heartbeat stored, as (session, seq): older or repeated ones are not stored again.
     heartbeat_session: int | None = Field(default=None, sa_type=sa.BigInteger)
     heartbeat_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
@@ -43,5 +45,7 @@ class Device(SQLModel, table=True):
     agent_version: str | None = Field(default=None, max_length=64)
     cert_serial: str | None = Field(default=None, max_length=64)
     cert_not_after: datetime | None = optional_timestamp_field()
+    # While in the future, the device is cut off at the broker for flooding its traffic budget.
+    quarantined_until: datetime | None = optional_timestamp_field()
     created_at: datetime = created_at_field()
     updated_at: datetime = created_at_field()

@@ -7,6 +7,11 @@ offline, and an online cannot undo the offline of its own session. Heartbeats br
 online only from a newer session than the presence held (telemetry/ingest.py). The sweeper,
 which marks silent devices offline without any message, forgets the session, so the device's
 next heartbeat or birth brings it back.
+
+A session number is the device's own claim. A held session that nothing was heard from for the
+offline threshold (`presence_at`, refreshed by heartbeats of that session) no longer outranks a
+lower one: a device that once claimed a huge session (a lie, a disk restored from an image) is
+back to its real state within that threshold instead of never.
 """
 
 import datetime as dt
@@ -26,6 +31,7 @@ _APPLY = sa.text(
     UPDATE devices SET
         online = :online,
         presence_session = :session,
+        presence_at = :now,
         last_seen_at = CASE WHEN :online THEN greatest(last_seen_at, :now) ELSE last_seen_at END,
         agent_version = coalesce(:agent_version, agent_version),
         current_version = CASE WHEN :online THEN :installed_version ELSE current_version END,
@@ -33,14 +39,18 @@ _APPLY = sa.text(
         updated_at = :now
     WHERE id = :device_id AND status <> 'decommissioned'
       AND (presence_session IS NULL OR presence_session < :session
-           OR (presence_session = :session AND NOT :online))
+           OR (presence_session = :session AND NOT :online)
+           -- A higher session nothing was heard from for the offline threshold is a stale
+           -- claim: it must not make the device's real (lower) sessions look old for ever.
+           OR presence_at < :stale_before)
     RETURNING id
     """
 )
 _KNOWN = sa.text("SELECT 1 FROM devices WHERE id = :device_id AND status <> 'decommissioned'")
 _SWEEP = sa.text(
     """
-    UPDATE devices SET online = false, presence_session = NULL, updated_at = :now
+    UPDATE devices SET online = false, presence_session = NULL, presence_at = NULL,
+        updated_at = :now
     WHERE online AND (last_seen_at IS NULL OR last_seen_at < :cutoff)
     RETURNING id
     """
@@ -50,20 +60,24 @@ _SWEEP = sa.text(
 class PresenceTracker:
     """Applies presence messages (the bridge's handler) and sweeps silent devices offline."""
 
-    def __init__(self, engine: AsyncEngine, stats: BridgeStats) -> None:
+    def __init__(
+        self, engine: AsyncEngine, stats: BridgeStats, *, stale_after_s: float = 95.0
+    ) -> None:
         self._engine = engine
         self._stats = stats
+        self._stale_after_s = stale_after_s
 
-    async def apply(self, device_id: str, presence: object) -> None:
+    async def apply(self, device_id: str, presence: Presence) -> None:
         """Apply one presence message, unless an equal or newer session is already held."""
-        assert isinstance(presence, Presence)
+        now = utc_now()
         params = {
+            "stale_before": now - dt.timedelta(seconds=self._stale_after_s),
             "device_id": device_id,
             "online": presence.online,
             "session": presence.session,
             "agent_version": presence.agent_version,
             "installed_version": presence.installed_version,
-            "now": utc_now(),
+            "now": now,
         }
         async with self._engine.begin() as conn:
             applied = (await conn.execute(_APPLY, params)).first() is not None

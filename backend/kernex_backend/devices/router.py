@@ -13,7 +13,7 @@ from kernex_backend.core.errors import InvalidInput
 from kernex_backend.core.pagination import PageDep
 from kernex_backend.core.security import OptionalWriteAccess, ReadAccess, WriteAccess
 from kernex_backend.core.text import TAG_KEY_PATTERN
-from kernex_backend.devices import certificates, service
+from kernex_backend.devices import certificates, quarantine, service
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.schemas import (
     CertificatePublic,
@@ -24,6 +24,7 @@ from kernex_backend.devices.schemas import (
     DeviceUpdate,
     HeartbeatPublic,
     HeartbeatsPublic,
+    QuarantinePublic,
     RevocationPublic,
     RevokeRequest,
 )
@@ -179,3 +180,14 @@ async def revoke_certificate(
         actor=principal.actor,
     )
     return RevocationPublic.model_validate(dataclasses.asdict(result))
+
+
+@router.delete("/{device_id}/quarantine", response_model=QuarantinePublic)
+async def release_quarantine(
+    device_id: DeviceIdPath, request: Request, session: SessionDep, principal: WriteAccess
+) -> QuarantinePublic:
+    """Let a device that was cut off for flooding its traffic budget back in now (idempotent)."""
+    result = await quarantine.release(
+        session, request.app.state.pki, device_id, actor=principal.actor
+    )
+    return QuarantinePublic.model_validate(dataclasses.asdict(result))

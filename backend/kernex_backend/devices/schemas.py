@@ -50,6 +50,8 @@ class DevicePublic(DeviceBase):
     agent_version: str | None
     cert_serial: str | None
     cert_not_after: datetime | None
+    # Set while the device is cut off at the broker for flooding its traffic budget.
+    quarantined_until: datetime | None = None
     created_at: datetime
     updated_at: datetime
 
@@ -122,4 +124,12 @@ class RevocationPublic(BaseModel):
     device_id: str
     revoked_serials: list[str]
     device_cut_off: bool
+    broker_reloaded: bool
+
+
+class QuarantinePublic(BaseModel):
+    """The outcome of releasing a device from quarantine."""
+
+    device_id: str
+    quarantined_until: datetime | None
     broker_reloaded: bool

@@ -2,47 +2,51 @@
 
 Device traffic is consumed through shared subscriptions (`$share/<group>/...`), so several
 replicas split it between them; each replica connects with its own service certificate (the
-broker makes the certificate's CN the client id). Messages are checked before any handler sees
-them: a topic that is not a device channel, a payload over its channel's limit, or a payload
-that does not parse is dropped, counted and logged (truncated), and the consumer carries on.
-The connection is re-established with jittered exponential backoff.
+broker makes the certificate's CN the client id). Every message passes the same gate before a
+handler sees it, cheapest check first: a topic that is not a device channel, a device over its
+traffic budget (budgets.py, decided on the topic alone), a payload over its channel's limit, a
+payload that does not parse. What fails is dropped and counted (per device too), and logged at
+most once per device and reason a minute, so bad traffic cannot make the log the bottleneck.
+Nothing a message does can end the consumer: parser and handler errors are counted, and the
+connection is re-established with jittered exponential backoff whatever ended it.
 """
 
 import asyncio
 import random
 import ssl
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import aiomqtt
 import structlog
 
 from kernex_backend.core.config import MqttSettings
+from kernex_backend.core.log_limiter import LogLimiter
+from kernex_backend.mqtt.budgets import TrafficBudgets
 from kernex_protocol.limits import MAX_PAYLOAD_BYTES
-from kernex_protocol.payloads import (
-    Heartbeat,
-    PayloadInvalid,
-    Presence,
-    Progress,
-    UrlRequest,
-)
+from kernex_protocol.payloads import PayloadInvalid
 from kernex_protocol.topics import CHANNELS, Channel, Direction, parse_topic, subscription_for_all
 
 log = structlog.get_logger(__name__)
 
 DEVICE_CHANNELS = (Channel.HEARTBEAT, Channel.PRESENCE, Channel.PROGRESS, Channel.URL_REQUEST)
-_PARSERS: dict[Channel, Callable[[bytes], object]] = {
-    Channel.HEARTBEAT: Heartbeat.parse,
-    Channel.PRESENCE: Presence.parse,
-    Channel.PROGRESS: Progress.parse,
-    Channel.URL_REQUEST: UrlRequest.parse,
-}
-# Channels whose handlers only queue the message for a batch writer: called inline, in order.
-_QUEUED = frozenset({Channel.HEARTBEAT, Channel.PROGRESS})
 
-Handler = Callable[[str, object], Awaitable[None]]
+P = TypeVar("P")
+
+
+@dataclass(frozen=True, slots=True)
+class Route(Generic[P]):
+    """How one device channel is handled: its parser and the handler of the parsed payload.
+
+    `inline` handlers only queue the message for a batch writer: called in order, at once.
+    The others take a database round trip: a bounded number run at once."""
+
+    parse: Callable[[bytes], P]
+    handle: Callable[[str, P], Awaitable[None]]
+    inline: bool = False
 
 
 class BridgeUnavailable(RuntimeError):
@@ -72,11 +76,14 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
 class MqttBridge:
     """One replica's connection to the broker."""
 
-    def __init__(self, settings: MqttSettings, handlers: dict[Channel, Handler]) -> None:
+    def __init__(self, settings: MqttSettings, budgets: TrafficBudgets | None = None) -> None:
         self.settings = settings
-        self.handlers = handlers
+        self.routes: dict[Channel, Route[Any]] = {}
+        self.budgets = budgets
         self.stats = BridgeStats()
         self.connected = asyncio.Event()
+        self._disconnected_at: float | None = time.monotonic()
+        self._logs = LogLimiter(interval_s=60.0)
         # Run after every (re)connect, e.g. to restore retained notices a broker lost.
         self.on_connected: Callable[[], Coroutine[Any, Any, None]] | None = None
         self._client: aiomqtt.Client | None = None
@@ -84,24 +91,53 @@ class MqttBridge:
         self._slots = asyncio.Semaphore(settings.handler_concurrency)
         self._connect_tasks: set[asyncio.Task[None]] = set()
 
+    def route(
+        self,
+        channel: Channel,
+        parse: Callable[[bytes], P],
+        handle: Callable[[str, P], Awaitable[None]],
+        *,
+        inline: bool = False,
+    ) -> None:
+        """Handle `channel` with `handle(device_id, parse(payload))`."""
+        self.routes[channel] = Route(parse, handle, inline)
+
+    def problem(self, *, grace_s: float = 30.0) -> str | None:
+        """Why device traffic is not flowing, or None (for the readiness check)."""
+        if self._disconnected_at is not None:
+            down = time.monotonic() - self._disconnected_at
+            if down > grace_s:
+                return f"MQTT bridge disconnected for {down:.0f} s"
+        return None
+
     async def run(self) -> None:
-        """Stay connected and consume until cancelled."""
+        """Stay connected and consume until cancelled, whatever ends a session."""
         failures = 0
         while True:
             try:
                 await self._session()
             except asyncio.CancelledError:
                 raise
-            except (aiomqtt.MqttError, ssl.SSLError, OSError) as exc:
-                self.connected.clear()
-                self._client = None
+            except Exception as exc:
+                self._mark_disconnected()
                 failures += 1
                 ceiling = min(self.settings.reconnect_max_s, 0.5 * 2**failures)
                 delay = random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter
-                log.warning("mqtt_disconnected", error=str(exc)[:200], retry_s=round(delay, 2))
+                expected = isinstance(exc, aiomqtt.MqttError | ssl.SSLError | OSError)
+                if expected:
+                    log.warning("mqtt_disconnected", error=str(exc)[:200], retry_s=round(delay, 2))
+                else:  # a bug: loud, with its traceback, but the bridge comes back
+                    log.error("mqtt_session_failed", retry_s=round(delay, 2), exc_info=exc)
+                    self.stats.count("bridge.unexpected_errors")
                 await asyncio.sleep(delay)
             else:
                 failures = 0
+
+    def _mark_disconnected(self) -> None:
+        self.connected.clear()
+        self._client = None
+        if self._disconnected_at is None:
+            self._disconnected_at = time.monotonic()
 
     async def _session(self) -> None:
         settings = self.settings
@@ -127,6 +163,7 @@ class MqttBridge:
                 await client.subscribe(topic, qos=CHANNELS[channel].qos)
             self._client = client
             self.connected.set()
+            self._disconnected_at = None
             log.info("mqtt_connected", host=settings.host, group=settings.share_group)
             if self.on_connected is not None:
                 task = asyncio.create_task(self.on_connected())
@@ -136,8 +173,7 @@ class MqttBridge:
                 async for message in client.messages:
                     await self.dispatch(message.topic.value, _payload_bytes(message.payload))
             finally:
-                self.connected.clear()
-                self._client = None
+                self._mark_disconnected()
 
     async def drain(self) -> None:
         """Wait for the handlers still running (tests, and a clean stop)."""
@@ -146,53 +182,94 @@ class MqttBridge:
 
     async def dispatch(self, topic: str, payload: bytes) -> None:
         """Check one message and hand it to its channel's handler; never raises."""
-        parsed = parse_topic(topic)
-        if parsed is None or CHANNELS[parsed.channel].direction != Direction.DEVICE_TO_CLOUD:
-            self._drop("foreign_topic", topic, b"")
+        admitted = self._gate(topic, payload)
+        if admitted is None:
             return
-        channel = parsed.channel
-        self.stats.count(f"received.{channel.value}")
-        if channel == Channel.PRESENCE and not payload:
-            return  # a cleared retained presence
-        if len(payload) > MAX_PAYLOAD_BYTES[channel]:
-            self._drop("oversized", topic, b"")
-            return
+        route, channel, device_id = admitted
         try:
-            document = _PARSERS[channel](payload)
+            document = route.parse(payload)
         except PayloadInvalid as exc:
-            self._drop("malformed", topic, payload, str(exc))
+            self._drop("malformed", device_id, topic, str(exc))
             return
-        if channel in _QUEUED:
-            await self._handle(channel, parsed.device_id, document)  # only queues: no wait
+        except Exception as exc:  # a parser bug must not end the consumer
+            self._drop("parse_error", device_id, topic, type(exc).__name__)
+            return
+        if route.inline:
+            await self._handle(route, channel, device_id, document)  # only queues: no wait
             return
         # Presence and URL requests each take a database round trip: run a bounded number at
         # once. Order per device does not matter: presence is ordered by session, in the
         # database.
         await self._slots.acquire()
-        task = asyncio.create_task(self._handle(channel, parsed.device_id, document))
+        task = asyncio.create_task(self._handle(route, channel, device_id, document))
         self._background.add(task)
         task.add_done_callback(self._finished)
+
+    def _gate(self, topic: str, payload: bytes) -> tuple[Route[Any], Channel, str] | None:
+        """The checks that need no parsing, cheapest first; None if the message is dropped."""
+        parsed = parse_topic(topic)
+        if parsed is None or CHANNELS[parsed.channel].direction != Direction.DEVICE_TO_CLOUD:
+            self._drop("foreign_topic", None, topic)
+            return None
+        channel, device_id = parsed.channel, parsed.device_id
+        self.stats.count(f"received.{channel.value}")
+        if self.budgets is not None and not self.budgets.allow(device_id, channel):
+            self._drop(f"over_budget.{channel.value}", device_id, topic, counted=True)
+            return None
+        if len(payload) > MAX_PAYLOAD_BYTES[channel]:
+            self._drop("oversized", device_id, topic)
+            return None
+        route = self.routes.get(channel)
+        if route is None or (channel == Channel.PRESENCE and not payload):
+            return None  # no handler, or a cleared retained presence
+        return route, channel, device_id
 
     def _finished(self, task: "asyncio.Task[None]") -> None:
         self._background.discard(task)
         self._slots.release()
 
-    async def _handle(self, channel: Channel, device_id: str, document: object) -> None:
+    async def _handle(
+        self, route: Route[Any], channel: Channel, device_id: str, document: object
+    ) -> None:
         try:
-            await self.handlers[channel](device_id, document)
-        except Exception:  # one bad message or a database hiccup must not stop the consumer
+            await route.handle(device_id, document)
+        except Exception as exc:  # one bad message or a database hiccup must not stop the consumer
             self.stats.count(f"failed.{channel.value}")
-            log.exception("mqtt_handler_failed", channel=channel.value, device_id=device_id)
+            # A traceback once per error type a minute; the rest are counted in that line.
+            key = ("handler", channel, type(exc).__name__)
+            if self._logs.allow(key):
+                log.error(
+                    "mqtt_handler_failed",
+                    channel=channel.value,
+                    device_id=device_id,
+                    suppressed=self._logs.suppressed(key),
+                    exc_info=exc,
+                )
 
-    def _drop(self, reason: str, topic: str, payload: bytes, detail: str = "") -> None:
+    def _drop(
+        self,
+        reason: str,
+        device_id: str | None,
+        topic: str,
+        detail: str = "",
+        *,
+        counted: bool = False,
+    ) -> None:
+        """Count a refused message (per device too, unless the budget did) and log it at most
+        once per device and reason a minute, with how many were not logged."""
         self.stats.count(f"dropped.{reason}")
-        log.warning(
-            "mqtt_message_dropped",
-            reason=reason,
-            topic=topic[:128],
-            detail=detail[:200],
-            payload=payload[:64].decode(errors="replace"),
-        )
+        if device_id is not None and self.budgets is not None and not counted:
+            self.budgets.count(device_id, reason)
+        key = (device_id, reason)
+        if self._logs.allow(key):
+            log.warning(
+                "mqtt_message_dropped",
+                reason=reason,
+                device_id=device_id,
+                topic=topic[:128],
+                detail=detail[:200],
+                suppressed=self._logs.suppressed(key),
+            )
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False

@@ -1,13 +1,15 @@
 """Wiring device traffic to the domains, and the periodic fleet-state work.
 
-`start` builds the bridge with one handler per device channel (heartbeats and progress to
-their buffered writers, presence, URL requests) and starts the tasks a replica runs: the
-bridge itself, the heartbeat and progress writers, notice publishing, reconciliation, the
-offline sweeper and the execution timeout. Every periodic job is safe on several replicas
-(SKIP LOCKED, advisory locks, or idempotent updates).
+`start` builds the bridge with one route per device channel (its parser and handler:
+heartbeats and progress to their buffered writers, presence, URL requests), the per-device
+traffic budgets, and starts the tasks a replica runs under a supervisor (a task that ends or
+raises is logged loudly and restarted with backoff): the bridge itself, the heartbeat and
+progress writers, notice publishing, reconciliation, the offline sweeper with the execution
+timeout, and quarantine of devices far over budget. Every periodic job is safe on several
+replicas (SKIP LOCKED, advisory locks, or idempotent updates). `problems` says what is down or
+stuck, for the readiness check.
 """
 
-import asyncio
 import contextlib
 import datetime as dt
 from dataclasses import dataclass
@@ -16,13 +18,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.bundles.storage import BundleStorage
-from kernex_backend.core.background import run_periodically
-from kernex_backend.core.config import Settings
+from kernex_backend.core.background import Supervisor, run_periodically
+from kernex_backend.core.config import MqttSettings, Settings
 from kernex_backend.deployments.notices import NoticeService
 from kernex_backend.deployments.progress import ProgressIngest
+from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.presence import PresenceTracker
+from kernex_backend.devices.quarantine import QuarantineService
 from kernex_backend.mqtt.bridge import BridgeUnavailable, MqttBridge
+from kernex_backend.mqtt.budgets import Budget, TrafficBudgets
 from kernex_backend.telemetry.ingest import HeartbeatIngest
+from kernex_protocol.payloads import Heartbeat, Presence, Progress, UrlRequest
 from kernex_protocol.topics import Channel
 
 
@@ -32,14 +38,42 @@ class FleetState:
 
     bridge: MqttBridge
     heartbeats: HeartbeatIngest
+    progress: ProgressIngest
     notices: NoticeService
-    tasks: list[asyncio.Task[None]]
+    budgets: TrafficBudgets
+    quarantine: QuarantineService
+    supervisor: Supervisor
+
+    def problems(self) -> list[str]:
+        """What keeps device traffic from flowing now: tasks down, bridge, stuck writers."""
+        found = [
+            self.bridge.problem(),
+            self.heartbeats.problem(),
+            self.progress.problem(),
+        ]
+        return [*self.supervisor.problems(), *(p for p in found if p is not None)]
 
     async def stop(self) -> None:
         """Cancel every task and wait for them."""
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.supervisor.stop()
+
+
+def traffic_budgets(mqtt: MqttSettings) -> TrafficBudgets:
+    """The per-device budgets the settings describe."""
+    rates = {
+        Channel.HEARTBEAT: mqtt.heartbeat_budget_per_s,
+        Channel.PROGRESS: mqtt.progress_budget_per_s,
+        Channel.PRESENCE: mqtt.presence_budget_per_s,
+        Channel.URL_REQUEST: mqtt.url_request_budget_per_s,
+    }
+    return TrafficBudgets(
+        {
+            channel: Budget(rate, max(2.0, rate * mqtt.budget_burst_s))
+            for channel, rate in rates.items()
+        },
+        quarantine_after=mqtt.quarantine_after_drops,
+        quarantine_window_s=mqtt.quarantine_window_s,
+    )
 
 
 def start(
@@ -48,10 +82,12 @@ def start(
     engine: AsyncEngine,
     sessionmaker: async_sessionmaker[AsyncSession],
     storage: BundleStorage,
+    pki: Pki | None,
 ) -> FleetState:
     """Build the bridge and start this replica's fleet-state tasks."""
     mqtt = settings.mqtt
-    bridge = MqttBridge(mqtt, handlers={})
+    budgets = traffic_budgets(mqtt)
+    bridge = MqttBridge(mqtt, budgets)
     stats = bridge.stats
     heartbeats = HeartbeatIngest(
         engine,
@@ -59,10 +95,14 @@ def start(
         batch_size=mqtt.heartbeat_batch_size,
         interval_s=mqtt.heartbeat_flush_interval_s,
         capacity=mqtt.heartbeat_buffer,
+        stale_after_s=mqtt.offline_after_s,
     )
-    presence = PresenceTracker(engine, stats)
+    presence = PresenceTracker(engine, stats, stale_after_s=mqtt.offline_after_s)
     notices = NoticeService(
         sessionmaker=sessionmaker, bridge=bridge, storage=storage, settings=settings, stats=stats
+    )
+    quarantine = QuarantineService(
+        sessionmaker, pki, duration=dt.timedelta(seconds=mqtt.quarantine_s)
     )
 
     async def after_final(device_ids: list[str]) -> None:
@@ -82,15 +122,10 @@ def start(
         batch_size=mqtt.progress_batch_size,
         interval_s=mqtt.progress_flush_interval_s,
     )
-    bridge.handlers.update(
-        {
-            Channel.HEARTBEAT: heartbeats.submit,
-            Channel.PRESENCE: presence.apply,
-            Channel.PROGRESS: progress.submit,
-            Channel.URL_REQUEST: notices.answer_url_request,
-        }
-    )
-
+    bridge.route(Channel.HEARTBEAT, Heartbeat.parse, heartbeats.submit, inline=True)
+    bridge.route(Channel.PROGRESS, Progress.parse, progress.submit, inline=True)
+    bridge.route(Channel.PRESENCE, Presence.parse, presence.apply)
+    bridge.route(Channel.URL_REQUEST, UrlRequest.parse, notices.answer_url_request)
     bridge.on_connected = reconcile_now
 
     async def publish_pending() -> None:
@@ -104,19 +139,34 @@ def start(
     async def sweep() -> None:
         await presence.sweep(dt.timedelta(seconds=mqtt.offline_after_s))
         await notices.time_out_silent()
+        await quarantine.release_expired()
 
-    tasks = [
-        asyncio.create_task(bridge.run(), name="mqtt_bridge"),
-        asyncio.create_task(heartbeats.run(), name="heartbeat_ingest"),
-        asyncio.create_task(progress.run(), name="progress_ingest"),
-        asyncio.create_task(
-            run_periodically(
-                "notify", mqtt.notify_interval_s, publish_pending, wake=notices.pending
+    async def guard() -> None:
+        budgets.rotate()
+        flagged = budgets.take_flagged()
+        if flagged:
+            reason = (
+                f"over {mqtt.quarantine_after_drops} messages beyond its budget "
+                f"within {mqtt.quarantine_window_s:g} s"
             )
+            await quarantine.quarantine(flagged, reason=reason)
+
+    supervisor = Supervisor()
+    supervisor.start("mqtt_bridge", bridge.run)
+    supervisor.start("heartbeat_ingest", heartbeats.run)
+    supervisor.start("progress_ingest", progress.run)
+    supervisor.start(
+        "notify",
+        lambda: run_periodically(
+            "notify", mqtt.notify_interval_s, publish_pending, wake=notices.pending
         ),
-        asyncio.create_task(
-            run_periodically("reconcile", mqtt.reconcile_interval_s, reconcile, run_first=False)
+    )
+    supervisor.start(
+        "reconcile",
+        lambda: run_periodically(
+            "reconcile", mqtt.reconcile_interval_s, reconcile, run_first=False
         ),
-        asyncio.create_task(run_periodically("sweep", mqtt.sweep_interval_s, sweep)),
-    ]
-    return FleetState(bridge, heartbeats, notices, tasks)
+    )
+    supervisor.start("sweep", lambda: run_periodically("sweep", mqtt.sweep_interval_s, sweep))
+    supervisor.start("traffic_guard", lambda: run_periodically("traffic_guard", 1.0, guard))
+    return FleetState(bridge, heartbeats, progress, notices, budgets, quarantine, supervisor)

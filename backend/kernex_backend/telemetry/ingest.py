@@ -6,8 +6,9 @@ counted, so a slow or unreachable database cannot exhaust the process) and writt
 heartbeats and updates each device's last_seen_at, versions and online state. Heartbeats from
 unknown or decommissioned devices are refused (counted, not stored), and a heartbeat is stored
 only if it is newer, by (session, seq), than the newest stored for its device: QoS 1 repeats
-and late arrivals are not stored twice. A failed batch is put back and retried with backoff, so the
-ingest recovers on its own when the database returns.
+and late arrivals are not stored twice. A batch that fails for a transient reason is put back and
+retried with backoff, so the ingest recovers on its own when the database returns; a heartbeat the
+database refuses is isolated and dropped without holding up the others (core/write_buffer.py).
 """
 
 import datetime as dt
@@ -39,8 +40,12 @@ _INGEST = sa.text(
     accepted AS (
         SELECT i.* FROM incoming i JOIN devices d ON d.id = i.device_id
         WHERE d.status <> 'decommissioned'
-          AND (i.session, i.seq)
-              > (coalesce(d.heartbeat_session, -1), coalesce(d.heartbeat_seq, -1))
+          AND ((i.session, i.seq)
+               > (coalesce(d.heartbeat_session, -1), coalesce(d.heartbeat_seq, -1))
+               -- A lower session after a long silence: the stored one was a claim nothing
+               -- backed (a lie, a restored disk); it must not refuse the device for ever.
+               OR (i.session < d.heartbeat_session
+                   AND d.last_seen_at < i.received_at - make_interval(secs => CAST(:stale_s AS float8))))
     ),
     inserted AS (
         INSERT INTO heartbeats (device_id, received_at, sequence, metrics)
@@ -60,9 +65,23 @@ _INGEST = sa.text(
             current_version = coalesce(n.installed_version, d.current_version),
             agent_version = coalesce(n.agent_version, d.agent_version),
             -- Only a heartbeat of a newer session than the presence held says "online": one
-            -- of the same session may have been sent just before that session's goodbye.
+            -- of the same session may have been sent just before that session's goodbye. A
+            -- lower session does too once the presence held is stale (nothing heard from its
+            -- session for the offline threshold): then it replaces that claim.
             online = CASE WHEN n.session > coalesce(d.presence_session, -1) THEN true
+                          WHEN n.session < d.presence_session
+                               AND d.presence_at < n.received_at - make_interval(secs => CAST(:stale_s AS float8))
+                          THEN true
                           ELSE d.online END,
+            presence_session = CASE
+                WHEN n.session < d.presence_session
+                     AND d.presence_at < n.received_at - make_interval(secs => CAST(:stale_s AS float8))
+                THEN n.session ELSE d.presence_session END,
+            presence_at = CASE
+                WHEN n.session <= d.presence_session
+                     AND (n.session = d.presence_session
+                          OR d.presence_at < n.received_at - make_interval(secs => CAST(:stale_s AS float8)))
+                THEN greatest(d.presence_at, n.received_at) ELSE d.presence_at END,
             status = CASE WHEN d.status = 'registered' THEN 'active' ELSE d.status END,
             updated_at = now()
         FROM newest n WHERE d.id = n.device_id
@@ -98,15 +117,20 @@ class HeartbeatIngest:
         batch_size: int,
         interval_s: float,
         capacity: int,
+        stale_after_s: float = 95.0,
     ) -> None:
+        """`stale_after_s`: how long a device's session claim outranks lower sessions without
+        anything heard from it (the offline threshold)."""
         self._engine = engine
         self._stats = stats
+        self._stale_after_s = stale_after_s
         self._buffer: WriteBuffer[Received] = WriteBuffer(
             stats.count,
             name="heartbeats",
             batch_size=batch_size,
             interval_s=interval_s,
             capacity=capacity,
+            describe=lambda received: received.device_id,
         )
 
     @property
@@ -114,9 +138,12 @@ class HeartbeatIngest:
         """Heartbeats waiting to be written."""
         return len(self._buffer)
 
-    async def submit(self, device_id: str, heartbeat: object) -> None:
+    def problem(self) -> str | None:
+        """Why the writer is stuck, or None."""
+        return self._buffer.problem()
+
+    async def submit(self, device_id: str, heartbeat: Heartbeat) -> None:
         """Queue one heartbeat (the bridge's handler); drops it when the buffer is full."""
-        assert isinstance(heartbeat, Heartbeat)
         self._buffer.add(Received(device_id, heartbeat, utc_now()))
 
     async def run(self) -> None:
@@ -144,6 +171,7 @@ class HeartbeatIngest:
             "metrics": [json.dumps(_row_metrics(r.heartbeat)) for r in batch],
             "installed": [r.heartbeat.installed_version for r in batch],
             "agents": [r.heartbeat.agent_version for r in batch],
+            "stale_s": self._stale_after_s,
         }
         async with connection.begin():
             stored, refused, _ = (await connection.execute(_INGEST, params)).one()

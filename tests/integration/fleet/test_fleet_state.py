@@ -23,7 +23,7 @@ from kernex_backend.deployments.notices import NoticeService
 from kernex_backend.deployments.progress import ProgressIngest
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.presence import PresenceTracker
-from kernex_backend.mqtt.bridge import DEVICE_CHANNELS, BridgeStats, MqttBridge
+from kernex_backend.mqtt.bridge import BridgeStats, MqttBridge
 from kernex_backend.telemetry.ingest import HeartbeatIngest, Received
 from kernex_protocol.payloads import (
     ErrorCode,
@@ -399,8 +399,9 @@ async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
     async def broken(device_id: str, document: object) -> None:
         raise RuntimeError("database hiccup")
 
-    bridge = MqttBridge(MqttSettings(), handlers={})
-    bridge.handlers.update(dict.fromkeys(DEVICE_CHANNELS, handler))
+    bridge = MqttBridge(MqttSettings())
+    bridge.route(Channel.HEARTBEAT, Heartbeat.parse, handler, inline=True)
+    bridge.route(Channel.PRESENCE, Presence.parse, handler)
     good = beat(1).to_payload()
     await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", b"{not json")
     await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", b'{"v": 9}')
@@ -409,7 +410,7 @@ async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
     await bridge.dispatch("kernex/v1/devices/a+b/heartbeat", good)
     await bridge.dispatch("elsewhere/topic", good)
     await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", good)
-    bridge.handlers[Channel.PRESENCE] = broken
+    bridge.route(Channel.PRESENCE, Presence.parse, broken)
     await bridge.dispatch("kernex/v1/devices/d-1/presence", Presence(True, 1).to_payload())
     await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", beat(2).to_payload())
     await bridge.drain()
@@ -424,7 +425,7 @@ async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
 async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> None:
     deployment = await make_execution(engine, "to-1")
     settings = make_settings("postgresql+asyncpg://u:p@h/d", mqtt={"execution_timeout_s": 3600})
-    bridge = MqttBridge(settings.mqtt, handlers={})  # not connected: withdrawing is deferred
+    bridge = MqttBridge(settings.mqtt)  # not connected: withdrawing is deferred
     notices = NoticeService(
         sessionmaker=create_sessionmaker(engine),
         bridge=bridge,

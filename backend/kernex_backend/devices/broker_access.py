@@ -1,0 +1,34 @@
+"""Who the broker lets in: the ACL's blocked identities are the revoked devices and the
+quarantined ones. Every change to either renders the ACL from both, so one never undoes the
+other."""
+
+import datetime as dt
+
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kernex_backend.core.db import utc_now
+from kernex_backend.devices.models import Device
+from kernex_provision import broker as broker_files
+from kernex_provision.authority import CertificateAuthority
+
+
+async def quarantined_ids(session: AsyncSession, now: dt.datetime | None = None) -> list[str]:
+    """Devices cut off for flooding now."""
+    rows = await session.exec(
+        select(Device.id).where(col(Device.quarantined_until) > (now or utc_now()))
+    )
+    return sorted(rows.all())
+
+
+def publish(
+    authority: CertificateAuthority,
+    broker: broker_files.BrokerLayout | None,
+    quarantined: list[str],
+) -> bool:
+    """Render the CRL and ACL into the broker folder and reload the broker (blocking: call in a
+    thread); False when there is no broker folder or no broker to signal."""
+    if broker is None:
+        return False
+    broker_files.publish_revocations(authority, broker, also_blocked=quarantined)
+    return broker_files.reload_broker(broker)

@@ -1,0 +1,152 @@
+"""Quarantine: a device that floods its traffic budget is cut off at the broker for a while.
+
+The budgets (mqtt/budgets.py) already drop a flooding device's surplus before it costs a parse,
+but the broker still forwards every message to the backend, where it takes its place in the one
+queue all devices share. Cutting the device off at the broker removes it from that queue. It is
+done the way a revocation is: the device's identity is listed as denied in the ACL and the
+broker reloads it, which takes effect on the live session. Unlike a revocation, the certificate
+stays valid: `quarantined_until` passes (the release job re-renders the ACL) or an operator
+releases the device earlier. Both are audited.
+
+Without a broker folder to write (no `KERNEX_PKI__BROKER_DIR`), quarantine is recorded and the
+budgets keep dropping the traffic, but the broker is not told; the API says so.
+"""
+
+import datetime as dt
+from dataclasses import dataclass
+
+import anyio.to_thread
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlmodel import col
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from kernex_backend.audit import service as audit
+from kernex_backend.core.db import utc_now
+from kernex_backend.devices import broker_access
+from kernex_backend.devices.certificates import Pki
+from kernex_backend.devices.models import Device, DeviceStatus
+from kernex_backend.devices.service import DeviceNotFound
+
+log = structlog.get_logger(__name__)
+
+SYSTEM_ACTOR = "system:traffic-budget"
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineChange:
+    """What a quarantine or release did."""
+
+    device_id: str
+    quarantined_until: dt.datetime | None
+    broker_reloaded: bool
+
+
+def _publish(pki: Pki | None, quarantined: list[str]) -> bool:
+    return pki is not None and broker_access.publish(pki.authority, pki.broker, quarantined)
+
+
+class QuarantineService:
+    """Quarantines flooding devices, releases them, and keeps the broker's ACL in step."""
+
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        pki: Pki | None,
+        *,
+        duration: dt.timedelta,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._pki = pki
+        self._duration = duration
+
+    async def quarantine(self, device_ids: set[str], *, reason: str) -> list[QuarantineChange]:
+        """Cut `device_ids` off until now + the duration (known, non-decommissioned ones)."""
+        if not device_ids:
+            return []
+        until = utc_now() + self._duration
+        async with self._sessionmaker() as session:
+            rows = await session.exec(
+                sa.update(Device)
+                .where(
+                    col(Device.id).in_(sorted(device_ids)),
+                    col(Device.status) != DeviceStatus.DECOMMISSIONED,
+                )
+                .values(quarantined_until=until, online=False, updated_at=utc_now())
+                .returning(col(Device.id))
+            )
+            changed = sorted(rows.scalars().all())
+            for device_id in changed:
+                audit.record(
+                    session,
+                    actor=SYSTEM_ACTOR,
+                    action="device.quarantine",
+                    object_type="device",
+                    object_id=device_id,
+                    details={"until": until.isoformat(), "reason": reason},
+                )
+            await session.commit()
+            blocked = await broker_access.quarantined_ids(session)
+        reloaded = await anyio.to_thread.run_sync(_publish, self._pki, blocked)
+        for device_id in changed:
+            log.warning(
+                "device_quarantined",
+                device_id=device_id,
+                until=until.isoformat(),
+                reason=reason,
+                broker_reloaded=reloaded,
+            )
+        return [QuarantineChange(d, until, reloaded) for d in changed]
+
+    async def release_expired(self) -> int:
+        """Clear quarantines whose time is up and let those devices back in at the broker."""
+        now = utc_now()
+        async with self._sessionmaker() as session:
+            rows = await session.exec(
+                sa.update(Device)
+                .where(col(Device.quarantined_until) <= now)
+                .values(quarantined_until=None, updated_at=now)
+                .returning(col(Device.id))
+            )
+            released = sorted(rows.scalars().all())
+            for device_id in released:
+                audit.record(
+                    session,
+                    actor=SYSTEM_ACTOR,
+                    action="device.quarantine_release",
+                    object_type="device",
+                    object_id=device_id,
+                    details={"reason": "expired"},
+                )
+            await session.commit()
+            blocked = await broker_access.quarantined_ids(session)
+        if released:
+            await anyio.to_thread.run_sync(_publish, self._pki, blocked)
+            log.info("device_quarantine_expired", devices=released)
+        return len(released)
+
+
+async def release(
+    session: AsyncSession, pki: Pki | None, device_id: str, *, actor: str
+) -> QuarantineChange:
+    """An operator lets a quarantined device back in before its time is up (idempotent)."""
+    device = await session.get(Device, device_id, with_for_update=True)
+    if device is None:
+        raise DeviceNotFound(f"no device with ID {device_id!r}")
+    was = device.quarantined_until
+    device.quarantined_until = None
+    device.updated_at = utc_now()
+    session.add(device)
+    audit.record(
+        session,
+        actor=actor,
+        action="device.quarantine_release",
+        object_type="device",
+        object_id=device_id,
+        details={"was_until": was.isoformat() if was else None},
+    )
+    await session.commit()
+    blocked = await broker_access.quarantined_ids(session)
+    reloaded = await anyio.to_thread.run_sync(_publish, pki, blocked)
+    return QuarantineChange(device_id, None, reloaded)
