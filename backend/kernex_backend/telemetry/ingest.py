@@ -45,7 +45,7 @@ _INGEST = sa.text(
                -- A lower session after a long silence: the stored one was a claim nothing
                -- backed (a lie, a restored disk); it must not refuse the device for ever.
                OR (i.session < d.heartbeat_session
-                   AND d.last_seen_at < i.received_at - make_interval(secs => CAST(:stale_s AS float8))))
+                   AND d.last_seen_at < i.received_at - CAST(:stale AS interval)))
     ),
     inserted AS (
         INSERT INTO heartbeats (device_id, received_at, sequence, metrics)
@@ -70,17 +70,17 @@ _INGEST = sa.text(
             -- session for the offline threshold): then it replaces that claim.
             online = CASE WHEN n.session > coalesce(d.presence_session, -1) THEN true
                           WHEN n.session < d.presence_session
-                               AND d.presence_at < n.received_at - make_interval(secs => CAST(:stale_s AS float8))
+                               AND d.presence_at < n.received_at - CAST(:stale AS interval)
                           THEN true
                           ELSE d.online END,
             presence_session = CASE
                 WHEN n.session < d.presence_session
-                     AND d.presence_at < n.received_at - make_interval(secs => CAST(:stale_s AS float8))
+                     AND d.presence_at < n.received_at - CAST(:stale AS interval)
                 THEN n.session ELSE d.presence_session END,
             presence_at = CASE
                 WHEN n.session <= d.presence_session
                      AND (n.session = d.presence_session
-                          OR d.presence_at < n.received_at - make_interval(secs => CAST(:stale_s AS float8)))
+                          OR d.presence_at < n.received_at - CAST(:stale AS interval))
                 THEN greatest(d.presence_at, n.received_at) ELSE d.presence_at END,
             status = CASE WHEN d.status = 'registered' THEN 'active' ELSE d.status END,
             updated_at = now()
@@ -171,7 +171,7 @@ class HeartbeatIngest:
             "metrics": [json.dumps(_row_metrics(r.heartbeat)) for r in batch],
             "installed": [r.heartbeat.installed_version for r in batch],
             "agents": [r.heartbeat.agent_version for r in batch],
-            "stale_s": self._stale_after_s,
+            "stale": dt.timedelta(seconds=self._stale_after_s),
         }
         async with connection.begin():
             stored, refused, _ = (await connection.execute(_INGEST, params)).one()

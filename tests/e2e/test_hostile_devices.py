@@ -1,0 +1,238 @@
+"""Hostile devices against the real backend process, broker, database: no message and no device
+stops or starves anyone else's traffic.
+
+Each hostile device is registered through the API and connects over mTLS with its own
+certificate, like any device. After each attack a victim device's next heartbeat must be stored,
+and its next progress report applied, within 2 s; the backend must stay ready.
+"""
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kernex_protocol.payloads import Heartbeat, Progress, ProgressState
+from kernex_protocol.topics import Channel, topic_for
+from kernex_provision.authority import pem, write_private_key, write_public
+from kernex_provision.certificates import CertificateKind, new_key
+from tests.e2e.fleet import Fleet, eventually, logs_of
+from tests.integration.agent.harness import DEVICE_TYPE
+from tests.integration.mqtt_client import Identity, Probe, connect
+
+pytestmark = pytest.mark.e2e
+
+VICTIM_DEADLINE_S = 2.0
+
+
+class Device:
+    """A device registered through the API, speaking raw MQTT with its own certificate."""
+
+    def __init__(self, fleet: Fleet, name: str) -> None:
+        self.fleet = fleet
+        self.id = f"{name}-{uuid.uuid4().hex[:8]}"
+        with fleet.api as api:
+            created = api.post("/devices", json={"id": self.id, "device_type": DEVICE_TYPE})
+            assert created.status_code == 201, created.text
+        folder = fleet.root / "raw" / self.id
+        folder.mkdir(parents=True)
+        key = new_key()
+        authority = fleet.broker.authority
+        cert = authority.issue(
+            key.public_key(), kind=CertificateKind.DEVICE, common_name=self.id, days=2
+        )
+        write_private_key(folder / "device.key", key)
+        write_public(folder / "device.crt", pem(cert))
+        write_public(folder / "ca.pem", authority.chain_pem)
+        identity = Identity(
+            self.id, folder / "ca.pem", folder / "device.crt", folder / "device.key"
+        )
+        self.probe: Probe = connect(identity, fleet.broker.host, fleet.broker.port)
+        assert self.probe.connected.is_set(), self.probe.error
+        self.seq = 0
+
+    def topic(self, channel: Channel) -> str:
+        return topic_for(self.id, channel)
+
+    def send(self, channel: Channel, payload: bytes, qos: int = 1) -> None:
+        self.probe.publish(self.topic(channel), payload, qos=qos)
+
+    def heartbeat(self) -> int:
+        self.seq += 1
+        beat = Heartbeat(self.seq, 1, "2026-12-02T00:00:00+00:00", 10, "0.1.0")
+        self.send(Channel.HEARTBEAT, beat.to_payload(), qos=1)
+        return self.seq
+
+    def stored_heartbeats(self) -> list[int]:
+        with self.fleet.api as api:
+            rows = api.get(f"/devices/{self.id}/heartbeats").json()["data"]
+        return [row["sequence"] for row in rows]
+
+
+@pytest.fixture
+def backend(fleet: Fleet) -> Iterator[Fleet]:
+    fleet.base_env.update(
+        {
+            "KERNEX_PKI__CA_DIR": str(fleet.broker.ca_dir),
+            "KERNEX_PKI__BROKER_DIR": str(fleet.broker.layout.directory),
+            "KERNEX_MQTT__QUARANTINE_AFTER_DROPS": "200",
+            "KERNEX_MQTT__QUARANTINE_WINDOW_S": "10",
+            "KERNEX_MQTT__PROGRESS_FLUSH_INTERVAL_S": "0.05",
+        }
+    )
+    fleet.start_api()
+    yield fleet
+
+
+def victim_is_served(victim: Device, deployment_id: str, explain: Any) -> None:
+    """The victim's next heartbeat is stored and its next progress report applied, in 2 s."""
+    seq = victim.heartbeat()
+    report_seq = victim.seq * 10
+    victim.send(
+        Channel.PROGRESS,
+        Progress(
+            deployment_id, ProgressState.DOWNLOADING, report_seq, "t", percent=victim.seq % 100
+        ).to_payload(),
+    )
+    started = time.monotonic()
+    eventually(lambda: seq in victim.stored_heartbeats(), 10, f"heartbeat {seq}", explain)
+    took = time.monotonic() - started
+    assert took <= VICTIM_DEADLINE_S, f"the victim's heartbeat took {took:.2f} s"
+    with victim.fleet.api as api:
+        rows = api.get(f"/deployments/{deployment_id}/executions").json()["data"]
+    row = next(r for r in rows if r["device_id"] == victim.id)
+    assert row["state"] == "downloading"
+    assert row["progress"] == victim.seq % 100, "the progress report was not applied"
+
+
+HOSTILE_MESSAGES: list[tuple[Channel, bytes]] = [
+    (
+        Channel.HEARTBEAT,
+        b'{"v":1,"seq":9223372036854775808,"session":1,"sent_at":"t",'
+        b'"uptime_s":1,"agent_version":"a"}',
+    ),
+    (
+        Channel.HEARTBEAT,
+        b'{"v":1,"seq":2,"session":1,"sent_at":"t","uptime_s":1,"agent_version":"1.0\\u0000"}',
+    ),
+    (Channel.HEARTBEAT, b'{"v":1,"metrics":' + b"[" * 2000 + b"]" * 2000 + b"}"),
+    (Channel.HEARTBEAT, b'{"v":1,"seq":' + b"9" * 5000 + b"}"),
+    (
+        Channel.HEARTBEAT,
+        b'{"v":1,"seq":3,"session":1,"sent_at":"\\ud800","uptime_s":1,"agent_version":"a"}',
+    ),
+    (Channel.PRESENCE, b'{"v":1,"online":true,"session":99999999999999999999}'),
+    (Channel.PRESENCE, b'{"v":true,"online":true,"session":5}'),
+    (Channel.PRESENCE, b'{"v":1,"online":true,"session":5,"installed_version":"\\u0000"}'),
+    (
+        Channel.PROGRESS,
+        b'{"v":1,"deployment_id":"d","state":"failed","seq":9223372036854775808,"sent_at":"t"}',
+    ),
+    (
+        Channel.PROGRESS,
+        b'{"v":1,"deployment_id":"d","state":"failed","seq":1,"sent_at":"t",'
+        b'"error":{"code":"install_failed","detail":"x\\u0000y"}}',
+    ),
+    (Channel.URL_REQUEST, b'{"v":1,"request_id":' + b"[" * 3000 + b"]" * 3000 + b"}"),
+    (Channel.URL_REQUEST, b"\xff\xfe\x00"),
+]
+
+
+def test_no_message_stops_anyone_elses_traffic(backend: Fleet, tmp_path: Path) -> None:
+    fleet = backend
+    explain = logs_of(*fleet.processes)
+    victim = Device(fleet, "victim")
+    attacker = Device(fleet, "attacker")
+    bundle = fleet.upload("2.0.0")
+    deployment_id = fleet.deploy(bundle, [victim.id])
+    eventually(
+        lambda: fleet.executions(deployment_id)[victim.id]["state"] == "notified",
+        20,
+        "the victim notified",
+        explain,
+    )
+    victim_is_served(victim, deployment_id, explain)
+    for channel, payload in HOSTILE_MESSAGES:
+        attacker.send(channel, payload)
+        victim_is_served(victim, deployment_id, explain)
+    # The attacker's own device record is untouched by what it sent.
+    assert fleet.device(attacker.id)["agent_version"] is None
+    with fleet.api as api:
+        status = api.get("/mqtt/status").json()
+        ready = api.get("/ready")
+    assert ready.status_code == 200, ready.text
+    assert status["problems"] == []
+    offender = next(o for o in status["offenders"] if o["device_id"] == attacker.id)
+    assert offender["total"] == len(HOSTILE_MESSAGES)
+    assert set(offender["dropped"]) == {"malformed", "oversized"}
+    # One log line per device and reason per minute, not one per message.
+    drops = [
+        json.loads(line)
+        for line in fleet.processes[0].log().splitlines()
+        if '"mqtt_message_dropped"' in line and attacker.id in line
+    ]
+    assert len(drops) == len(offender["dropped"]), drops  # one per reason
+
+
+def test_a_flooding_device_is_budgeted_and_quarantined(backend: Fleet) -> None:
+    fleet = backend
+    explain = logs_of(*fleet.processes)
+    victim = Device(fleet, "victim")
+    flooder = Device(fleet, "flooder")
+    bundle = fleet.upload("2.0.0")
+    deployment_id = fleet.deploy(bundle, [victim.id])
+    eventually(
+        lambda: fleet.executions(deployment_id)[victim.id]["state"] == "notified",
+        20,
+        "the victim notified",
+        explain,
+    )
+    beat = Heartbeat(1, 1, "t", 1, "0.1.0").to_payload()
+    topic = flooder.topic(Channel.HEARTBEAT)
+    flood_until = time.monotonic() + 4
+    sent = 0
+    next_victim = time.monotonic()
+    while time.monotonic() < flood_until:
+        for _ in range(200):
+            flooder.probe.client.publish(topic, beat, qos=0)
+        sent += 200
+        if time.monotonic() >= next_victim:
+            victim_is_served(victim, deployment_id, explain)
+            next_victim = time.monotonic() + 1
+        time.sleep(0.01)
+    assert sent > 2000
+    device = eventually(
+        lambda: (d := fleet.device(flooder.id))["quarantined_until"] and d,
+        10,
+        "the flooder quarantined",
+        explain,
+    )
+    assert not device["online"]
+    with fleet.api as api:
+        status = api.get("/mqtt/status").json()
+        audit = api.get("/audit-events", params={"object_id": flooder.id}).json()["data"]
+    top = status["offenders"][0]
+    assert top["device_id"] == flooder.id
+    assert top["dropped"]["over_budget.heartbeat"] > 1000
+    assert any(e["action"] == "device.quarantine" for e in audit)
+    # Cut off at the broker: its heartbeats no longer reach the backend at all.
+    received = status["counters"]["received.heartbeat"]
+    for _ in range(50):
+        flooder.probe.client.publish(topic, beat, qos=0)
+    time.sleep(1)
+    victim_is_served(victim, deployment_id, explain)
+    with fleet.api as api:
+        after = api.get("/mqtt/status").json()["counters"]["received.heartbeat"]
+        released = api.delete(f"/devices/{flooder.id}/quarantine")
+    assert after - received <= 5, "the quarantined device's traffic still reached the backend"
+    assert released.status_code == 200, released.text
+    assert released.json()["broker_reloaded"] is True
+    assert fleet.device(flooder.id)["quarantined_until"] is None
+    # Released: heard again (a fresh budget, one heartbeat stored).
+    time.sleep(0.5)
+    flooder.seq = 100
+    seq = flooder.heartbeat()
+    eventually(lambda: seq in flooder.stored_heartbeats(), 10, "the released device heard", explain)

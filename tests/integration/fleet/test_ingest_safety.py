@@ -1,0 +1,181 @@
+"""What a hostile message would do if it got past the protocol's checks, against real
+PostgreSQL: the writers isolate it and store everyone else's; the limits table agrees with the
+schema; a session claim goes stale; a bridge that cannot connect makes the replica not ready."""
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernex_backend.core.db import create_sessionmaker
+from kernex_backend.deployments.progress import ProgressIngest
+from kernex_backend.devices.presence import PresenceTracker
+from kernex_backend.mqtt import handlers as fleet_state
+from kernex_backend.mqtt.bridge import BridgeStats
+from kernex_backend.telemetry.ingest import HeartbeatIngest
+from kernex_devstack.ports import free_port
+from kernex_protocol.limits import INT_LIMITS, TEXT_LIMITS
+from kernex_protocol.payloads import ErrorCode, Presence, ProgressError, ProgressState
+from tests.conftest import make_settings
+from tests.integration.fleet.test_fleet_state import (
+    add_devices,
+    beat,
+    device,
+    execution,
+    heartbeat_rows,
+    make_execution,
+    received,
+    report,
+)
+from tests.integration.mqtt_client import Identity
+
+pytestmark = pytest.mark.integration
+
+
+async def run_until_drained(run: object, backlog: object, limit_s: float = 10.0) -> None:
+    """Run a writer until its backlog is empty (polled: the writer has no event for it)."""
+    task = asyncio.create_task(run())  # type: ignore[operator]
+    try:
+        async with asyncio.timeout(limit_s):
+            while backlog():  # type: ignore[operator]  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+
+
+async def test_poison_heartbeats_are_isolated_and_the_rest_stored(
+    app: FastAPI, engine: AsyncEngine
+) -> None:
+    await add_devices(engine, "ok-1", "ok-2", "evil-1", "evil-2")
+    stats = BridgeStats()
+    ingest = HeartbeatIngest(engine, stats, batch_size=100, interval_s=0.05, capacity=1000)
+    # Built directly, as if a parser had let them through: values the columns refuse.
+    await ingest.submit("ok-1", beat(1))
+    await ingest.submit("evil-1", beat(2**63))  # out of bigint
+    await ingest.submit("ok-2", beat(1))
+    await ingest.submit("evil-2", beat(3, version="1.0\x00"))  # NUL in text
+    await ingest.submit("ok-1", beat(2))
+    await run_until_drained(ingest.run, lambda: ingest.backlog)
+    assert await heartbeat_rows(engine, "ok-1") == [1, 2]
+    assert await heartbeat_rows(engine, "ok-2") == [1]
+    assert await heartbeat_rows(engine, "evil-1") == []
+    assert stats.counts["heartbeats.dropped_refused"] == 2
+    assert ingest.problem() is None
+    # The ingest goes on: a later heartbeat is stored at once.
+    await ingest.submit("ok-2", beat(2))
+    await run_until_drained(ingest.run, lambda: ingest.backlog)
+    assert await heartbeat_rows(engine, "ok-2") == [1, 2]
+
+
+async def _noop(device_ids: list[str]) -> None:
+    return None
+
+
+async def test_a_poison_progress_report_is_isolated(app: FastAPI, engine: AsyncEngine) -> None:
+    good = await make_execution(engine, "pg-ok")
+    bad = await make_execution(engine, "pg-bad")
+    stats = BridgeStats()
+    ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=_noop, interval_s=0.05)
+    poison = ProgressError(ErrorCode.INSTALL_FAILED, "x\x00y")  # NUL: refused by PostgreSQL
+    await ingest.submit("pg-bad", report(bad, ProgressState.FAILED, 1, error=poison))
+    await ingest.submit("pg-ok", report(good, ProgressState.DOWNLOADING, 1, percent=40))
+    await run_until_drained(ingest.run, lambda: ingest.backlog)
+    assert (await execution(engine, good))["progress"] == 40
+    assert (await execution(engine, bad))["state"] == "notified"
+    assert stats.counts["progress.dropped_refused"] == 1
+
+
+async def test_the_limits_table_agrees_with_the_schema(app: FastAPI, engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT table_name, column_name, data_type, character_maximum_length "
+                "FROM information_schema.columns WHERE table_schema = 'public'"
+            )
+        )
+        columns = {f"{r[0]}.{r[1]}": (r[2], r[3]) for r in rows}
+    integer_max = {"bigint": 2**63 - 1, "integer": 2**31 - 1, "smallint": 2**15 - 1}
+    for name, limit in INT_LIMITS.items():
+        for column in limit.columns:
+            kind, _ = columns[column]
+            assert kind in integer_max, f"{name}: {column} is {kind}"
+            assert limit.high <= integer_max[kind], f"{name} allows more than {column} holds"
+            assert limit.low >= -integer_max[kind] - 1
+    for name, (length, stored_in) in TEXT_LIMITS.items():
+        for column in stored_in:
+            kind, maximum = columns[column]
+            assert kind in ("character varying", "text"), f"{name}: {column} is {kind}"
+            assert maximum is None or length <= maximum, f"{name} allows more than {column}"
+
+
+async def test_a_lying_session_claim_goes_stale(app: FastAPI, engine: AsyncEngine) -> None:
+    await add_devices(engine, "liar-1")
+    stats = BridgeStats()
+    presence = PresenceTracker(engine, stats, stale_after_s=1.0)
+    ingest = HeartbeatIngest(
+        engine, stats, batch_size=10, interval_s=0.1, capacity=100, stale_after_s=1.0
+    )
+    top = INT_LIMITS["session"].high
+    await presence.apply("liar-1", Presence(online=False, session=top))  # the lie
+    await ingest.write([received("liar-1", beat(5, session=top))])
+    # The real agent, session 7: refused while the claim is fresh...
+    await presence.apply("liar-1", Presence(online=True, session=7))
+    await ingest.write([received("liar-1", beat(0, session=7))])
+    row = await device(engine, "liar-1")
+    assert (row["online"], row["presence_session"]) == (False, top)
+    assert await heartbeat_rows(engine, "liar-1") == [5]
+    # ...and taken once nothing backed the claim for the offline threshold.
+    await asyncio.sleep(1.2)
+    await ingest.write([received("liar-1", beat(1, session=7))])
+    row = await device(engine, "liar-1")
+    assert (row["online"], row["presence_session"], row["heartbeat_session"]) == (True, 7, 7)
+    assert await heartbeat_rows(engine, "liar-1") == [1, 5]
+    await presence.apply("liar-1", Presence(online=False, session=7, reason="shutdown"))
+    assert not (await device(engine, "liar-1"))["online"]
+
+
+@pytest.fixture
+async def unreachable_fleet(
+    app: FastAPI, database_url: str, service_identity: Identity
+) -> AsyncIterator[FastAPI]:
+    """The fleet machinery of a replica whose broker is not there (nothing on its port)."""
+    settings = make_settings(
+        database_url,
+        mqtt={
+            "enabled": True,
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "ca_file": service_identity.ca_file,
+            "cert_file": service_identity.cert_file,
+            "key_file": service_identity.key_file,
+        },
+    )
+    fleet = fleet_state.start(
+        settings=settings,
+        engine=app.state.engine,
+        sessionmaker=app.state.sessionmaker,
+        storage=app.state.storage,
+        pki=None,
+    )
+    app.state.fleet = fleet
+    yield app
+    await fleet.stop()
+    app.state.fleet = None
+
+
+async def test_ready_says_no_while_device_traffic_cannot_flow(
+    unreachable_fleet: FastAPI, client: httpx.AsyncClient
+) -> None:
+    fleet = unreachable_fleet.state.fleet
+    assert fleet.bridge.problem(grace_s=60) is None  # within its grace
+    await asyncio.sleep(0.3)
+    assert "disconnected" in (fleet.bridge.problem(grace_s=0.1) or "")
+    fleet.bridge._disconnected_at -= 3600  # as if down for an hour
+    response = await client.get("/api/v1/ready")
+    assert response.status_code == 503
+    assert "MQTT bridge disconnected" in response.json()["checks"]["device_traffic"]
+    assert response.headers["content-type"].startswith("application/problem+json")
