@@ -4,7 +4,8 @@ The whole product on this machine (fleet_stack.py), with the backend allowed to 
 broker's ACL (so quarantine cuts a device off for real). `--devices` simulated devices run the
 real agent with their usual 30 s heartbeats; `--victims` more devices, driven here, send a
 heartbeat every second with an exact send time and ask for a download URL every few seconds;
-one flooding device publishes heartbeats at QoS 0 as fast as one process can for `--flood-s`.
+one flooding device publishes heartbeats at QoS 0 as fast as one process can for `--flood-s`
+(at nice 10, like the simulator: each stands for a machine of its own).
 
 Figures (goals from issue 13):
 - flood.victim_heartbeat_delay_p99_s: broker-to-backend delay of the victims' heartbeats while
@@ -18,6 +19,7 @@ Figures (goals from issue 13):
 import argparse
 import datetime as dt
 import multiprocessing
+import os
 import shutil
 import ssl
 import statistics
@@ -71,14 +73,21 @@ def client_for(device_id: str, folder: Path, port: int) -> mqtt.Client:
     return client
 
 
-def flood(device_id: str, folder: Path, port: int, seconds: float, sent: Any) -> None:
-    """A separate process: publish heartbeats at QoS 0 as fast as paho can for `seconds`."""
+def flood(  # noqa: PLR0917 - a process target
+    device_id: str, folder: Path, port: int, seconds: float, sent: Any, started: Any
+) -> None:
+    """A separate process: publish heartbeats at QoS 0 as fast as paho can for `seconds`;
+    `started` gets the wall time of its first message. It runs at nice 10, as the simulated
+    devices do: it stands for a machine of its own, not for a process sharing the backend's
+    two cores (on which it would measure the CPU contention of this host, not the product)."""
+    os.nice(10)
     client = client_for(device_id, folder, port)
     client.loop_start()
     time.sleep(1)
     topic = topic_for(device_id, Channel.HEARTBEAT)
     payload = Heartbeat(1, 1, "t", 1, "0.1.0").to_payload()
     end = time.monotonic() + seconds
+    started.value = time.time()
     count = 0
     while time.monotonic() < end:
         for _ in range(100):
@@ -198,19 +207,22 @@ def main() -> None:
         folder = device_files(stack, flooder_id)
         spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
         sent = spawn.Value("q", 0)
+        started = spawn.Value("d", 0.0)
         flooder = spawn.Process(
-            target=flood, args=(flooder_id, folder, stack.broker.port, args.flood_s, sent)
+            target=flood,
+            args=(flooder_id, folder, stack.broker.port, args.flood_s, sent, started),
         )
-        flood_started = time.time()
         flooder.start()
-        time.sleep(1)
+        while not started.value:
+            time.sleep(0.05)
+        flood_started = started.value
         api_during = api_p99_ms(stack, args.api_requests)
         flooder.join(args.flood_s + 60)
         flood_ended = time.time()
         time.sleep(5)  # what was in flight lands
         victims.stop()
 
-        during = [s for s in victims.sent if flood_started + 1 <= s[2] <= flood_ended]
+        during = [s for s in victims.sent if flood_started <= s[2] <= flood_ended]
         stored = {
             (row["device_id"], row["sequence"]): row
             for row in stack.sql(
@@ -227,7 +239,7 @@ def main() -> None:
                 continue
             sent_at = dt.datetime.fromisoformat(row["sent_at"])
             delays.append((row["received_at"] - sent_at).total_seconds())
-        answers = [took for at, took in victims.answers if flood_started + 1 <= at <= flood_ended]
+        answers = [took for at, took in victims.answers if flood_started <= at <= flood_ended]
         quarantined = stack.sql(
             "SELECT at FROM audit_events WHERE action = 'device.quarantine' AND object_id = $1",
             flooder_id,

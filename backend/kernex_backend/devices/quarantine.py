@@ -60,11 +60,22 @@ class QuarantineService:
         self._sessionmaker = sessionmaker
         self._pki = pki
         self._duration = duration
+        # The quarantined devices as this replica last read them from the database: the broker
+        # is cut off from these plus a new offender before the database is written, because
+        # every second a flood goes on queues more of it ahead of everyone else's traffic.
+        self._known: set[str] = set()
+
+    @property
+    def known(self) -> set[str]:
+        """The devices this replica knows to be quarantined now."""
+        return self._known
 
     async def quarantine(self, device_ids: set[str], *, reason: str) -> list[QuarantineChange]:
         """Cut `device_ids` off until now + the duration (known, non-decommissioned ones)."""
         if not device_ids:
             return []
+        await anyio.to_thread.run_sync(_publish, self._pki, sorted(self._known | device_ids))
+        log.warning("quarantine_broker_cut", devices=sorted(device_ids))
         until = utc_now() + self._duration
         async with self._sessionmaker() as session:
             rows = await session.exec(
@@ -88,7 +99,10 @@ class QuarantineService:
                 )
             await session.commit()
             blocked = await broker_access.quarantined_ids(session)
-        reloaded = await anyio.to_thread.run_sync(_publish, self._pki, blocked)
+        if set(blocked) != self._known | device_ids:  # unknown IDs, or another replica's
+            await anyio.to_thread.run_sync(_publish, self._pki, blocked)
+        self._known = set(blocked)
+        reloaded = self._pki is not None and self._pki.broker is not None
         for device_id in changed:
             log.warning(
                 "device_quarantined",
@@ -121,6 +135,7 @@ class QuarantineService:
                 )
             await session.commit()
             blocked = await broker_access.quarantined_ids(session)
+        self._known = set(blocked)
         if released:
             await anyio.to_thread.run_sync(_publish, self._pki, blocked)
             log.info("device_quarantine_expired", devices=released)

@@ -32,6 +32,7 @@ from kernex_protocol.topics import CHANNELS, Channel, Direction, parse_topic, su
 
 log = structlog.get_logger(__name__)
 
+_YIELD_EVERY = 64
 DEVICE_CHANNELS = (Channel.HEARTBEAT, Channel.PRESENCE, Channel.PROGRESS, Channel.URL_REQUEST)
 
 P = TypeVar("P")
@@ -47,6 +48,25 @@ class Route(Generic[P]):
     parse: Callable[[bytes], P]
     handle: Callable[[str, P], Awaitable[None]]
     inline: bool = False
+
+
+class _GatedClient(aiomqtt.Client):
+    """aiomqtt's client with a gate in front of its message queue.
+
+    aiomqtt turns every delivered message into an object and queues it for the consumer; a
+    flooding device's surplus would pay that (and a trip through the consumer loop) before it
+    could be refused. The gate runs on paho's callback, on the topic alone, so the surplus costs
+    only a topic parse and a budget look-up. `_on_message` is aiomqtt's one entry point for
+    delivered messages (aiomqtt is pinned; the flood test fails if the gate stops being called).
+    """
+
+    def __init__(self, *args: Any, gate: Callable[[str], bool], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._gate = gate
+
+    def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
+        if self._gate(message.topic):
+            super()._on_message(client, userdata, message)
 
 
 class BridgeUnavailable(RuntimeError):
@@ -141,8 +161,9 @@ class MqttBridge:
 
     async def _session(self) -> None:
         settings = self.settings
-        async with aiomqtt.Client(
+        async with _GatedClient(
             settings.host,
+            gate=self.admit,
             port=settings.port,
             tls_context=tls_context(settings),
             keepalive=settings.keepalive_s,
@@ -170,8 +191,16 @@ class MqttBridge:
                 self._connect_tasks.add(task)
                 task.add_done_callback(self._connect_tasks.discard)
             try:
+                handled = 0
                 async for message in client.messages:
-                    await self.dispatch(message.topic.value, _payload_bytes(message.payload))
+                    await self.dispatch(
+                        message.topic.value, _payload_bytes(message.payload), admitted=True
+                    )
+                    handled += 1
+                    if handled % _YIELD_EVERY == 0:
+                        # A full queue never makes the loop wait: let the API, the writers and
+                        # the traffic guard (quarantine) run between stretches of messages.
+                        await asyncio.sleep(0)
             finally:
                 self._mark_disconnected()
 
@@ -180,12 +209,34 @@ class MqttBridge:
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
 
-    async def dispatch(self, topic: str, payload: bytes) -> None:
-        """Check one message and hand it to its channel's handler; never raises."""
-        admitted = self._gate(topic, payload)
-        if admitted is None:
+    def admit(self, topic: str) -> bool:
+        """The checks on the topic alone, cheapest first: a device channel, and the device
+        within its budget. False (counted) if the message is dropped."""
+        parsed = parse_topic(topic)
+        if parsed is None or CHANNELS[parsed.channel].direction != Direction.DEVICE_TO_CLOUD:
+            self._drop("foreign_topic", None, topic)
+            return False
+        channel = parsed.channel
+        self.stats.count(f"received.{channel.value}")
+        if self.budgets is not None and not self.budgets.allow(parsed.device_id, channel):
+            self._drop(f"over_budget.{channel.value}", parsed.device_id, topic, counted=True)
+            return False
+        return True
+
+    async def dispatch(self, topic: str, payload: bytes, *, admitted: bool = False) -> None:
+        """Check one message and hand it to its channel's handler; never raises. `admitted`:
+        the topic already passed `admit` (in the client's gate)."""
+        if not (admitted or self.admit(topic)):
             return
-        route, channel, device_id = admitted
+        parsed = parse_topic(topic)
+        assert parsed is not None  # admitted
+        channel, device_id = parsed.channel, parsed.device_id
+        if len(payload) > MAX_PAYLOAD_BYTES[channel]:
+            self._drop("oversized", device_id, topic)
+            return
+        route = self.routes.get(channel)
+        if route is None or (channel == Channel.PRESENCE and not payload):
+            return  # no handler, or a cleared retained presence
         try:
             document = route.parse(payload)
         except PayloadInvalid as exc:
@@ -204,25 +255,6 @@ class MqttBridge:
         task = asyncio.create_task(self._handle(route, channel, device_id, document))
         self._background.add(task)
         task.add_done_callback(self._finished)
-
-    def _gate(self, topic: str, payload: bytes) -> tuple[Route[Any], Channel, str] | None:
-        """The checks that need no parsing, cheapest first; None if the message is dropped."""
-        parsed = parse_topic(topic)
-        if parsed is None or CHANNELS[parsed.channel].direction != Direction.DEVICE_TO_CLOUD:
-            self._drop("foreign_topic", None, topic)
-            return None
-        channel, device_id = parsed.channel, parsed.device_id
-        self.stats.count(f"received.{channel.value}")
-        if self.budgets is not None and not self.budgets.allow(device_id, channel):
-            self._drop(f"over_budget.{channel.value}", device_id, topic, counted=True)
-            return None
-        if len(payload) > MAX_PAYLOAD_BYTES[channel]:
-            self._drop("oversized", device_id, topic)
-            return None
-        route = self.routes.get(channel)
-        if route is None or (channel == Channel.PRESENCE and not payload):
-            return None  # no handler, or a cleared retained presence
-        return route, channel, device_id
 
     def _finished(self, task: "asyncio.Task[None]") -> None:
         self._background.discard(task)

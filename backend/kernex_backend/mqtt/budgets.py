@@ -7,6 +7,7 @@ per device and reason, which is what the operator sees as the top offenders; a d
 keeps far over its budget is reported for quarantine (cut off at the broker for a while).
 """
 
+import asyncio
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -58,6 +59,9 @@ class TrafficBudgets:
         self._previous: Counter[tuple[str, str]] = Counter()  # the period before
         self._period_started = clock()
         self._flagged: set[str] = set()
+        # Set when a device is flagged: quarantine is acted on at once, not at the next tick,
+        # because every second a flood goes on queues more of it ahead of everyone's traffic.
+        self.flagged_event = asyncio.Event()
 
     def allow(self, device_id: str, channel: Channel) -> bool:
         """Take one message from the device's budget for `channel`; False if it is spent."""
@@ -92,6 +96,7 @@ class TrafficBudgets:
             times.popleft()
         if len(times) >= self._quarantine_after:
             self._flagged.add(device_id)
+            self.flagged_event.set()
             times.clear()
 
     def take_flagged(self) -> set[str]:

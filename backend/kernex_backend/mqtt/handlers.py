@@ -143,7 +143,7 @@ def start(
 
     async def guard() -> None:
         budgets.rotate()
-        flagged = budgets.take_flagged()
+        flagged = budgets.take_flagged() - quarantine.known  # its backlog is still arriving
         if flagged:
             reason = (
                 f"over {mqtt.quarantine_after_drops} messages beyond its budget "
@@ -168,5 +168,8 @@ def start(
         ),
     )
     supervisor.start("sweep", lambda: run_periodically("sweep", mqtt.sweep_interval_s, sweep))
-    supervisor.start("traffic_guard", lambda: run_periodically("traffic_guard", 1.0, guard))
+    supervisor.start(
+        "traffic_guard",
+        lambda: run_periodically("traffic_guard", 1.0, guard, wake=budgets.flagged_event),
+    )
     return FleetState(bridge, heartbeats, progress, notices, budgets, quarantine, supervisor)
