@@ -13,6 +13,10 @@ fi
 if [ ! -f /pki/service/service.crt ]; then
   kernex-provision issue-service --ca "$ca" --out /pki/service
 fi
+# The backend's notice-signing key; its public part goes into every device kit made after.
+if [ ! -f /pki/notice/notice.key ]; then
+  kernex-provision notice-key --ca "$ca" --out /pki/notice
+fi
 # Re-rendered every time, so template changes and revocations take effect on restart.
 kernex-provision broker-config --ca "$ca" --out "$broker" --port 8883 --bind 0.0.0.0
 # The eclipse-mosquitto image runs as uid 1883; the backend image as uid 10001, which signs

@@ -22,11 +22,19 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kernex_agent.config import AgentConfig
 from kernex_agent.counter import PersistentCounter
 from kernex_agent.files import write_atomic
-from kernex_agent.notices import NoticeRejected, Verdict, check_notice
+from kernex_agent.notices import (
+    Installed,
+    NoticePolicy,
+    NoticeRejected,
+    Verdict,
+    check_notice,
+    load_installed,
+)
 from kernex_agent.telemetry import system_metrics, system_uptime_s
 from kernex_agent.transport import MqttTransport, Network
 from kernex_agent.update.download import HttpDownloader, TransferLimits
@@ -73,6 +81,15 @@ def _parse_notice(payload: bytes) -> Notice | PayloadInvalid | None:
         return Notice.parse(payload)
     except PayloadInvalid as exc:
         return exc
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _keys(directory: Path) -> dict[str, Ed25519PublicKey]:
+    """The Ed25519 keys in `directory`; none when it does not exist (every check then fails)."""
+    return load_trusted_keys(directory) if directory.is_dir() else {}
 
 
 def _exit_for_test(state: State) -> None:
@@ -438,13 +455,7 @@ class Agent:
             return
         try:
             verdict = check_notice(
-                notice,
-                device_id=self.config.device_id,
-                device_type=self.config.device_type,
-                trusted_keys=load_trusted_keys(self.config.release.trusted_keys_dir),
-                installed_version=self.installer.current_version(),
-                max_bundle_bytes=self.config.update.max_bundle_bytes,
-                now=dt.datetime.now(dt.UTC),
+                notice, self._policy(), installed=self._installed(notice), now=_utc_now()
             )
         except NoticeRejected as exc:
             log.warning(
@@ -465,6 +476,31 @@ class Agent:
         )
         self.runner.begin({"id": notice.deployment_id, "notice": raw.decode()})
         await self.runner.run()
+
+    def _policy(self) -> NoticePolicy:
+        """What this device accepts; keys are read each time, so a rotated key on disk counts
+        without a restart."""
+        update, release = self.config.update, self.config.release
+        age = update.max_release_age_days
+        return NoticePolicy(
+            device_id=self.config.device_id,
+            device_type=self.config.device_type,
+            products=update.products,
+            release_keys=_keys(release.trusted_keys_dir),
+            notice_keys=_keys(release.notice_keys_dir),
+            max_bundle_bytes=update.max_bundle_bytes,
+            max_notice_ttl=dt.timedelta(seconds=update.max_notice_ttl_s),
+            max_release_age=dt.timedelta(days=age) if age > 0 else None,
+        )
+
+    def _installed(self, notice: Notice) -> Installed | None:
+        """What runs: as recorded at the last commit; an install from before that record
+        existed is taken to be of the notice's product."""
+        recorded = load_installed(self.states.installed_path)
+        if recorded is not None:
+            return recorded
+        running = self.installer.current_version()
+        return None if running is None else Installed(notice.manifest.name, running)
 
     # --- heartbeats ------------------------------------------------------------------------
 

@@ -43,6 +43,8 @@ class ReleaseConfig:
     """Which release keys the device trusts."""
 
     trusted_keys_dir: Path = Path("release-keys")
+    # The backend's notice keys (*.pub): every notice must carry a signature by one of them.
+    notice_keys_dir: Path = Path("notice-keys")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +81,12 @@ class UpdateConfig:
     retry_min_s: float = 1.0
     retry_max_s: float = 60.0
     max_state_saves: int = 50
+    # Release names (manifest `name`) this device runs; a release of anything else is refused.
+    products: tuple[str, ...] = ()
+    # A release made longer ago than this needs a signed rollback approval (0: no limit).
+    max_release_age_days: float = 365.0
+    # A notice whose expiry lies further ahead than this is refused (the backend's are short).
+    max_notice_ttl_s: float = 7 * 86400.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from kernex_devstack.process import ManagedProcess, ServiceStartError, ensure_tr
 from kernex_provision import broker as broker_files
 from kernex_provision.authority import CertificateAuthority, pem, write_private_key, write_public
 from kernex_provision.certificates import CertificateKind, new_key
+from kernex_provision.notice_keys import NOTICE_KEY, create_notice_key
 
 SERVICE_IDENTITY = broker_files.DEFAULT_SERVICE_IDENTITY
 # Debian's package creates this user; Mosquitto drops to it when started as root.
@@ -42,6 +43,11 @@ class EmbeddedBroker:
         self._log_offset = 0
 
     @property
+    def notice_key_file(self) -> Path:
+        """The backend's notice-signing key (KERNEX_NOTICE__KEY_FILE)."""
+        return self.state_dir / "notice" / NOTICE_KEY
+
+    @property
     def authority(self) -> CertificateAuthority:
         """The CA that issues device certificates for this broker."""
         return CertificateAuthority(self.ca_dir)
@@ -67,6 +73,9 @@ class EmbeddedBroker:
             write_public(layout.server_cert, pem(cert))
         if not (self.service_dir / "service.crt").exists():
             self._write_service_identity(SERVICE_IDENTITY, self.service_dir, days=825)
+        if not self.notice_key_file.exists():
+            # The development notice key: the backend signs notices with it, kits trust it.
+            create_notice_key(self.ca_dir, self.notice_key_file.parent)
         run_as = None
         if os.geteuid() == 0:
             run_as = BROKER_USER

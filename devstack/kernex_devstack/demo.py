@@ -128,6 +128,7 @@ class DemoStack:
             },
             release={"trusted_keys_dir": self.release_dir / "public"},
             pki={"ca_dir": self.broker.ca_dir, "broker_dir": self.broker.layout.directory},
+            notice={"key_file": self.broker.notice_key_file},
             mqtt={
                 "enabled": True,
                 "host": self.broker.host,
@@ -192,15 +193,25 @@ async def _provision_samples(client: httpx.AsyncClient, stack: DemoStack) -> Non
 
 
 def _refresh_kit(kit: Path, stack: DemoStack, device: dict[str, Any]) -> None:
-    """The kit's agent.toml and trusted release key, rewritten each run (the broker's port
-    changes between runs)."""
+    """The kit's agent.toml and trusted release and notice keys, rewritten each run (the
+    broker's port changes between runs)."""
     broker = BrokerAddress(stack.broker.host, stack.broker.port)
-    config = agent_config(str(device["id"]), str(device["device_type"]), broker, has_key=True)
+    config = agent_config(
+        str(device["id"]),
+        str(device["device_type"]),
+        broker,
+        has_key=True,
+        products=(SAMPLE_BUNDLE,),
+    )
     (kit / "agent.toml").write_text(config)
     keys = kit / "release-keys"
     keys.mkdir(exist_ok=True)
     for public in (stack.release_dir / "public").glob("*.pub"):
         shutil.copyfile(public, keys / public.name)
+    notice_keys = kit / "notice-keys"  # a kit from before notice signing has none
+    notice_keys.mkdir(exist_ok=True)
+    for public in (stack.broker.ca_dir / "notice-keys").glob("*.pub"):
+        shutil.copyfile(public, notice_keys / public.name)
 
 
 def _start_agents(stack: DemoStack) -> None:

@@ -24,6 +24,8 @@ from kernex_protocol.canonical import canonical_json
 from kernex_protocol.ids import DEVICE_ID_PATTERN
 
 MANIFEST_VERSION: Final = 1
+# Version 2 names the version rolled back from and expires (version 1 approvals did neither).
+ROLLBACK_VERSION: Final = 2
 MAX_SIGNED_RELEASE_BYTES: Final = 8 * 1024
 # Semantic Versioning 2.0.0, from semver.org.
 SEMVER_PATTERN: Final = (
@@ -197,13 +199,15 @@ class UnknownKey(SignatureInvalid):
     """The document was signed by a key that is not among the trusted ones."""
 
 
-def _verify_signature(
+def verify_detached(
     what: str,
     signature: str | None,
     kid: str | None,
     message: bytes,
     trusted: dict[str, Ed25519PublicKey],
 ) -> str:
+    """Check a base64 Ed25519 `signature` over `message` by the trusted key `kid`; returns the
+    key id. UnknownKey or SignatureInvalid name `what` was signed."""
     if signature is None or kid is None:
         raise SignatureInvalid(f"the {what} is not signed")
     public_key = trusted.get(kid)
@@ -218,18 +222,20 @@ def _verify_signature(
 
 def verify(release: SignedRelease, trusted: dict[str, Ed25519PublicKey]) -> str:
     """Check the signature against the trusted keys; returns the key id that verified it."""
-    return _verify_signature(
+    return verify_detached(
         "release", release.signature, release.key_id, release.manifest.canonical(), trusted
     )
 
 
 @dataclass(frozen=True, slots=True)
 class RollbackApproval:
-    """The release team's signed permission to install one release over newer versions.
+    """The release team's signed permission to install one release over a newer version.
 
-    Devices refuse a version lower than the one they run unless the notice carries an approval
-    for exactly that artefact (name, device type, version and sha256), so a compromised backend
-    cannot push a fleet back to an old, vulnerable release.
+    Devices refuse a version lower than the one they run, and a release older than their
+    configured age, unless the notice carries an approval for exactly that artefact (name,
+    device type, version and sha256), from exactly the version they run (`from_version`), that
+    has not expired. So a compromised backend cannot push a fleet back to an old, vulnerable
+    release, and an approval cannot be replayed later or from another version.
     """
 
     name: str
@@ -237,37 +243,69 @@ class RollbackApproval:
     version: str
     sha256: str
     created_at: str
+    from_version: str
+    expires_at: str
 
     def __post_init__(self) -> None:
         # The same field rules as a manifest's.
         ReleaseManifest(self.name, self.version, self.device_type, self.sha256, 0, self.created_at)
+        parse_semver(self.from_version)
+        if len(self.from_version) > 64:
+            raise ManifestInvalid("from_version is longer than 64 characters")
+        try:
+            expires = dt.datetime.fromisoformat(self.expires_at)
+        except ValueError:
+            raise ManifestInvalid("expires_at must be an ISO 8601 timestamp") from None
+        if expires.tzinfo is None:
+            raise ManifestInvalid("expires_at must carry a time zone")
 
     def document(self) -> dict[str, Any]:
         """The approval as a JSON object."""
         return {
-            "v": MANIFEST_VERSION,
+            "v": ROLLBACK_VERSION,
             "kind": "rollback",
             "name": self.name,
             "device_type": self.device_type,
             "version": self.version,
             "sha256": self.sha256,
             "created_at": self.created_at,
+            "from_version": self.from_version,
+            "expires_at": self.expires_at,
         }
 
-    def permits(self, manifest: ReleaseManifest) -> bool:
-        """Whether this approval is for exactly `manifest`'s artefact."""
-        return (self.name, self.device_type, self.version, self.sha256) == (
+    def permits(self, manifest: ReleaseManifest, *, installed_version: str | None) -> bool:
+        """Whether this approval is for exactly `manifest`'s artefact, from `installed_version`
+        (expiry is checked separately, against the device's clock)."""
+        return (self.name, self.device_type, self.version, self.sha256, self.from_version) == (
             manifest.name,
             manifest.device_type,
             manifest.version,
             manifest.sha256,
+            installed_version,
         )
 
+    def expired(self, now: dt.datetime) -> bool:
+        """Whether the approval's validity has ended at `now`."""
+        return dt.datetime.fromisoformat(self.expires_at) <= now
+
     @classmethod
-    def for_manifest(cls, manifest: ReleaseManifest, created_at: str) -> "RollbackApproval":
-        """An approval to roll back to `manifest`'s artefact."""
+    def for_manifest(
+        cls,
+        manifest: ReleaseManifest,
+        *,
+        from_version: str,
+        created_at: dt.datetime,
+        valid_for: dt.timedelta,
+    ) -> "RollbackApproval":
+        """An approval to go from `from_version` back to `manifest`'s artefact."""
         return cls(
-            manifest.name, manifest.device_type, manifest.version, manifest.sha256, created_at
+            manifest.name,
+            manifest.device_type,
+            manifest.version,
+            manifest.sha256,
+            created_at.isoformat(timespec="seconds"),
+            from_version,
+            (created_at + valid_for).isoformat(timespec="seconds"),
         )
 
 
@@ -295,12 +333,20 @@ class SignedRollback:
         approval, signature, kid = document["approval"], document["signature"], document["key_id"]
         if not isinstance(signature, str) or not isinstance(kid, str):
             raise ManifestInvalid("signature and key_id must be strings")
-        expected = {"v", "kind", "name", "device_type", "version", "sha256", "created_at"}
+        fields = (
+            "name",
+            "device_type",
+            "version",
+            "sha256",
+            "created_at",
+            "from_version",
+            "expires_at",
+        )
+        expected = {"v", "kind", *fields}
         if not isinstance(approval, dict) or set(approval) != expected:
             raise ManifestInvalid(f"a rollback approval has exactly the fields {sorted(expected)}")
-        if approval["v"] != MANIFEST_VERSION or approval["kind"] != "rollback":
+        if approval["v"] != ROLLBACK_VERSION or approval["kind"] != "rollback":
             raise ManifestInvalid("unsupported rollback approval version or kind")
-        fields = ("name", "device_type", "version", "sha256", "created_at")
         if not all(isinstance(approval[f], str) for f in fields):
             raise ManifestInvalid("rollback approval fields must be strings")
         return cls(RollbackApproval(*(approval[f] for f in fields)), signature, kid)
@@ -316,7 +362,7 @@ def sign_rollback(approval: RollbackApproval, private_key: Ed25519PrivateKey) ->
 
 def verify_rollback(signed: SignedRollback, trusted: dict[str, Ed25519PublicKey]) -> str:
     """Check a rollback approval's signature; returns the key id that verified it."""
-    return _verify_signature(
+    return verify_detached(
         "rollback approval",
         signed.signature,
         signed.key_id,

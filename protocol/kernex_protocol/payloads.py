@@ -7,12 +7,17 @@ fields are ignored, so a newer sender can add fields without breaking an older r
 docs/protocol.md documents every field.
 """
 
+import base64
+import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Final, Self, TypeVar
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from kernex_protocol.canonical import canonical_json
 from kernex_protocol.ids import is_valid_device_id
 from kernex_protocol.limits import INT_LIMITS, MAX_CONTAINERS, MAX_PAYLOAD_BYTES
 from kernex_protocol.manifest import (
@@ -20,6 +25,8 @@ from kernex_protocol.manifest import (
     ReleaseManifest,
     SignedRelease,
     SignedRollback,
+    key_id,
+    verify_detached,
 )
 from kernex_protocol.topics import Channel
 
@@ -76,6 +83,8 @@ class ErrorCode(StrEnum):
     """Why a deployment did not succeed; stable strings an operator can filter on."""
 
     MALFORMED_NOTICE = "malformed_notice"
+    WRONG_PRODUCT = "wrong_product"
+    RELEASE_TOO_OLD = "release_too_old"
     WRONG_DEVICE = "wrong_device"
     WRONG_DEVICE_TYPE = "wrong_device_type"
     NOTICE_EXPIRED = "notice_expired"
@@ -432,11 +441,42 @@ class Notice:
     url: str | None = None
     url_expires_at: str | None = None  # when `url` stops working (then: url/request)
     rollback: SignedRollback | None = None
+    # The backend's online notice key over `claims()`: which device, which deployment, which
+    # release, until when. Devices refuse a notice without a valid one (docs/security.md).
+    signature: str | None = None
+    key_id: str | None = None
 
     @property
     def manifest(self) -> ReleaseManifest:
         """The release manifest (verified separately)."""
         return self.release.manifest
+
+    def claims(self) -> bytes:
+        """What the notice signature covers: the canonical JSON of device, deployment, the
+        release's identity and digest, and the validity window."""
+        return canonical_json(
+            {
+                "v": PAYLOAD_VERSION,
+                "kind": "notice",
+                "device_id": self.device_id,
+                "deployment_id": self.deployment_id,
+                "name": self.manifest.name,
+                "version": self.manifest.version,
+                "sha256": self.manifest.sha256,
+                "issued_at": self.issued_at,
+                "expires_at": self.expires_at,
+            }
+        )
+
+    def signed_with(self, key: Ed25519PrivateKey) -> "Notice":
+        """This notice with the backend's signature over its claims."""
+        signature = base64.b64encode(key.sign(self.claims())).decode()
+        return dataclasses.replace(self, signature=signature, key_id=key_id(key.public_key()))
+
+    def verify(self, trusted: dict[str, Ed25519PublicKey]) -> str:
+        """Check the notice signature against the trusted notice keys; returns the key id.
+        Raises UnknownKey or SignatureInvalid (also when unsigned)."""
+        return verify_detached("notice", self.signature, self.key_id, self.claims(), trusted)
 
     def to_payload(self) -> bytes:
         """The wire form."""
@@ -450,6 +490,8 @@ class Notice:
                 "url": self.url,
                 "url_expires_at": self.url_expires_at,
                 "rollback": None if self.rollback is None else self.rollback.to_document(),
+                "signature": self.signature,
+                "key_id": self.key_id,
             }
         )
 
@@ -476,4 +518,6 @@ class Notice:
             url=url,
             url_expires_at=_short_text(_typed(d, "url_expires_at", str, optional=True), 40),
             rollback=rollback,
+            signature=_short_text(_typed(d, "signature", str, optional=True), 128),
+            key_id=_short_text(_typed(d, "key_id", str, optional=True), 64),
         )

@@ -10,6 +10,7 @@ Layout of a CA directory (created by `kernex-provision init-ca`):
     crl.pem             revoked leaf certificates, re-issued by `kernex-provision crl`
     index.json          every certificate issued: serial, CN, kind, expiry, revocation
     release-keys/       trusted release public keys, copied into device kits
+    notice-keys/        the backend's notice public keys, copied into device kits
 
 Every write goes to a temporary file that is fsynced and renamed into place, under an exclusive
 lock, so a crash never leaves a half-written key, index or CRL, and two operators (or the backend
@@ -50,6 +51,7 @@ CHAIN = "ca-chain.pem"
 CRL = "crl.pem"
 INDEX = "index.json"
 RELEASE_KEYS = "release-keys"
+NOTICE_KEYS = "notice-keys"
 _LOCK = ".lock"
 
 

@@ -20,7 +20,8 @@ from kernex_provision.authority import (
     write_public,
 )
 from kernex_provision.certificates import CertificateKind, CsrRejected, check_csr, load_csr, new_key
-from kernex_provision.kit import BrokerAddress, write_kit
+from kernex_provision.kit import DEFAULT_PRODUCTS, BrokerAddress, write_kit
+from kernex_provision.notice_keys import NOTICE_KEY, create_notice_key
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -136,6 +137,21 @@ def issue_service(
     typer.echo(f"service certificate: {describe(certificate)} -> {out}")
 
 
+@app.command("notice-key")
+@_friendly_errors
+def notice_key(
+    ca: CaDir,
+    out: Annotated[Path, typer.Option(help="directory for notice.key (the backend's) and .pub")],
+    name: Annotated[str, typer.Option(help="file name of the public part in kits")] = "notice",
+) -> None:
+    """Make the backend's notice-signing key; kits made from now on trust it."""
+    kid = create_notice_key(ca, out, name=name)
+    typer.echo(
+        f"notice key {kid} -> {out / NOTICE_KEY} (set KERNEX_NOTICE__KEY_FILE to it); "
+        f"public part in {ca / 'notice-keys' / (name + '.pub')}"
+    )
+
+
 @app.command("issue-device")
 @_friendly_errors
 def issue_device(
@@ -147,6 +163,10 @@ def issue_device(
     ],
     csr: Annotated[
         Path | None, typer.Option(help="sign this CSR (the key stays on the device)")
+    ] = None,
+    product: Annotated[
+        list[str] | None,
+        typer.Option(help="release name the device runs (repeat for several); default: app"),
     ] = None,
     days: int = 365,
     broker_host: str = "localhost",
@@ -172,6 +192,7 @@ def issue_device(
         certificate=certificate,
         key=key,
         broker=BrokerAddress(broker_host, broker_port),
+        products=tuple(product) if product else DEFAULT_PRODUCTS,
     )
     typer.echo(f"device certificate: {describe(certificate)} -> kit in {out}")
 

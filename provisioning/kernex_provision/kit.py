@@ -4,6 +4,7 @@ device.crt        the device certificate
 device.key        its private key (0600; absent when the device made its own CSR)
 ca-chain.pem      the CAs that sign the broker's certificate
 release-keys/     trusted release public keys (*.pub)
+notice-keys/      the backend's notice public keys (*.pub)
 agent.toml        a ready agent configuration with paths relative to itself
 """
 
@@ -16,6 +17,7 @@ from cryptography import x509
 
 from kernex_protocol.ids import validate_device_id
 from kernex_provision.authority import (
+    NOTICE_KEYS,
     RELEASE_KEYS,
     CertificateAuthority,
     pem,
@@ -29,6 +31,7 @@ DEVICE_KEY = "device.key"
 CA_CHAIN = "ca-chain.pem"
 AGENT_CONFIG = "agent.toml"
 # The same rule as a release manifest's device_type.
+DEFAULT_PRODUCTS = ("app",)
 DEVICE_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
@@ -44,8 +47,16 @@ def _toml_string(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def agent_config(device_id: str, device_type: str, broker: BrokerAddress, *, has_key: bool) -> str:
+def agent_config(
+    device_id: str,
+    device_type: str,
+    broker: BrokerAddress,
+    *,
+    has_key: bool,
+    products: tuple[str, ...] = DEFAULT_PRODUCTS,
+) -> str:
     """The agent.toml of a kit (see device-agent/README.md for every option)."""
+    product_list = ", ".join(_toml_string(p) for p in products)
     key_line = (
         f"key_file = {_toml_string(DEVICE_KEY)}"
         if has_key
@@ -66,6 +77,11 @@ cert_file = {_toml_string(DEVICE_CERT)}
 
 [release]
 trusted_keys_dir = {_toml_string(RELEASE_KEYS)}
+notice_keys_dir = {_toml_string(NOTICE_KEYS)}
+
+[update]
+# Release names this device runs; releases of anything else are refused.
+products = [{product_list}]
 """
 
 
@@ -78,6 +94,7 @@ def write_kit(
     certificate: x509.Certificate,
     key: PrivateKey | None,
     broker: BrokerAddress,
+    products: tuple[str, ...] = DEFAULT_PRODUCTS,
 ) -> None:
     """Write a device kit into `out` (created if needed)."""
     validate_device_id(device_id)
@@ -88,13 +105,14 @@ def write_kit(
     if key is not None:
         write_private_key(out / DEVICE_KEY, key)
     write_public(out / CA_CHAIN, authority.chain_pem)
-    keys_out = out / RELEASE_KEYS
-    keys_out.mkdir(exist_ok=True)
-    source = authority.directory / RELEASE_KEYS
-    if source.is_dir():
-        for public_key in sorted(source.glob("*.pub")):
-            shutil.copyfile(public_key, keys_out / public_key.name)
-    write_public(
-        out / AGENT_CONFIG,
-        agent_config(device_id, device_type, broker, has_key=key is not None).encode(),
+    for folder in (RELEASE_KEYS, NOTICE_KEYS):
+        keys_out = out / folder
+        keys_out.mkdir(exist_ok=True)
+        source = authority.directory / folder
+        if source.is_dir():
+            for public_key in sorted(source.glob("*.pub")):
+                shutil.copyfile(public_key, keys_out / public_key.name)
+    config = agent_config(
+        device_id, device_type, broker, has_key=key is not None, products=products
     )
+    write_public(out / AGENT_CONFIG, config.encode())

@@ -143,21 +143,33 @@ def verify_command(
 def approve_rollback_command(
     release: Annotated[Path, typer.Argument(help="the .release.json of the version to return to")],
     key: Annotated[Path, typer.Option(help="the release private key")],
+    from_version: Annotated[
+        str, typer.Option(help="the version devices run now, that this approval rolls back from")
+    ],
+    valid_days: Annotated[
+        float, typer.Option(min=0.01, max=90, help="how long devices accept the approval")
+    ] = 7.0,
     out: Annotated[Path | None, typer.Option(help="default: RELEASE with .rollback.json")] = None,
 ) -> None:
-    """Sign the permission for devices to install this (older) release over newer ones."""
+    """Sign the permission for devices running FROM_VERSION to install this (older) release,
+    valid for VALID_DAYS."""
     try:
         signed = SignedRelease.from_json(release.read_bytes())
+        approval = RollbackApproval.for_manifest(
+            signed.manifest,
+            from_version=from_version,
+            created_at=dt.datetime.now(dt.UTC).replace(microsecond=0),
+            valid_for=dt.timedelta(days=valid_days),
+        )
     except ManifestInvalid as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    created_at = dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat()
-    approval = RollbackApproval.for_manifest(signed.manifest, created_at)
     approved = sign_rollback(approval, _load_private_key(key))
     target = out or release.with_name(release.name.removesuffix(".release.json") + ".rollback.json")
     write_public(target, json.dumps(approved.to_document(), sort_keys=True).encode())
     typer.echo(
-        f"rollback to {approval.name} {approval.version} approved by {approved.key_id} -> {target}"
+        f"rollback from {approval.from_version} to {approval.name} {approval.version} approved "
+        f"by {approved.key_id} until {approval.expires_at} -> {target}"
     )
 
 

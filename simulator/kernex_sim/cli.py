@@ -1,6 +1,6 @@
 """`kernex-sim run`: a fleet of simulated devices against a real broker and backend.
 
-    kernex-sim run --ca ca --ca-chain ca-chain.pem --release-keys release-keys \\
+    kernex-sim run --ca ca --ca-chain ca-chain.pem --release-keys release-keys --product app \\
         --broker-host mqtt.example.com --broker-port 8883 --devices 1000 --processes 4 \\
         --register https://kernex.example/api/v1 --api-key-file key.txt --duration 600
 
@@ -82,6 +82,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--ca-chain", type=Path, required=True, help="CAs of the broker's certificate")
     run.add_argument("--release-keys", type=Path, required=True, help="trusted release *.pub")
+    run.add_argument(
+        "--notice-keys",
+        type=Path,
+        help="the backend's notice *.pub (default: the CA directory's notice-keys/)",
+    )
+    run.add_argument(
+        "--product",
+        action="append",
+        help="release name the devices run (repeat for several; default: app)",
+    )
     run.add_argument("--broker-host", default="localhost")
     run.add_argument("--broker-port", type=int, default=8883)
     run.add_argument("--devices", type=int, default=100)
@@ -164,6 +174,8 @@ def run(args: argparse.Namespace) -> int:
             broker_port=args.broker_port,
             ca_chain=str(args.ca_chain.resolve()),
             trusted_keys_dir=str(args.release_keys.resolve()),
+            notice_keys_dir=str((args.notice_keys or args.ca / "notice-keys").resolve()),
+            products=tuple(args.product or ["app"]),
             device_type=args.device_type,
             heartbeat_s=args.heartbeat_s,
             heartbeat_padding=args.heartbeat_padding,

@@ -47,6 +47,8 @@ class WorkerSpec:
     broker_port: int
     ca_chain: str
     trusted_keys_dir: str
+    notice_keys_dir: str
+    products: tuple[str, ...]
     device_type: str
     heartbeat_s: float
     heartbeat_padding: int  # extra integer metrics per heartbeat, to vary the payload size

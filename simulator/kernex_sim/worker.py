@@ -35,8 +35,12 @@ from kernex_sim.installer import SimulatedInstaller
 from kernex_sim.network import SharedNetwork
 
 
-class SimulatedReboot(Exception):
-    """Raised by the power-cut hook: the supervisor starts the device again."""
+class SimulatedReboot(BaseException):
+    """Raised by the power-cut hook: the supervisor starts the device again.
+
+    A BaseException, like SystemExit: it stands for the process dying, so the agent's own
+    error handling (which turns an Exception in a state into that state's failure) must not
+    catch it."""
 
 
 def _config(spec: WorkerSpec, device: SimDevice) -> AgentConfig:
@@ -54,11 +58,15 @@ def _config(spec: WorkerSpec, device: SimDevice) -> AgentConfig:
             reconnect_min_s=1.0,
             reconnect_max_s=30.0,
         ),
-        release=ReleaseConfig(trusted_keys_dir=Path(spec.trusted_keys_dir)),
+        release=ReleaseConfig(
+            trusted_keys_dir=Path(spec.trusted_keys_dir),
+            notice_keys_dir=Path(spec.notice_keys_dir),
+        ),
         telemetry=TelemetryConfig(heartbeat_interval_s=spec.heartbeat_s, start_jitter=True),
         update=UpdateConfig(
             state_dir=state / "state",
             install_root=state / "app",
+            products=spec.products,
             reserve_bytes=0,
             download_rate_limit_bps=(spec.faults.slow_download_bps if device.slow_download else 0),
             retry_min_s=1.0,

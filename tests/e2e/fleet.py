@@ -117,6 +117,7 @@ class Fleet:
             "KERNEX_STORAGE__BUCKET": f"kernex-e2e-{uuid.uuid4().hex[:10]}",
             "KERNEX_RELEASE__TRUSTED_KEYS_DIR": str(keys_dir),
             "KERNEX_MQTT__ENABLED": "true",
+            "KERNEX_NOTICE__KEY_FILE": str(broker.notice_key_file),
             "KERNEX_MQTT__HOST": "localhost",
             "KERNEX_MQTT__PORT": str(broker.port),
             "KERNEX_MQTT__NOTIFY_INTERVAL_S": "0.2",

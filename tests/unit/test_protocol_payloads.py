@@ -1,5 +1,7 @@
 """Payloads of every channel: round trips, and what a receiver refuses."""
 
+import dataclasses
+import datetime as dt
 import json
 from typing import Any
 
@@ -76,15 +78,32 @@ def test_round_trip(payload: object) -> None:
     assert type(payload).parse(raw) == payload  # type: ignore[attr-defined]
 
 
-def test_notice_with_rollback_round_trips() -> None:
-    approval = RollbackApproval.for_manifest(MANIFEST, "2026-11-28T00:00:00+00:00")
-    notice = Notice(
-        "dep-2", "dev-1", sign(MANIFEST, KEY), issued_at="t", rollback=sign_rollback(approval, KEY)
+def approval_of(manifest: ReleaseManifest = MANIFEST) -> RollbackApproval:
+    return RollbackApproval.for_manifest(
+        manifest,
+        from_version="9.9.9",
+        created_at=dt.datetime(2026, 11, 28, tzinfo=dt.UTC),
+        valid_for=dt.timedelta(days=7),
     )
+
+
+def test_notice_with_rollback_and_signature_round_trips() -> None:
+    notice_key = Ed25519PrivateKey.generate()
+    notice = Notice(
+        "dep-2",
+        "dev-1",
+        sign(MANIFEST, KEY),
+        issued_at="t",
+        expires_at="2026-11-28T01:00:00+00:00",
+        rollback=sign_rollback(approval_of(), KEY),
+    ).signed_with(notice_key)
     parsed = Notice.parse(notice.to_payload())
+    assert parsed == notice
     assert parsed.rollback is not None
     assert verify_rollback(parsed.rollback, {key_id(KEY.public_key()): KEY.public_key()})
-    assert parsed.rollback.approval.permits(MANIFEST)
+    assert parsed.rollback.approval.permits(MANIFEST, installed_version="9.9.9")
+    assert not parsed.rollback.approval.permits(MANIFEST, installed_version="9.9.8")
+    assert parsed.verify({key_id(notice_key.public_key()): notice_key.public_key()})
 
 
 @pytest.mark.parametrize(
@@ -173,12 +192,12 @@ def test_oversized_payloads_are_refused_before_parsing(channel: Channel) -> None
 
 
 def test_rollback_approval_signature_and_shape() -> None:
-    approval = RollbackApproval.for_manifest(MANIFEST, "2026-11-28T00:00:00+00:00")
+    approval = approval_of()
     signed = sign_rollback(approval, KEY)
     trusted = {key_id(KEY.public_key()): KEY.public_key()}
     assert verify_rollback(signed, trusted) == signed.key_id
     forged = SignedRollback(
-        RollbackApproval("app", "gw", "0.0.1", "c" * 64, approval.created_at),
+        dataclasses.replace(approval, from_version="0.0.1"),
         signed.signature,
         signed.key_id,
     )
@@ -187,7 +206,9 @@ def test_rollback_approval_signature_and_shape() -> None:
     with pytest.raises(SignatureInvalid, match="unknown key"):
         verify_rollback(sign_rollback(approval, Ed25519PrivateKey.generate()), trusted)
     with pytest.raises(ManifestInvalid):
-        RollbackApproval("app", "gw", "not-semver", "c" * 64, approval.created_at)
+        dataclasses.replace(approval, version="not-semver")
+    with pytest.raises(ManifestInvalid):
+        dataclasses.replace(approval, expires_at="tomorrow")
     document = signed.to_document()
     document["approval"]["kind"] = "upgrade"
     with pytest.raises(ManifestInvalid, match="kind"):

@@ -1,5 +1,6 @@
 """`kernex-release`: keygen, sign, verify and approve-rollback, as the release team runs them."""
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -43,12 +44,19 @@ def test_release_workflow_including_a_rollback_approval(tmp_path: Path) -> None:
     )
     assert checked.exit_code == 0, checked.output
 
-    approved = runner.invoke(app, ["approve-rollback", str(release), "--key", str(key)])
+    approved = runner.invoke(
+        app,
+        ["approve-rollback", str(release), "--key", str(key), "--from-version", "1.2.0"],
+    )
     assert approved.exit_code == 0, approved.output
     document = json.loads((tmp_path / "app-1.0.0.tar.gz.rollback.json").read_text())
     rollback = SignedRollback.from_document(document)
     manifest = SignedRelease.from_json(release.read_bytes()).manifest
-    assert rollback.approval.permits(manifest)
+    assert rollback.approval.permits(manifest, installed_version="1.2.0")
+    assert not rollback.approval.permits(manifest, installed_version="1.1.0")
+    now = dt.datetime.now(dt.UTC)
+    assert not rollback.approval.expired(now)
+    assert rollback.approval.expired(now + dt.timedelta(days=8))  # a week by default
     assert verify_rollback(rollback, load_trusted_keys(tmp_path / "keys")) == rollback.key_id
 
     bundle.write_bytes(b"tampered")

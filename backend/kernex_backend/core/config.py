@@ -167,6 +167,20 @@ class MqttSettings(BaseModel):
     quarantine_s: float = Field(default=900.0, ge=10)
 
 
+class NoticeSettings(BaseModel):
+    """Signing deployment notices: the backend's online notice key (docs/security.md).
+
+    Devices refuse a notice that this key did not sign, and one whose expiry lies further ahead
+    than they allow; a live notice is re-signed with a fresh expiry whenever it is re-published
+    (at least every `mqtt.reconcile_interval_s`), so `ttl_s` only bounds how long a captured
+    notice could be replayed."""
+
+    # Ed25519 private key in PEM, from `kernex-provision notice-key` (its public part goes into
+    # every device kit). Required when the MQTT bridge is on.
+    key_file: Path | None = None
+    ttl_s: int = Field(default=3600, ge=60, le=86400)
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -222,6 +236,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = StorageSettings()
     release: ReleaseSettings = ReleaseSettings()
     mqtt: MqttSettings = MqttSettings()
+    notice: NoticeSettings = NoticeSettings()
     log: LogSettings = LogSettings()
     migrations_dir: Path = Path(__file__).resolve().parents[3] / "migrations"
 
@@ -264,6 +279,16 @@ class Settings(BaseSettings):
             self.mqtt.key_file,
         ):
             raise ValueError("mqtt.enabled needs mqtt.ca_file, mqtt.cert_file and mqtt.key_file")
+        if self.mqtt.enabled and self.notice.key_file is None:
+            raise ValueError(
+                "mqtt.enabled needs notice.key_file: devices refuse unsigned notices "
+                "(kernex-provision notice-key makes one)"
+            )
+        if self.notice.ttl_s <= 2 * self.mqtt.reconcile_interval_s:
+            raise ValueError(
+                "notice.ttl_s must exceed twice mqtt.reconcile_interval_s, or retained notices "
+                "expire before they are re-signed"
+            )
         if self.api.page_size_default > self.api.page_size_max:
             raise ValueError("api.page_size_default must not exceed api.page_size_max")
         return self

@@ -24,10 +24,13 @@ import time
 import uuid
 from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 import structlog
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -48,6 +51,16 @@ from kernex_protocol.payloads import Notice, UrlRequest, UrlResponse
 from kernex_protocol.topics import Channel, topic_for
 
 log = structlog.get_logger(__name__)
+
+
+def load_notice_key(path: Path) -> Ed25519PrivateKey:
+    """The online notice key (Ed25519, PEM, unencrypted: the service must start unattended;
+    protect it as a secret file)."""
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
 
 LIVE_STATES = tuple(s for s in ExecutionState if not s.terminal and s != ExecutionState.PENDING)
 _RECONCILE_LOCK = 0x4B4E5801  # "KNX" + 1: one reconciler across replicas
@@ -79,7 +92,10 @@ class NoticeService:
         storage: BundleStorage,
         settings: Settings,
         stats: BridgeStats,
+        signing_key: Ed25519PrivateKey,
     ) -> None:
+        """`signing_key` is the online notice key: every notice is signed with it."""
+        self._signing_key = signing_key
         self._sessionmaker = sessionmaker
         self._bridge = bridge
         self._storage = storage
@@ -109,15 +125,20 @@ class NoticeService:
         return urls
 
     def _notice(self, execution: DeploymentExecution, bundle: Bundle, url: DownloadUrl) -> bytes:
+        """The signed notice, valid for `notice.ttl_s` from now (re-signed at every publish)."""
+        now = utc_now()
         notice = Notice(
             deployment_id=str(execution.deployment_id),
             device_id=execution.device_id,
             release=signed_release(bundle),
-            issued_at=utc_now().isoformat(timespec="seconds"),
+            issued_at=now.isoformat(timespec="seconds"),
+            expires_at=(now + dt.timedelta(seconds=self._settings.notice.ttl_s)).isoformat(
+                timespec="seconds"
+            ),
             url=url.url,
             url_expires_at=url.expires_at.isoformat(timespec="seconds"),
         )
-        return notice.to_payload()
+        return notice.signed_with(self._signing_key).to_payload()
 
     async def _publish_notice(self, device_id: str, payload: bytes) -> None:
         await self._bridge.publish(

@@ -74,8 +74,10 @@ class QuarantineService:
         """Cut `device_ids` off until now + the duration (known, non-decommissioned ones)."""
         if not device_ids:
             return []
-        await anyio.to_thread.run_sync(_publish, self._pki, sorted(self._known | device_ids))
-        log.warning("quarantine_broker_cut", devices=sorted(device_ids))
+        reloaded = await anyio.to_thread.run_sync(
+            _publish, self._pki, sorted(self._known | device_ids)
+        )
+        log.warning("quarantine_broker_cut", devices=sorted(device_ids), broker_reloaded=reloaded)
         until = utc_now() + self._duration
         async with self._sessionmaker() as session:
             rows = await session.exec(
@@ -102,7 +104,6 @@ class QuarantineService:
         if set(blocked) != self._known | device_ids:  # unknown IDs, or another replica's
             await anyio.to_thread.run_sync(_publish, self._pki, blocked)
         self._known = set(blocked)
-        reloaded = self._pki is not None and self._pki.broker is not None
         for device_id in changed:
             log.warning(
                 "device_quarantined",

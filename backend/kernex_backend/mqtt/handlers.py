@@ -20,7 +20,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.background import Supervisor, run_periodically
 from kernex_backend.core.config import MqttSettings, Settings
-from kernex_backend.deployments.notices import NoticeService
+from kernex_backend.deployments.notices import NoticeService, load_notice_key
 from kernex_backend.deployments.progress import ProgressIngest
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.presence import PresenceTracker
@@ -98,8 +98,14 @@ def start(
         stale_after_s=mqtt.offline_after_s,
     )
     presence = PresenceTracker(engine, stats, stale_after_s=mqtt.offline_after_s)
+    assert settings.notice.key_file is not None  # the settings refuse the bridge without it
     notices = NoticeService(
-        sessionmaker=sessionmaker, bridge=bridge, storage=storage, settings=settings, stats=stats
+        sessionmaker=sessionmaker,
+        bridge=bridge,
+        storage=storage,
+        settings=settings,
+        stats=stats,
+        signing_key=load_notice_key(settings.notice.key_file),
     )
     quarantine = QuarantineService(
         sessionmaker, pki, duration=dt.timedelta(seconds=mqtt.quarantine_s)

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from kernex_agent.backoff import Backoff
 from kernex_agent.config import UpdateConfig
+from kernex_agent.notices import Installed, save_installed
 from kernex_agent.update.download import (
     ContentTooLarge,
     DownloadCanceled,
@@ -109,6 +110,7 @@ class UpdateStates:
         self.reporter = reporter
         self.deployments = deployments
         self.paths = Paths(config.state_dir / "downloads")
+        self.installed_path = config.state_dir / "installed.json"
         self._sleep = sleep
         self._urls: dict[str, str] = {}
         self._without_url: set[str] = set()  # deployments whose last URL request went unanswered
@@ -277,8 +279,13 @@ class UpdateStates:
         return Event.SUCCESS
 
     async def committing(self, record: UpdateRecord) -> Event | Failed:
-        """Keep the new version; drop the way back and versions beyond the retention."""
-        return await self._settle(record, self.installer.commit, ErrorCode.COMMIT_FAILED)
+        """Keep the new version; drop the way back and versions beyond the retention; record
+        which product and version now run (versions are ordered per product)."""
+        event = await self._settle(record, self.installer.commit, ErrorCode.COMMIT_FAILED)
+        if event == Event.SUCCESS:
+            manifest = notice_of(record).manifest
+            save_installed(self.installed_path, Installed(manifest.name, manifest.version))
+        return event
 
     async def rolling_back(self, record: UpdateRecord) -> Event | Failed:
         """Return to the version that ran before."""

@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from minio import Minio
 
+from kernex_backend.deployments.notices import load_notice_key
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.s3 import EmbeddedS3
 from kernex_provision.certificates import CertificateKind, new_key
@@ -63,7 +64,13 @@ def bundles(s3_server: EmbeddedS3, release_key: Ed25519PrivateKey) -> Iterator[B
 def backend_side(
     broker: EmbeddedBroker, service_identity: Identity, bundles: BundleStore
 ) -> Iterator[BackendStandIn]:
-    side = BackendStandIn(service_identity, broker.host, broker.port, bundles)
+    side = BackendStandIn(
+        service_identity,
+        broker.host,
+        broker.port,
+        bundles,
+        load_notice_key(broker.notice_key_file),
+    )
     side.start()
     yield side
     side.stop()

@@ -136,9 +136,15 @@ class BundleStore:
             self.bucket, release.object_name, expires=dt.timedelta(seconds=expires_s)
         )
 
-    def rollback(self, release: Release) -> SignedRollback:
+    def rollback(
+        self, release: Release, *, from_version: str, valid_for_s: float = 7 * 86400
+    ) -> SignedRollback:
+        """The release team's approval to go from `from_version` back to `release`."""
         approval = RollbackApproval.for_manifest(
-            release.signed.manifest, dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            release.signed.manifest,
+            from_version=from_version,
+            created_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5),
+            valid_for=dt.timedelta(seconds=valid_for_s),
         )
         return sign_rollback(approval, self.key)
 
@@ -154,6 +160,7 @@ class BackendStandIn:
     host: str
     port: int
     store: BundleStore
+    notice_key: Ed25519PrivateKey  # the backend's notice key (the broker's development one)
     releases: dict[str, Release] = field(default_factory=dict)  # by deployment id
     url_requests: list[UrlRequest] = field(default_factory=list)
     url_expiry_s: int = 600
@@ -212,8 +219,10 @@ class BackendStandIn:
         with_url: bool = True,
         expires_in_s: int = 3600,
         rollback: SignedRollback | None = None,
+        notice_key: Ed25519PrivateKey | None = None,
     ) -> str:
-        """Publish a retained notice; returns its deployment id."""
+        """Publish a retained notice, signed with the backend's notice key (or `notice_key`);
+        returns its deployment id."""
         deployment_id = deployment_id or f"dep-{uuid.uuid4().hex[:12]}"
         self.releases[deployment_id] = release
         now = dt.datetime.now(dt.UTC)
@@ -225,7 +234,7 @@ class BackendStandIn:
             expires_at=(now + dt.timedelta(seconds=expires_in_s)).isoformat(timespec="seconds"),
             url=url if url is not None else (self.store.url(release) if with_url else None),
             rollback=rollback,
-        )
+        ).signed_with(notice_key or self.notice_key)
         self.publish_notice(device_id, notice.to_payload())
         return deployment_id
 
@@ -291,13 +300,16 @@ class AgentProcess:
         }
         self.process: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
+        # Run through this command first (it must exec the rest), e.g. to enter a cgroup.
+        self.wrapper: list[str] = []
 
     def start(self, **extra_env: str) -> "AgentProcess":
         env = {**self.env, **extra_env}
+        command = [sys.executable, "-m", "kernex_agent", "--config", str(self.kit / "agent.toml")]
         with self.log_path.open("ab") as log:
             self._log_offset = log.tell()
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "kernex_agent", "--config", str(self.kit / "agent.toml")],
+                [*self.wrapper, *command],
                 env=env,
                 stdout=log,
                 stderr=log,

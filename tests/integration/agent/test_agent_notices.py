@@ -79,7 +79,9 @@ def test_notice_for_another_device_is_rejected(
     release = bundles.put(app_archive("1.0.0"), "1.0.0")
     now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     notice = Notice("dep-misrouted", "someone-else", release.signed, issued_at=now)
-    backend_side.publish_notice(device.device_id, notice.to_payload())
+    backend_side.publish_notice(
+        device.device_id, notice.signed_with(backend_side.notice_key).to_payload()
+    )
     assert rejected(backend_side, device, "dep-misrouted") == ErrorCode.WRONG_DEVICE
 
 
@@ -94,10 +96,19 @@ def test_downgrade_needs_a_signed_rollback_approval(
 
     # An approval for another artefact does not do.
     decoy = bundles.put(app_archive("1.0.0") + b"\0", "1.0.0")
-    wrong = backend_side.notify(device.device_id, older, rollback=bundles.rollback(decoy))
+    decoy_approval = bundles.rollback(decoy, from_version="1.1.0")
+    wrong = backend_side.notify(device.device_id, older, rollback=decoy_approval)
     assert rejected(backend_side, device, wrong) == ErrorCode.DOWNGRADE_REFUSED
+    # Nor one from another installed version, nor an expired one.
+    for approval in (
+        bundles.rollback(older, from_version="1.0.5"),
+        bundles.rollback(older, from_version="1.1.0", valid_for_s=1),
+    ):
+        refused = backend_side.notify(device.device_id, older, rollback=approval)
+        assert rejected(backend_side, device, refused) == ErrorCode.DOWNGRADE_REFUSED
 
-    approved = backend_side.notify(device.device_id, older, rollback=bundles.rollback(older))
+    approval = bundles.rollback(older, from_version="1.1.0")
+    approved = backend_side.notify(device.device_id, older, rollback=approval)
     progress = backend_side.progress_until_final(device.device_id, approved)
     assert progress[-1].state == ProgressState.COMMITTED
     assert running_version(device.install_root) == "1.0.0"

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -432,6 +433,7 @@ async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> 
         storage=app.state.storage,
         settings=settings,
         stats=bridge.stats,
+        signing_key=Ed25519PrivateKey.generate(),
     )
     async with engine.begin() as conn:
         await conn.execute(

@@ -4,6 +4,7 @@ schema; a session claim goes stale; a bridge that cannot connect makes the repli
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -17,6 +18,7 @@ from kernex_backend.devices.presence import PresenceTracker
 from kernex_backend.mqtt import handlers as fleet_state
 from kernex_backend.mqtt.bridge import BridgeStats
 from kernex_backend.telemetry.ingest import HeartbeatIngest
+from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.ports import free_port
 from kernex_protocol.limits import INT_LIMITS, TEXT_LIMITS
 from kernex_protocol.payloads import ErrorCode, Presence, ProgressError, ProgressState
@@ -36,15 +38,17 @@ from tests.integration.mqtt_client import Identity
 pytestmark = pytest.mark.integration
 
 
-async def run_until_drained(run: object, backlog: object, limit_s: float = 10.0) -> None:
-    """Run a writer until its backlog is empty (polled: the writer has no event for it)."""
-    task = asyncio.create_task(run())  # type: ignore[operator]
+async def run_until(run: Any, done: Any, limit_s: float = 10.0) -> None:
+    """Run a writer until the awaitable check `done()` holds (polled: a write in flight is not
+    visible in the backlog), then stop it."""
+    task = asyncio.create_task(run())
     try:
         async with asyncio.timeout(limit_s):
-            while backlog():  # type: ignore[operator]  # noqa: ASYNC110
+            while not await done():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
     finally:
         task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_poison_heartbeats_are_isolated_and_the_rest_stored(
@@ -59,7 +63,11 @@ async def test_poison_heartbeats_are_isolated_and_the_rest_stored(
     await ingest.submit("ok-2", beat(1))
     await ingest.submit("evil-2", beat(3, version="1.0\x00"))  # NUL in text
     await ingest.submit("ok-1", beat(2))
-    await run_until_drained(ingest.run, lambda: ingest.backlog)
+
+    async def stored() -> bool:
+        return stats.counts["heartbeats.stored"] + stats.counts["heartbeats.dropped_refused"] == 5
+
+    await run_until(ingest.run, stored)
     assert await heartbeat_rows(engine, "ok-1") == [1, 2]
     assert await heartbeat_rows(engine, "ok-2") == [1]
     assert await heartbeat_rows(engine, "evil-1") == []
@@ -67,8 +75,11 @@ async def test_poison_heartbeats_are_isolated_and_the_rest_stored(
     assert ingest.problem() is None
     # The ingest goes on: a later heartbeat is stored at once.
     await ingest.submit("ok-2", beat(2))
-    await run_until_drained(ingest.run, lambda: ingest.backlog)
-    assert await heartbeat_rows(engine, "ok-2") == [1, 2]
+
+    async def stored_again() -> bool:
+        return await heartbeat_rows(engine, "ok-2") == [1, 2]
+
+    await run_until(ingest.run, stored_again)
 
 
 async def _noop(device_ids: list[str]) -> None:
@@ -83,7 +94,11 @@ async def test_a_poison_progress_report_is_isolated(app: FastAPI, engine: AsyncE
     poison = ProgressError(ErrorCode.INSTALL_FAILED, "x\x00y")  # NUL: refused by PostgreSQL
     await ingest.submit("pg-bad", report(bad, ProgressState.FAILED, 1, error=poison))
     await ingest.submit("pg-ok", report(good, ProgressState.DOWNLOADING, 1, percent=40))
-    await run_until_drained(ingest.run, lambda: ingest.backlog)
+
+    async def handled() -> bool:
+        return stats.counts["progress.applied"] + stats.counts["progress.dropped_refused"] == 2
+
+    await run_until(ingest.run, handled)
     assert (await execution(engine, good))["progress"] == 40
     assert (await execution(engine, bad))["state"] == "notified"
     assert stats.counts["progress.dropped_refused"] == 1
@@ -140,7 +155,7 @@ async def test_a_lying_session_claim_goes_stale(app: FastAPI, engine: AsyncEngin
 
 @pytest.fixture
 async def unreachable_fleet(
-    app: FastAPI, database_url: str, service_identity: Identity
+    app: FastAPI, database_url: str, service_identity: Identity, broker: EmbeddedBroker
 ) -> AsyncIterator[FastAPI]:
     """The fleet machinery of a replica whose broker is not there (nothing on its port)."""
     settings = make_settings(
@@ -153,6 +168,7 @@ async def unreachable_fleet(
             "cert_file": service_identity.cert_file,
             "key_file": service_identity.key_file,
         },
+        notice={"key_file": broker.notice_key_file},
     )
     fleet = fleet_state.start(
         settings=settings,
