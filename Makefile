@@ -20,6 +20,7 @@ check: bootstrap
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(PACKAGES) tests migrations/env.py
+	$(BIN)/lint-imports --no-cache --no-logo
 
 format: bootstrap
 	$(BIN)/ruff format .

@@ -5,10 +5,10 @@ from typing import Annotated
 
 import typer
 
-from kernex_backend.api_keys.scopes import Scope
-from kernex_backend.core import bootstrap
+from kernex_backend import bootstrap
 from kernex_backend.core.config import Settings, get_settings
 from kernex_backend.core.logging import configure_logging
+from kernex_backend.core.scopes import Scope
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
@@ -49,49 +49,15 @@ def serve(
 async def _work(settings: Settings) -> None:
     import signal
 
-    from kernex_backend.bundles.storage import create_storage
-    from kernex_backend.core.background import run_periodically
-    from kernex_backend.core.db import create_engine, create_sessionmaker, utc_now
-    from kernex_backend.devices.certificates import Pki
-    from kernex_backend.mqtt import handlers as fleet_state
-    from kernex_backend.telemetry import partitions
-
-    engine = create_engine(settings)
-    storage = create_storage(settings.storage)
-
-    async def maintain_partitions() -> None:
-        async with engine.begin() as conn:
-            await partitions.maintain(
-                conn,
-                today=utc_now().date(),
-                days_ahead=settings.telemetry.partitions_ahead_days,
-                retention_days=settings.telemetry.heartbeat_retention_days,
-            )
+    from kernex_backend import composition
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    partition_job = asyncio.create_task(
-        run_periodically(
-            "heartbeat_partitions", settings.telemetry.maintenance_interval_s, maintain_partitions
-        )
-    )
-    fleet = fleet_state.start(
-        settings=settings,
-        engine=engine,
-        sessionmaker=create_sessionmaker(engine),
-        storage=storage,
-        pki=Pki.from_settings(settings.pki),
-    )
-    typer.echo(f"worker running (share group {settings.mqtt.share_group}); Ctrl-C stops it")
-    try:
+    async with composition.running(settings, serve_api=False):
+        typer.echo(f"worker running (share group {settings.mqtt.share_group}); Ctrl-C stops it")
         await stop.wait()
-    finally:
-        await fleet.stop()
-        partition_job.cancel()
-        await asyncio.gather(partition_job, return_exceptions=True)
-        await engine.dispose()
 
 
 @app.command()

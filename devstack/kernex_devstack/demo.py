@@ -29,10 +29,10 @@ import uvicorn
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from kernex_backend.api_keys.scopes import Scope
-from kernex_backend.core import bootstrap
+from kernex_backend import bootstrap
 from kernex_backend.core.config import Settings
 from kernex_backend.core.logging import configure_logging
+from kernex_backend.core.scopes import Scope
 from kernex_backend.main import create_app
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.postgres import EmbeddedPostgres

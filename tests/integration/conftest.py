@@ -8,9 +8,11 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kernex_backend.api_keys import service as api_keys
-from kernex_backend.api_keys.scopes import Scope
+from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import create_sessionmaker
+from kernex_backend.core.runtime import Runtime, runtime_of
+from kernex_backend.core.scopes import Scope
 from kernex_backend.main import create_app
 from tests.conftest import make_settings
 
@@ -32,9 +34,19 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 
 @pytest.fixture
-def engine(app: FastAPI) -> AsyncEngine:
-    engine: AsyncEngine = app.state.engine
-    return engine
+def runtime(app: FastAPI) -> Runtime:
+    """The app's runtime: its engine, settings and components."""
+    return runtime_of(app)
+
+
+@pytest.fixture
+def engine(runtime: Runtime) -> AsyncEngine:
+    return runtime.engine
+
+
+def storage_of(app: FastAPI) -> BundleStorage:
+    """The app's bundle storage (a Protocol: mypy wants no abstract class as a key)."""
+    return runtime_of(app).get(BundleStorage)  # type: ignore[type-abstract]
 
 
 @pytest.fixture

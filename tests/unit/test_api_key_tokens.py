@@ -3,7 +3,7 @@
 import pytest
 
 from kernex_backend.api_keys import tokens
-from kernex_backend.api_keys.scopes import Scope, effective
+from kernex_backend.core.scopes import Scope, effective
 
 
 def test_generated_tokens_parse_and_match() -> None:

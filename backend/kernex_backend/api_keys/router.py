@@ -7,9 +7,9 @@ from fastapi import APIRouter, Path, status
 from kernex_backend.api_keys import service
 from kernex_backend.api_keys.models import ApiKey
 from kernex_backend.api_keys.schemas import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic, ApiKeysPublic
-from kernex_backend.core.db import SessionDep
+from kernex_backend.core.access import AdminAccess
 from kernex_backend.core.pagination import PageDep
-from kernex_backend.core.security import AdminAccess
+from kernex_backend.core.runtime import SessionDep
 
 router = APIRouter(prefix="/api-keys", tags=["api-keys"])
 

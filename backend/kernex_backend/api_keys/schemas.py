@@ -4,7 +4,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kernex_backend.api_keys.scopes import Scope
+from kernex_backend.core.scopes import Scope
 from kernex_backend.core.text import Label
 
 

@@ -6,11 +6,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.api_keys import tokens
 from kernex_backend.api_keys.models import ApiKey
-from kernex_backend.api_keys.scopes import Scope
 from kernex_backend.audit import service as audit
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.errors import Conflict, NotFound
 from kernex_backend.core.pagination import Page
+from kernex_backend.core.scopes import Scope
 
 
 class ApiKeyNotFound(NotFound):

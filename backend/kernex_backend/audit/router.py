@@ -7,9 +7,9 @@ from pydantic import AwareDatetime
 
 from kernex_backend.audit import service
 from kernex_backend.audit.schemas import AuditEventPublic, AuditEventsPublic
-from kernex_backend.core.db import SessionDep
+from kernex_backend.core.access import AdminAccess
 from kernex_backend.core.pagination import PageDep
-from kernex_backend.core.security import AdminAccess
+from kernex_backend.core.runtime import SessionDep
 
 router = APIRouter(prefix="/audit-events", tags=["audit"])
 

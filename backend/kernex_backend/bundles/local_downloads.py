@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response, StreamingResponse
 
-from kernex_backend.bundles.storage import LocalStorage, ObjectMissing
+from kernex_backend.bundles.storage import LocalStorage, ObjectMissing, StorageDep
 from kernex_backend.core.errors import Forbidden, KernexError, NotFound
 
 router = APIRouter(prefix="/bundle-downloads", tags=["bundles"], include_in_schema=False)
@@ -48,11 +48,11 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
 async def download(
     name: str,
     request: Request,
+    storage: StorageDep,
     expires: Annotated[int, Query()],
     signature: Annotated[str, Query(max_length=64)],
 ) -> Response:
     """Serve an object if the URL's signature is valid and it has not expired."""
-    storage = request.app.state.storage
     if not isinstance(storage, LocalStorage):
         raise NotFound("download URLs are served by the object store, not by this backend")
     key = f"bundles/{name}"

@@ -17,13 +17,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.service import (
-    UNFINISHED,
     delete_object_if_unreferenced,
     delete_row,
 )
 from kernex_backend.bundles.storage import BundleStorage
-from kernex_backend.deployments.models import Deployment
-from kernex_backend.devices.models import Device
+from kernex_backend.bundles.usage import UNFINISHED_DEPLOYMENT_STATUSES, deployments, devices
 
 ACTOR = "system:retention"
 _ADVISORY_LOCK_KEY = 0x4B45524E_4252  # "KERNBR"
@@ -62,11 +60,12 @@ async def run_retention(
             return report
         report.ran = True
         in_use = sa.exists().where(
-            col(Deployment.bundle_id) == col(Bundle.id), col(Deployment.status).in_(UNFINISHED)
+            deployments.c.bundle_id == col(Bundle.id),
+            deployments.c.status.in_(UNFINISHED_DEPLOYMENT_STATUSES),
         )
         installed = sa.exists().where(
-            col(Device.device_type) == col(Bundle.device_type),
-            col(Device.current_version) == col(Bundle.version),
+            devices.c.device_type == col(Bundle.device_type),
+            devices.c.current_version == col(Bundle.version),
         )
         rows = await session.exec(
             select(Bundle, in_use.label("in_use"), installed.label("installed"))

@@ -4,16 +4,17 @@ import datetime as dt
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request, status
+from fastapi import APIRouter, Depends, Header, Query, Request, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 
 from kernex_backend.bundles import service, upload
 from kernex_backend.bundles.schemas import BundlePublic, BundlesPublic
-from kernex_backend.bundles.storage import BundleStorage
-from kernex_backend.core.db import SessionDep
+from kernex_backend.bundles.storage import StorageDep
+from kernex_backend.bundles.upload import TrustedReleaseKeys
+from kernex_backend.core.access import ReadAccess, WriteAccess
 from kernex_backend.core.pagination import PageDep
-from kernex_backend.core.security import ReadAccess, WriteAccess
+from kernex_backend.core.runtime import SessionDep, SettingsDep, component
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
 
@@ -22,9 +23,7 @@ def _public(bundle: object) -> BundlePublic:
     return BundlePublic.model_validate(bundle, from_attributes=True)
 
 
-def _storage(request: Request) -> BundleStorage:
-    storage: BundleStorage = request.app.state.storage
-    return storage
+ReleaseKeysDep = Annotated[TrustedReleaseKeys, Depends(component(TrustedReleaseKeys))]
 
 
 @router.post(
@@ -44,6 +43,9 @@ async def upload_bundle(
     request: Request,
     session: SessionDep,
     principal: WriteAccess,
+    settings: SettingsDep,
+    storage: StorageDep,
+    release_keys: ReleaseKeysDep,
     kernex_release: Annotated[
         str | None,
         Header(description="the signed release JSON written by `kernex-release sign`"),
@@ -54,14 +56,13 @@ async def upload_bundle(
     `Kernex-Release` header. The body is streamed to storage and hashed on the way; it is
     accepted only if its sha256 and size match the manifest and the signature verifies against a
     trusted release key."""
-    settings = request.app.state.settings
     release = upload.parse_release(kernex_release)
     key_id = upload.check_signature(
-        release, request.app.state.release_keys, allow_unsigned=settings.release.allow_unsigned
+        release, release_keys.keys, allow_unsigned=settings.release.allow_unsigned
     )
     bundle = await upload.upload(
         session=session,
-        storage=_storage(request),
+        storage=storage,
         release=release,
         key_id=key_id,
         body=request.stream(),
@@ -99,11 +100,10 @@ async def get_bundle(bundle_id: uuid.UUID, session: SessionDep, _: ReadAccess) -
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 async def download_bundle(
-    bundle_id: uuid.UUID, request: Request, session: SessionDep, _: ReadAccess
+    bundle_id: uuid.UUID, storage: StorageDep, session: SessionDep, _: ReadAccess
 ) -> StreamingResponse:
     """Stream a bundle's content back (operators; devices use presigned URLs)."""
     bundle = await service.get(session=session, bundle_id=bundle_id)
-    storage = _storage(request)
     return StreamingResponse(
         storage.read(bundle.storage_key),
         media_type="application/octet-stream",
@@ -131,25 +131,26 @@ class DownloadUrlPublic(BaseModel):
 @router.post("/{bundle_id}/download-url", response_model=DownloadUrlPublic)
 async def create_download_url(
     bundle_id: uuid.UUID,
-    request: Request,
+    settings: SettingsDep,
+    storage: StorageDep,
     session: SessionDep,
     _: ReadAccess,
     body: DownloadUrlRequest | None = None,
 ) -> DownloadUrlPublic:
     """A short-lived presigned GET URL for the bundle's content (supports HTTP Range)."""
     bundle = await service.get(session=session, bundle_id=bundle_id)
-    seconds = (body.expires_s if body else None) or request.app.state.settings.storage.url_expiry_s
+    seconds = (body.expires_s if body else None) or settings.storage.url_expiry_s
     url = await service.download_url(
-        storage=_storage(request), bundle=bundle, expires=dt.timedelta(seconds=seconds)
+        storage=storage, bundle=bundle, expires=dt.timedelta(seconds=seconds)
     )
     return DownloadUrlPublic(url=url.url, expires_at=url.expires_at)
 
 
 @router.delete("/{bundle_id}", status_code=status.HTTP_204_NO_CONTENT)
 async def delete_bundle(
-    bundle_id: uuid.UUID, request: Request, session: SessionDep, principal: WriteAccess
+    bundle_id: uuid.UUID, storage: StorageDep, session: SessionDep, principal: WriteAccess
 ) -> None:
     """Delete a bundle that no unfinished deployment uses (409 otherwise)."""
     await service.delete(
-        session=session, storage=_storage(request), bundle_id=bundle_id, actor=principal.actor
+        session=session, storage=storage, bundle_id=bundle_id, actor=principal.actor
     )

@@ -11,11 +11,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kernex_backend.audit import service as audit
 from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
+from kernex_backend.bundles.usage import UNFINISHED_DEPLOYMENT_STATUSES, deployments
 from kernex_backend.core.errors import Conflict, NotFound
 from kernex_backend.core.pagination import Page
-from kernex_backend.deployments.models import Deployment, DeploymentStatus
-
-UNFINISHED = [s.value for s in DeploymentStatus if not s.finished]
 
 
 class BundleNotFound(NotFound):
@@ -65,11 +63,12 @@ async def list_bundles(
 async def unfinished_deployments(*, session: AsyncSession, bundle_id: uuid.UUID) -> list[uuid.UUID]:
     """Ids of deployments of this bundle that are not finished."""
     rows = await session.exec(
-        select(Deployment.id).where(
-            Deployment.bundle_id == bundle_id, col(Deployment.status).in_(UNFINISHED)
+        sa.select(deployments.c.id).where(  # type: ignore[call-overload]
+            deployments.c.bundle_id == bundle_id,
+            deployments.c.status.in_(UNFINISHED_DEPLOYMENT_STATUSES),
         )
     )
-    return list(rows)
+    return list(rows.scalars())
 
 
 async def delete_object_if_unreferenced(

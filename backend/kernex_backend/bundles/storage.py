@@ -16,17 +16,19 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Annotated, Protocol, TypeVar
 from urllib.parse import urlencode
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+from fastapi import Depends
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.error import S3Error
 
 from kernex_backend.core.config import StorageSettings
+from kernex_backend.core.runtime import component
 
 T = TypeVar("T")
 
@@ -336,3 +338,7 @@ def create_storage(settings: StorageSettings) -> S3Storage | LocalStorage:
     if settings.backend == "local":
         return LocalStorage.from_settings(settings)
     return S3Storage.from_settings(settings)
+
+
+# The bundle store of this process, as a route dependency.
+StorageDep = Annotated[BundleStorage, Depends(component(BundleStorage))]

@@ -7,6 +7,7 @@ object only stays when a row refers to it.
 
 import hashlib
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -111,6 +112,13 @@ def parse_release(header: str | None) -> SignedRelease:
         return SignedRelease.from_json(header)
     except ManifestInvalid as exc:
         raise InvalidInput(f"release manifest: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedReleaseKeys:
+    """The release public keys uploads must be signed by, by key id."""
+
+    keys: dict[str, Ed25519PublicKey]
 
 
 def check_signature(

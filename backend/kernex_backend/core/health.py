@@ -3,12 +3,12 @@
 import asyncio
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from pydantic import BaseModel
 
 from kernex_backend import __version__
-from kernex_backend.bundles.storage import StorageError
 from kernex_backend.core.errors import ServiceUnavailable
+from kernex_backend.core.runtime import RuntimeDep
 
 router = APIRouter(tags=["health"])
 
@@ -37,28 +37,26 @@ async def health() -> Health:
 
 
 @router.get("/ready", response_model=Readiness, responses={503: {"description": "not ready"}})
-async def ready(request: Request) -> Readiness:
-    """Readiness: the database and the bundle storage answer within the timeout, and (with the
-    MQTT bridge on) device traffic flows: the bridge is connected, no background task is down
-    and no writer is stuck. `checks` says which failed and why."""
+async def ready(runtime: RuntimeDep) -> Readiness:
+    """Readiness: the database answers within the timeout, and so does every check the process
+    registered (the bundle storage; with the MQTT bridge on, device traffic: the bridge is
+    connected, no background task is down, no writer is stuck). `checks` says which failed and
+    why."""
     checks: dict[str, str] = {}
     try:
         async with asyncio.timeout(_CHECK_TIMEOUT_S):
-            async with request.app.state.engine.connect() as conn:
+            async with runtime.engine.connect() as conn:
                 await conn.execute(sa.text("SELECT 1"))
         checks["database"] = "ok"
     except (TimeoutError, OSError, sa.exc.SQLAlchemyError) as exc:
         checks["database"] = type(exc).__name__
-    try:
-        async with asyncio.timeout(_CHECK_TIMEOUT_S):
-            await request.app.state.storage.check()
-        checks["storage"] = "ok"
-    except (TimeoutError, StorageError) as exc:
-        checks["storage"] = type(exc).__name__
-    fleet = getattr(request.app.state, "fleet", None)
-    if fleet is not None:
-        problems = fleet.problems()
-        checks["device_traffic"] = "; ".join(problems) if problems else "ok"
+    for name, check in runtime.readiness.items():
+        try:
+            async with asyncio.timeout(_CHECK_TIMEOUT_S):
+                problem = await check()
+        except Exception as exc:  # a check that fails to answer is itself the answer
+            problem = type(exc).__name__
+        checks[name] = problem or "ok"
     failing = sorted(name for name, state in checks.items() if state != "ok")
     if failing:
         raise ServiceUnavailable(

@@ -3,9 +3,10 @@
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Query
 
 from kernex_backend.core.errors import InvalidInput
+from kernex_backend.core.runtime import SettingsDep
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,13 +18,13 @@ class Page:
 
 
 def _page(
-    request: Request,
+    settings: SettingsDep,
     limit: Annotated[
         int | None, Query(ge=1, description="page size (capped by the server)")
     ] = None,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> Page:
-    api = request.app.state.settings.api
+    api = settings.api
     if limit is None:
         limit = api.page_size_default
     if limit > api.page_size_max:

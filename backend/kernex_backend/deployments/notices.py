@@ -39,16 +39,16 @@ from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import utc_now
+from kernex_backend.core.messaging import DevicePublisher, PublishFailed, TrafficCounters
 from kernex_backend.deployments.models import (
     Deployment,
     DeploymentExecution,
     DeploymentStatus,
     ExecutionState,
 )
-from kernex_backend.mqtt.bridge import BridgeStats, BridgeUnavailable, MqttBridge
 from kernex_protocol.manifest import ReleaseManifest, SignedRelease
 from kernex_protocol.payloads import Notice, UrlRequest, UrlResponse
-from kernex_protocol.topics import Channel, topic_for
+from kernex_protocol.topics import Channel
 
 log = structlog.get_logger(__name__)
 
@@ -88,16 +88,16 @@ class NoticeService:
         self,
         *,
         sessionmaker: async_sessionmaker[AsyncSession],
-        bridge: MqttBridge,
+        publisher: DevicePublisher,
         storage: BundleStorage,
         settings: Settings,
-        stats: BridgeStats,
+        stats: TrafficCounters,
         signing_key: Ed25519PrivateKey,
     ) -> None:
         """`signing_key` is the online notice key: every notice is signed with it."""
         self._signing_key = signing_key
         self._sessionmaker = sessionmaker
-        self._bridge = bridge
+        self._publisher = publisher
         self._storage = storage
         self._settings = settings
         self._stats = stats
@@ -141,9 +141,7 @@ class NoticeService:
         return notice.signed_with(self._signing_key).to_payload()
 
     async def _publish_notice(self, device_id: str, payload: bytes) -> None:
-        await self._bridge.publish(
-            topic_for(device_id, Channel.DEPLOYMENT), payload, qos=1, retain=True
-        )
+        await self._publisher.publish_to(device_id, Channel.DEPLOYMENT, payload)
 
     async def publish_pending(self) -> int:
         """Notify PENDING executions of running deployments, a batch at a time until none is
@@ -180,7 +178,7 @@ class NoticeService:
                     try:
                         payload = self._notice(execution, bundle, urls[bundle.id])
                         await self._publish_notice(execution.device_id, payload)
-                    except BridgeUnavailable:
+                    except PublishFailed:
                         return False  # stays PENDING for the next round
                     return True
 
@@ -213,7 +211,7 @@ class NoticeService:
         A PENDING execution counts as live but is left to `publish_pending`: clearing the topic
         then could land after that new notice and withdraw it. Publishes to one device are
         serialised in this replica (its lock is held from the query to the publish), so a clear
-        and a notice cannot overtake each other. BridgeUnavailable if the broker is gone.
+        and a notice cannot overtake each other. PublishFailed if the broker is gone.
         """
         ids = sorted(set(device_ids))
         async with contextlib.AsyncExitStack() as held:
@@ -326,7 +324,7 @@ class NoticeService:
         for device_id, _ in ended:
             log.info("execution_timed_out", device_id=device_id)
             # Without the broker now, the reconciler withdraws the notice later.
-            with contextlib.suppress(BridgeUnavailable):
+            with contextlib.suppress(PublishFailed):
                 await self.refresh_device(device_id)
         return len(ended)
 
@@ -361,9 +359,7 @@ class NoticeService:
             self._stats.count("url_requests.answered")
         else:
             self._stats.count("url_requests.refused")
-        await self._bridge.publish(
-            topic_for(device_id, Channel.URL_RESPONSE), response.to_payload(), qos=1
-        )
+        await self._publisher.publish_to(device_id, Channel.URL_RESPONSE, response.to_payload())
 
     async def _live_bundle(self, device_id: str, deployment_id: str) -> Bundle | None:
         try:

@@ -28,11 +28,11 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.core.db import utc_now
+from kernex_backend.core.messaging import TrafficCounters
 from kernex_backend.core.write_buffer import WriteBuffer
 from kernex_backend.deployments.models import DeploymentExecution, ExecutionState
 from kernex_backend.deployments.notices import complete_if_done
 from kernex_backend.devices.models import Device
-from kernex_backend.mqtt.bridge import BridgeStats
 from kernex_protocol.payloads import Progress, ProgressState
 
 log = structlog.get_logger(__name__)
@@ -67,7 +67,7 @@ class ProgressIngest:
     def __init__(
         self,
         sessionmaker: async_sessionmaker[AsyncSession],
-        stats: BridgeStats,
+        stats: TrafficCounters,
         *,
         on_final: Callable[[list[str]], Awaitable[None]],
         batch_size: int = 500,

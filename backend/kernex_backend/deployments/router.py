@@ -1,15 +1,17 @@
 """Deployment endpoints: start a deployment to explicit devices, follow it, cancel it."""
 
 import uuid
+from typing import Annotated
 
 import structlog
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends
 
-from kernex_backend.core.db import SessionDep
+from kernex_backend.core.access import ReadAccess, WriteAccess
 from kernex_backend.core.pagination import PageDep
-from kernex_backend.core.security import ReadAccess, WriteAccess
+from kernex_backend.core.runtime import SessionDep, optional_component
 from kernex_backend.deployments import service
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
+from kernex_backend.deployments.notices import NoticeService
 from kernex_backend.deployments.schemas import (
     DeploymentCreate,
     DeploymentDetail,
@@ -18,6 +20,10 @@ from kernex_backend.deployments.schemas import (
     ExecutionPublic,
     ExecutionsPublic,
 )
+
+# The notice service of this process: None where the MQTT bridge does not run (the others'
+# notifiers find the new work within their interval).
+NoticesDep = Annotated[NoticeService | None, Depends(optional_component(NoticeService))]
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 log = structlog.get_logger(__name__)
@@ -34,29 +40,27 @@ async def _detail(session: SessionDep, deployment_id: uuid.UUID) -> DeploymentDe
 
 @router.post("", response_model=DeploymentDetail, status_code=201)
 async def create_deployment(
-    body: DeploymentCreate, request: Request, session: SessionDep, principal: WriteAccess
+    body: DeploymentCreate, notices: NoticesDep, session: SessionDep, principal: WriteAccess
 ) -> DeploymentDetail:
     """Deploy a signed bundle to the listed devices; each gets its notice within seconds."""
     deployment = await service.create(session=session, request=body, actor=principal.actor)
-    fleet = getattr(request.app.state, "fleet", None)
-    if fleet is not None:
-        fleet.notices.wake()  # committed: notify now, not at the next interval
+    if notices is not None:
+        notices.wake()  # committed: notify now, not at the next interval
     return await _detail(session, deployment.id)
 
 
 @router.post("/{deployment_id}/cancel", response_model=DeploymentDetail)
 async def cancel_deployment(
-    deployment_id: uuid.UUID, request: Request, session: SessionDep, principal: WriteAccess
+    deployment_id: uuid.UUID, notices: NoticesDep, session: SessionDep, principal: WriteAccess
 ) -> DeploymentDetail:
     """Cancel: devices that have not started installing stop; the others finish or roll back."""
     devices = await service.cancel(
         session=session, deployment_id=deployment_id, actor=principal.actor
     )
-    fleet = getattr(request.app.state, "fleet", None)
-    if fleet is not None:
+    if notices is not None:
         for device_id in devices:
             try:
-                await fleet.notices.refresh_device(device_id)
+                await notices.refresh_device(device_id)
             except Exception:  # the reconciler withdraws it; the cancel itself is committed
                 log.warning("notice_withdraw_deferred", device_id=device_id)
     return await _detail(session, deployment_id)

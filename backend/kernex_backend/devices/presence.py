@@ -21,7 +21,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kernex_backend.core.db import utc_now
-from kernex_backend.mqtt.bridge import BridgeStats
+from kernex_backend.core.messaging import TrafficCounters
 from kernex_protocol.payloads import Presence
 
 log = structlog.get_logger(__name__)
@@ -61,7 +61,7 @@ class PresenceTracker:
     """Applies presence messages (the bridge's handler) and sweeps silent devices offline."""
 
     def __init__(
-        self, engine: AsyncEngine, stats: BridgeStats, *, stale_after_s: float = 95.0
+        self, engine: AsyncEngine, stats: TrafficCounters, *, stale_after_s: float = 95.0
     ) -> None:
         self._engine = engine
         self._stats = stats

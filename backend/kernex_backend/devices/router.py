@@ -5,15 +5,17 @@ import datetime as dt
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, Request, status
+from fastapi import APIRouter, Depends, Path, Query, status
 from sqlmodel import col, select
 
-from kernex_backend.core.db import SessionDep, utc_now
+from kernex_backend.core.access import OptionalWriteAccess, ReadAccess, WriteAccess
+from kernex_backend.core.db import utc_now
 from kernex_backend.core.errors import InvalidInput
 from kernex_backend.core.pagination import PageDep
-from kernex_backend.core.security import OptionalWriteAccess, ReadAccess, WriteAccess
+from kernex_backend.core.runtime import SessionDep, optional_component
 from kernex_backend.core.text import TAG_KEY_PATTERN
 from kernex_backend.devices import certificates, quarantine, service
+from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.schemas import (
     CertificatePublic,
@@ -30,6 +32,9 @@ from kernex_backend.devices.schemas import (
 )
 from kernex_backend.telemetry.models import Heartbeat
 from kernex_protocol.ids import DEVICE_ID_PATTERN
+
+# The CA the backend issues and revokes with; None when none is configured (503 then).
+PkiDep = Annotated[Pki | None, Depends(optional_component(Pki))]
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -141,14 +146,14 @@ async def decommission_device(
 async def issue_certificate(
     device_id: DeviceIdPath,
     body: CertificateRequest,
-    request: Request,
+    pki_or_none: PkiDep,
     session: SessionDep,
     principal: OptionalWriteAccess,
 ) -> CertificatePublic:
     """Sign a device CSR. With a write-scoped API key this provisions a device (registering it if
     `device_type` is given); without one, the device renews itself by proving it holds its
     current certificate (`current_certificate` plus `proof`). The key never leaves the device."""
-    pki = certificates.require(request.app.state.pki)
+    pki = certificates.require(pki_or_none)
     issued = await certificates.issue(
         session=session,
         pki=pki,
@@ -162,14 +167,14 @@ async def issue_certificate(
 @router.post("/{device_id}/revoke", response_model=RevocationPublic)
 async def revoke_certificate(
     device_id: DeviceIdPath,
-    request: Request,
+    pki_or_none: PkiDep,
     session: SessionDep,
     principal: WriteAccess,
     body: RevokeRequest | None = None,
 ) -> RevocationPublic:
     """Revoke one certificate by serial (after a rotation) or every certificate of the device,
     which cuts it off: refused at the handshake, and its open session loses all access."""
-    pki = certificates.require(request.app.state.pki)
+    pki = certificates.require(pki_or_none)
     body = body or RevokeRequest()
     result = await certificates.revoke(
         session=session,
@@ -184,10 +189,8 @@ async def revoke_certificate(
 
 @router.delete("/{device_id}/quarantine", response_model=QuarantinePublic)
 async def release_quarantine(
-    device_id: DeviceIdPath, request: Request, session: SessionDep, principal: WriteAccess
+    device_id: DeviceIdPath, pki_or_none: PkiDep, session: SessionDep, principal: WriteAccess
 ) -> QuarantinePublic:
     """Let a device that was cut off for flooding its traffic budget back in now (idempotent)."""
-    result = await quarantine.release(
-        session, request.app.state.pki, device_id, actor=principal.actor
-    )
+    result = await quarantine.release(session, pki_or_none, device_id, actor=principal.actor)
     return QuarantinePublic.model_validate(dataclasses.asdict(result))

@@ -15,9 +15,8 @@ import asyncio
 import random
 import ssl
 import time
-from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import aiomqtt
@@ -25,10 +24,18 @@ import structlog
 
 from kernex_backend.core.config import MqttSettings
 from kernex_backend.core.log_limiter import LogLimiter
+from kernex_backend.core.messaging import PublishFailed, TrafficCounters
 from kernex_backend.mqtt.budgets import TrafficBudgets
 from kernex_protocol.limits import MAX_PAYLOAD_BYTES
 from kernex_protocol.payloads import PayloadInvalid
-from kernex_protocol.topics import CHANNELS, Channel, Direction, parse_topic, subscription_for_all
+from kernex_protocol.topics import (
+    CHANNELS,
+    Channel,
+    Direction,
+    parse_topic,
+    subscription_for_all,
+    topic_for,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -69,21 +76,6 @@ class _GatedClient(aiomqtt.Client):
             super()._on_message(client, userdata, message)
 
 
-class BridgeUnavailable(RuntimeError):
-    """The broker is not connected, or did not acknowledge in time."""
-
-
-@dataclass
-class BridgeStats:
-    """Counters of what the bridge received and dropped (exposed by the API)."""
-
-    counts: Counter[str] = field(default_factory=Counter)
-
-    def count(self, name: str, n: int = 1) -> None:
-        """Add `n` to counter `name`."""
-        self.counts[name] += n
-
-
 def tls_context(settings: MqttSettings) -> ssl.SSLContext:
     """Verify the broker (chain and host name) and present the service certificate."""
     assert settings.ca_file and settings.cert_file and settings.key_file
@@ -100,7 +92,7 @@ class MqttBridge:
         self.settings = settings
         self.routes: dict[Channel, Route[Any]] = {}
         self.budgets = budgets
-        self.stats = BridgeStats()
+        self.stats = TrafficCounters()
         self.connected = asyncio.Event()
         self._disconnected_at: float | None = time.monotonic()
         self._logs = LogLimiter(interval_s=60.0)
@@ -303,17 +295,23 @@ class MqttBridge:
                 suppressed=self._logs.suppressed(key),
             )
 
+    async def publish_to(self, device_id: str, channel: Channel, payload: bytes) -> None:
+        """The messaging port (core/messaging.py): publish on a device's channel with the QoS
+        and retain flag of the topic table, and wait for the broker's acknowledgement."""
+        spec = CHANNELS[channel]
+        await self.publish(topic_for(device_id, channel), payload, qos=spec.qos, retain=spec.retain)
+
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
     ) -> None:
-        """Publish and wait for the broker's acknowledgement; BridgeUnavailable if it fails."""
+        """Publish and wait for the broker's acknowledgement; PublishFailed if it fails."""
         client = self._client
         if client is None:
-            raise BridgeUnavailable("not connected to the broker")
+            raise PublishFailed("not connected to the broker")
         try:
             await client.publish(topic, payload, qos=qos, retain=retain, timeout=10)
         except aiomqtt.MqttError as exc:
-            raise BridgeUnavailable(str(exc)) from None
+            raise PublishFailed(str(exc)) from None
 
 
 def _payload_bytes(payload: object) -> bytes:

@@ -20,12 +20,13 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.background import Supervisor, run_periodically
 from kernex_backend.core.config import MqttSettings, Settings
+from kernex_backend.core.messaging import PublishFailed
 from kernex_backend.deployments.notices import NoticeService, load_notice_key
 from kernex_backend.deployments.progress import ProgressIngest
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.presence import PresenceTracker
 from kernex_backend.devices.quarantine import QuarantineService
-from kernex_backend.mqtt.bridge import BridgeUnavailable, MqttBridge
+from kernex_backend.mqtt.bridge import MqttBridge
 from kernex_backend.mqtt.budgets import Budget, TrafficBudgets
 from kernex_backend.telemetry.ingest import HeartbeatIngest
 from kernex_protocol.payloads import Heartbeat, Presence, Progress, UrlRequest
@@ -101,7 +102,7 @@ def start(
     assert settings.notice.key_file is not None  # the settings refuse the bridge without it
     notices = NoticeService(
         sessionmaker=sessionmaker,
-        bridge=bridge,
+        publisher=bridge,
         storage=storage,
         settings=settings,
         stats=stats,
@@ -113,12 +114,12 @@ def start(
 
     async def after_final(device_ids: list[str]) -> None:
         # If the broker is gone, the reconciler withdraws the notices once it is back.
-        with contextlib.suppress(BridgeUnavailable):
+        with contextlib.suppress(PublishFailed):
             await notices.refresh_devices(device_ids)
 
     async def reconcile_now() -> None:
         # Disconnected again: the next connect runs it.
-        with contextlib.suppress(BridgeUnavailable):
+        with contextlib.suppress(PublishFailed):
             await notices.reconcile()
 
     progress = ProgressIngest(

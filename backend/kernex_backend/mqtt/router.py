@@ -1,9 +1,15 @@
 """GET /mqtt/status: is this replica's bridge connected, what has it counted, who misbehaves."""
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from kernex_backend.core.security import ReadAccess
+from kernex_backend.core.access import ReadAccess
+from kernex_backend.core.runtime import optional_component
+from kernex_backend.mqtt.handlers import FleetState
+
+FleetDep = Annotated[FleetState | None, Depends(optional_component(FleetState))]
 
 router = APIRouter(prefix="/mqtt", tags=["mqtt"])
 
@@ -31,10 +37,9 @@ class BridgeStatus(BaseModel):
 
 
 @router.get("/status", response_model=BridgeStatus)
-async def bridge_status(request: Request, _: ReadAccess) -> BridgeStatus:
+async def bridge_status(fleet: FleetDep, _: ReadAccess) -> BridgeStatus:
     """Received, stored, refused and dropped messages by kind, and the top offending devices,
     for this replica."""
-    fleet = getattr(request.app.state, "fleet", None)
     if fleet is None:
         return BridgeStatus(enabled=False, connected=False, heartbeat_backlog=0, counters={})
     return BridgeStatus(

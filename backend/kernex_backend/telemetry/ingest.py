@@ -20,8 +20,8 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from kernex_backend.core.db import utc_now
+from kernex_backend.core.messaging import TrafficCounters
 from kernex_backend.core.write_buffer import WriteBuffer
-from kernex_backend.mqtt.bridge import BridgeStats
 from kernex_protocol.payloads import Heartbeat
 
 log = structlog.get_logger(__name__)
@@ -112,7 +112,7 @@ class HeartbeatIngest:
     def __init__(
         self,
         engine: AsyncEngine,
-        stats: BridgeStats,
+        stats: TrafficCounters,
         *,
         batch_size: int,
         interval_s: float,

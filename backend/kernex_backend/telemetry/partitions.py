@@ -10,7 +10,9 @@ from datetime import UTC, date, datetime, time, timedelta
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from kernex_backend.core.config import TelemetrySettings
 
 PARENT = "heartbeats"
 _NAME_RE = re.compile(r"^heartbeats_p(\d{8})$")
@@ -93,3 +95,15 @@ async def maintain(
     if created or dropped:
         log.info("heartbeat_partitions_maintained", created=created, dropped=dropped)
     return MaintenanceResult(ran=True, created=created, dropped=dropped)
+
+
+async def maintain_now(engine: AsyncEngine, settings: TelemetrySettings) -> MaintenanceResult:
+    """`maintain` for today with the configured horizon and retention, in its own transaction:
+    what `migrate`, the API's periodic job and `worker` all run."""
+    async with engine.begin() as conn:
+        return await maintain(
+            conn,
+            today=datetime.now(UTC).date(),
+            days_ahead=settings.partitions_ahead_days,
+            retention_days=settings.heartbeat_retention_days,
+        )

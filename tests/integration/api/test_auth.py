@@ -6,7 +6,9 @@ import sqlalchemy as sa
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernex_backend.api_keys.scopes import Scope
+from kernex_backend.api_keys.last_used import LastUsedTracker
+from kernex_backend.core.runtime import runtime_of
+from kernex_backend.core.scopes import Scope
 from tests.integration.conftest import KeyFactory
 
 PROBLEM = "application/problem+json"
@@ -31,7 +33,7 @@ async def test_ready_checks_the_database(client: httpx.AsyncClient) -> None:
 async def test_ready_is_503_when_storage_is_gone(client: httpx.AsyncClient, app: FastAPI) -> None:
     import shutil
 
-    shutil.rmtree(app.state.settings.storage.local_dir)
+    shutil.rmtree(runtime_of(app).settings.storage.local_dir)
     response = await client.get("/api/v1/ready")
     assert response.status_code == 503
     assert response.headers["content-type"] == PROBLEM
@@ -136,6 +138,6 @@ async def test_last_used_is_recorded_in_batches_not_per_request(
     for _ in range(3):
         assert (await client.get("/api/v1/devices", headers=bearer(token))).status_code == 200
     assert await stored_last_used() is None  # nothing written by the requests themselves
-    assert app.state.last_used.pending >= 1
-    assert await app.state.last_used.flush(engine) >= 1
+    assert runtime_of(app).get(LastUsedTracker).pending >= 1
+    assert await runtime_of(app).get(LastUsedTracker).flush(engine) >= 1
     assert await stored_last_used() is not None

@@ -13,6 +13,8 @@ from cryptography.hazmat.primitives import serialization
 from fastapi import FastAPI
 
 from kernex_backend.core.config import Settings
+from kernex_backend.core.runtime import runtime_of
+from kernex_backend.devices.certificates import Pki
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.topics import Channel, topic_for
 from kernex_provision.authority import write_private_key, write_public
@@ -258,8 +260,8 @@ async def test_certificates_issued_offline_reach_the_device_row(
     )
     before = (await client.get(f"/api/v1/devices/{name}", headers=write_headers)).json()
     assert before["cert_serial"] is None
-    async with create_sessionmaker(app.state.engine)() as session:
-        assert await sync_from_index(session=session, pki=app.state.pki) >= 1
+    async with create_sessionmaker(runtime_of(app).engine)() as session:
+        assert await sync_from_index(session=session, pki=runtime_of(app).get(Pki)) >= 1
     after = (await client.get(f"/api/v1/devices/{name}", headers=write_headers)).json()
     assert after["cert_serial"] == f"{cert.serial_number:x}"
     assert after["cert_not_after"].startswith(cert.not_valid_after_utc.date().isoformat())

@@ -18,6 +18,7 @@ from kernex_backend.bundles.local_downloads import parse_range
 from kernex_backend.bundles.storage import BundleStorage, LocalStorage, bundle_key
 from kernex_backend.core.errors import KernexError
 from tests.integration.bundles.conftest import ReleaseFactory
+from tests.integration.conftest import storage_of
 
 
 async def fetch(client: httpx.AsyncClient, url: str, **headers: str) -> httpx.Response:
@@ -74,7 +75,7 @@ async def test_url_expires_and_refuses_tampering(
 ) -> None:
     bundle, _ = await uploaded(client, write_headers, make_release)
     other, _ = await uploaded(client, write_headers, lambda p: make_release(p, version="2.0.0"))
-    storage: BundleStorage = app.state.storage
+    storage: BundleStorage = storage_of(app)
     short = await storage.download_url(bundle_key(bundle["sha256"]), dt.timedelta(seconds=2))
     assert (await fetch(client, short.url)).status_code == 200
 
@@ -120,7 +121,7 @@ async def test_expiry_limits_of_the_api(
 async def test_local_download_path_tricks_are_refused(
     app: FastAPI, client: httpx.AsyncClient, path: str
 ) -> None:
-    assert isinstance(app.state.storage, LocalStorage)
+    assert isinstance(storage_of(app), LocalStorage)
     response = await client.get(path, params={"expires": int(time.time()) + 60, "signature": "x"})
     assert response.status_code in (403, 404)
     assert response.headers["content-type"] == "application/problem+json"

@@ -15,6 +15,7 @@ from kernex_backend.core.db import create_sessionmaker
 from kernex_backend.deployments.models import Deployment, DeploymentStatus
 from kernex_backend.devices.models import Device
 from tests.integration.bundles.conftest import ReleaseFactory
+from tests.integration.conftest import storage_of
 
 
 async def test_retention_keeps_used_and_installed_bundles(
@@ -24,7 +25,7 @@ async def test_retention_keeps_used_and_installed_bundles(
     admin_headers: dict[str, str],
     make_release: ReleaseFactory,
 ) -> None:
-    storage: BundleStorage = app.state.storage
+    storage: BundleStorage = storage_of(app)
 
     async def release(version: str, payload: bytes | None = None) -> dict[str, str]:
         payload = payload or os.urandom(5000)
@@ -119,14 +120,14 @@ async def test_a_pass_skips_while_another_replica_holds_the_lock(
         assert held.scalar_one()
         skipped = await run_retention(
             sessionmaker=sessionmaker,
-            storage=app.state.storage,
+            storage=storage_of(app),
             older_than=dt.timedelta(days=1),
             dry_run=False,
         )
     assert not skipped.ran
     ran = await run_retention(
         sessionmaker=sessionmaker,
-        storage=app.state.storage,
+        storage=storage_of(app),
         older_than=dt.timedelta(days=1),
         dry_run=False,
     )

@@ -12,8 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.config import MqttSettings
 from kernex_backend.core.db import create_engine, create_sessionmaker
+from kernex_backend.core.messaging import TrafficCounters
+from kernex_backend.core.runtime import runtime_of
 from kernex_backend.deployments.models import (
     Deployment,
     DeploymentExecution,
@@ -24,7 +27,7 @@ from kernex_backend.deployments.notices import NoticeService
 from kernex_backend.deployments.progress import ProgressIngest
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.presence import PresenceTracker
-from kernex_backend.mqtt.bridge import BridgeStats, MqttBridge
+from kernex_backend.mqtt.bridge import MqttBridge
 from kernex_backend.telemetry.ingest import HeartbeatIngest, Received
 from kernex_protocol.payloads import (
     ErrorCode,
@@ -89,7 +92,7 @@ async def test_heartbeats_stored_once_newest_wins_and_strangers_refused(
 ) -> None:
     await add_devices(engine, "hb-1", "hb-2")
     await add_devices(engine, "hb-retired", status=DeviceStatus.DECOMMISSIONED)
-    stats = BridgeStats()
+    stats = TrafficCounters()
     ingest = HeartbeatIngest(engine, stats, batch_size=100, interval_s=0.1, capacity=1000)
     await ingest.write(
         [
@@ -127,7 +130,7 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
     staging = f"kernex_test_{uuid.uuid4().hex[:12]}"
     url = postgres_admin.url_for(missing)
     broken = create_engine(make_settings(url))
-    stats = BridgeStats()
+    stats = TrafficCounters()
     ingest = HeartbeatIngest(broken, stats, batch_size=10, interval_s=0.05, capacity=20)
     for seq in range(30):  # 10 over capacity
         await ingest.submit("out-1", beat(seq))
@@ -181,7 +184,7 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
 
 async def test_presence_is_ordered_by_session(app: FastAPI, engine: AsyncEngine) -> None:
     await add_devices(engine, "pr-1")
-    stats = BridgeStats()
+    stats = TrafficCounters()
     presence = PresenceTracker(engine, stats)
 
     async def state() -> tuple[bool, int | None]:
@@ -259,7 +262,7 @@ async def test_progress_is_applied_in_order_once_and_finishes_the_deployment(
     async def on_final(device_ids: list[str]) -> None:
         finals.extend(device_ids)
 
-    stats = BridgeStats()
+    stats = TrafficCounters()
     ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=on_final)
     await ingest.apply("pg-1", report(deployment, ProgressState.DOWNLOADING, 10, percent=50))
     await ingest.apply("pg-1", report(deployment, ProgressState.DOWNLOADING, 10, percent=50))
@@ -296,7 +299,7 @@ async def test_a_batch_applies_each_devices_reports_as_one_by_one_would(
     async def on_final(device_ids: list[str]) -> None:
         finals.extend(device_ids)
 
-    stats = BridgeStats()
+    stats = TrafficCounters()
     ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=on_final)
     failed = ProgressError(ErrorCode.HEALTH_CHECK_FAILED, "exit 3")
     await ingest.apply_batch(
@@ -369,7 +372,7 @@ async def deployment_status(engine: AsyncEngine, deployment: uuid.UUID) -> str:
 
 async def test_a_failure_report_keeps_its_error(app: FastAPI, engine: AsyncEngine) -> None:
     deployment = await make_execution(engine, "pg-2")
-    ingest = ProgressIngest(create_sessionmaker(engine), BridgeStats(), on_final=_noop)
+    ingest = ProgressIngest(create_sessionmaker(engine), TrafficCounters(), on_final=_noop)
     await ingest.apply(
         "pg-2",
         report(
@@ -429,8 +432,8 @@ async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> 
     bridge = MqttBridge(settings.mqtt)  # not connected: withdrawing is deferred
     notices = NoticeService(
         sessionmaker=create_sessionmaker(engine),
-        bridge=bridge,
-        storage=app.state.storage,
+        publisher=bridge,
+        storage=runtime_of(app).get(BundleStorage),  # type: ignore[type-abstract]
         settings=settings,
         stats=bridge.stats,
         signing_key=Ed25519PrivateKey.generate(),
@@ -454,7 +457,7 @@ async def test_a_heartbeat_sent_before_the_goodbye_does_not_bring_the_device_bac
     app: FastAPI, engine: AsyncEngine
 ) -> None:
     await add_devices(engine, "race-1")
-    stats = BridgeStats()
+    stats = TrafficCounters()
     presence = PresenceTracker(engine, stats)
     ingest = HeartbeatIngest(engine, stats, batch_size=10, interval_s=0.1, capacity=100)
     await presence.apply("race-1", Presence(online=True, session=3))
@@ -487,7 +490,7 @@ async def test_devices_finishing_at_once_complete_their_deployment(
             )
         )
         await session.commit()
-    ingest = ProgressIngest(create_sessionmaker(engine), BridgeStats(), on_final=_noop)
+    ingest = ProgressIngest(create_sessionmaker(engine), TrafficCounters(), on_final=_noop)
     await asyncio.gather(
         ingest.apply("fin-1", report(deployment, ProgressState.COMMITTED, 5)),
         ingest.apply("fin-2", report(deployment, ProgressState.COMMITTED, 5)),

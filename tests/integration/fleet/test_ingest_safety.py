@@ -13,10 +13,12 @@ from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kernex_backend.core.db import create_sessionmaker
+from kernex_backend.core.messaging import TrafficCounters
+from kernex_backend.core.runtime import runtime_of
 from kernex_backend.deployments.progress import ProgressIngest
 from kernex_backend.devices.presence import PresenceTracker
+from kernex_backend.main import create_app
 from kernex_backend.mqtt import handlers as fleet_state
-from kernex_backend.mqtt.bridge import BridgeStats
 from kernex_backend.telemetry.ingest import HeartbeatIngest
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.ports import free_port
@@ -55,7 +57,7 @@ async def test_poison_heartbeats_are_isolated_and_the_rest_stored(
     app: FastAPI, engine: AsyncEngine
 ) -> None:
     await add_devices(engine, "ok-1", "ok-2", "evil-1", "evil-2")
-    stats = BridgeStats()
+    stats = TrafficCounters()
     ingest = HeartbeatIngest(engine, stats, batch_size=100, interval_s=0.05, capacity=1000)
     # Built directly, as if a parser had let them through: values the columns refuse.
     await ingest.submit("ok-1", beat(1))
@@ -89,7 +91,7 @@ async def _noop(device_ids: list[str]) -> None:
 async def test_a_poison_progress_report_is_isolated(app: FastAPI, engine: AsyncEngine) -> None:
     good = await make_execution(engine, "pg-ok")
     bad = await make_execution(engine, "pg-bad")
-    stats = BridgeStats()
+    stats = TrafficCounters()
     ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=_noop, interval_s=0.05)
     poison = ProgressError(ErrorCode.INSTALL_FAILED, "x\x00y")  # NUL: refused by PostgreSQL
     await ingest.submit("pg-bad", report(bad, ProgressState.FAILED, 1, error=poison))
@@ -129,7 +131,7 @@ async def test_the_limits_table_agrees_with_the_schema(app: FastAPI, engine: Asy
 
 async def test_a_lying_session_claim_goes_stale(app: FastAPI, engine: AsyncEngine) -> None:
     await add_devices(engine, "liar-1")
-    stats = BridgeStats()
+    stats = TrafficCounters()
     presence = PresenceTracker(engine, stats, stale_after_s=1.0)
     ingest = HeartbeatIngest(
         engine, stats, batch_size=10, interval_s=0.1, capacity=100, stale_after_s=1.0
@@ -155,9 +157,9 @@ async def test_a_lying_session_claim_goes_stale(app: FastAPI, engine: AsyncEngin
 
 @pytest.fixture
 async def unreachable_fleet(
-    app: FastAPI, database_url: str, service_identity: Identity, broker: EmbeddedBroker
+    database_url: str, service_identity: Identity, broker: EmbeddedBroker
 ) -> AsyncIterator[FastAPI]:
-    """The fleet machinery of a replica whose broker is not there (nothing on its port)."""
+    """A replica with the bridge on, whose broker is not there (nothing on its port)."""
     settings = make_settings(
         database_url,
         mqtt={
@@ -170,28 +172,22 @@ async def unreachable_fleet(
         },
         notice={"key_file": broker.notice_key_file},
     )
-    fleet = fleet_state.start(
-        settings=settings,
-        engine=app.state.engine,
-        sessionmaker=app.state.sessionmaker,
-        storage=app.state.storage,
-        pki=None,
-    )
-    app.state.fleet = fleet
-    yield app
-    await fleet.stop()
-    app.state.fleet = None
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
 
 
-async def test_ready_says_no_while_device_traffic_cannot_flow(
-    unreachable_fleet: FastAPI, client: httpx.AsyncClient
-) -> None:
-    fleet = unreachable_fleet.state.fleet
+async def test_ready_says_no_while_device_traffic_cannot_flow(unreachable_fleet: FastAPI) -> None:
+    fleet = runtime_of(unreachable_fleet).get(fleet_state.FleetState)
     assert fleet.bridge.problem(grace_s=60) is None  # within its grace
     await asyncio.sleep(0.3)
     assert "disconnected" in (fleet.bridge.problem(grace_s=0.1) or "")
-    fleet.bridge._disconnected_at -= 3600  # as if down for an hour
-    response = await client.get("/api/v1/ready")
+    down_since = fleet.bridge._disconnected_at
+    assert down_since is not None
+    fleet.bridge._disconnected_at = down_since - 3600  # as if down for an hour
+    transport = httpx.ASGITransport(app=unreachable_fleet)
+    async with httpx.AsyncClient(transport=transport, base_url="http://kernex.test") as client:
+        response = await client.get("/api/v1/ready")
     assert response.status_code == 503
     assert "MQTT bridge disconnected" in response.json()["checks"]["device_traffic"]
     assert response.headers["content-type"].startswith("application/problem+json")

@@ -1,10 +1,11 @@
-"""Operations that prepare a database for use: migrate it, mint API keys outside the API."""
+"""Operations that prepare a database for use, outside the API: migrate it, mint API keys.
+Used by the command line and `make demo`."""
 
 from kernex_backend.api_keys import service as api_keys
-from kernex_backend.api_keys.scopes import Scope
 from kernex_backend.core import migrations
 from kernex_backend.core.config import Settings
-from kernex_backend.core.db import create_engine, create_sessionmaker, utc_now
+from kernex_backend.core.db import create_engine, create_sessionmaker
+from kernex_backend.core.scopes import Scope
 from kernex_backend.telemetry import partitions
 
 
@@ -16,13 +17,7 @@ async def migrate(settings: Settings) -> str | None:
     engine = create_engine(settings)
     try:
         await migrations.upgrade(engine, settings.migrations_dir)
-        async with engine.begin() as conn:
-            await partitions.maintain(
-                conn,
-                today=utc_now().date(),
-                days_ahead=settings.telemetry.partitions_ahead_days,
-                retention_days=settings.telemetry.heartbeat_retention_days,
-            )
+        await partitions.maintain_now(engine, settings.telemetry)
         return await migrations.current_revision(engine)
     finally:
         await engine.dispose()

@@ -1,15 +1,19 @@
-"""Request authentication with API keys, and scope checks as FastAPI dependencies."""
+"""Request authentication and scope checks as FastAPI dependencies.
+
+Every router declares what it needs (`ReadAccess`, `WriteAccess`, `AdminAccess`); who holds
+which key is the api_keys domain's business, reached through the KeyVerifier port the
+composition root provides, so no router and nothing in core imports that domain."""
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Protocol
 
-from fastapi import Depends, Request
+from fastapi import Depends
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel.ext.asyncio.session import AsyncSession
 
-from kernex_backend.api_keys import service as api_keys
-from kernex_backend.api_keys.scopes import Scope, effective
-from kernex_backend.core.db import SessionDep, utc_now
 from kernex_backend.core.errors import Forbidden, Unauthorized
+from kernex_backend.core.runtime import SessionDep, component
+from kernex_backend.core.scopes import Scope
 
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer kx_...`")
 
@@ -28,18 +32,27 @@ class Principal:
         return f"api-key:{self.key_id}"
 
 
+class KeyVerifier(Protocol):
+    """Turns a bearer token into the principal it belongs to (the api_keys domain)."""
+
+    async def verify(self, session: AsyncSession, token: str) -> Principal | None:
+        """The principal of a live key, or None for a malformed, unknown or revoked token."""
+
+
+VerifierDep = Annotated[KeyVerifier, Depends(component(KeyVerifier))]
+
+
 async def _authenticate(
-    request: Request,
+    verifier: VerifierDep,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     if credentials is None:
         raise Unauthorized("missing API key: send `Authorization: Bearer <key>`")
-    key = await api_keys.authenticate(session=session, token=credentials.credentials)
-    if key is None:
+    principal = await verifier.verify(session, credentials.credentials)
+    if principal is None:
         raise Unauthorized("invalid or revoked API key")
-    request.app.state.last_used.touch(key.id, utc_now())
-    return Principal(key_id=key.id, name=key.name, scopes=effective(key.scopes))
+    return principal
 
 
 def _require(scope: Scope) -> object:
@@ -54,13 +67,13 @@ def _require(scope: Scope) -> object:
 
 
 async def _optional_write(
-    request: Request,
+    verifier: VerifierDep,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal | None:
     if credentials is None:
         return None
-    principal = await _authenticate(request, session, credentials)
+    principal = await _authenticate(verifier, session, credentials)
     if Scope.WRITE not in principal.scopes:
         raise Forbidden("this operation needs the 'write' scope", required_scope="write")
     return principal

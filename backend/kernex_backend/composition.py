@@ -1,0 +1,102 @@
+"""The one composition root: what a backend process builds, starts and stops.
+
+`kernex-backend serve` (main.create_app's lifespan), `kernex-backend worker` and the tests all
+call `running(settings, ...)`: it builds the typed Runtime (core/runtime.py) with every
+component the domains need, starts the periodic jobs and, with the MQTT bridge on, the
+fleet-state machinery, and undoes all of it on exit. Nothing else wires components together.
+"""
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+
+from kernex_backend import jobs
+from kernex_backend.api_keys.last_used import LastUsedTracker
+from kernex_backend.api_keys.verifier import ApiKeyVerifier
+from kernex_backend.bundles.storage import BundleStorage, StorageError, create_storage
+from kernex_backend.bundles.upload import TrustedReleaseKeys
+from kernex_backend.core.access import KeyVerifier
+from kernex_backend.core.config import Settings
+from kernex_backend.core.db import create_engine, create_sessionmaker
+from kernex_backend.core.runtime import Runtime
+from kernex_backend.deployments.notices import NoticeService
+from kernex_backend.devices.certificates import Pki
+from kernex_backend.mqtt import handlers as fleet_state
+from kernex_protocol.manifest import load_trusted_keys
+
+log = structlog.get_logger(__name__)
+
+
+def build_runtime(settings: Settings) -> Runtime:
+    """The runtime with every component the settings call for (nothing connects yet)."""
+    engine = create_engine(settings)
+    runtime = Runtime(settings, engine, create_sessionmaker(engine))
+    storage = create_storage(settings.storage)
+    runtime.provide(BundleStorage, storage)  # type: ignore[type-abstract]
+    last_used = LastUsedTracker()
+    runtime.provide(LastUsedTracker, last_used)
+    runtime.provide(KeyVerifier, ApiKeyVerifier(last_used))  # type: ignore[type-abstract]
+    keys_dir = settings.release.trusted_keys_dir
+    runtime.provide(
+        TrustedReleaseKeys, TrustedReleaseKeys(load_trusted_keys(keys_dir) if keys_dir else {})
+    )
+    pki = Pki.from_settings(settings.pki)
+    if pki is not None:
+        runtime.provide(Pki, pki)
+
+    async def storage_ready() -> str | None:
+        try:
+            await storage.check()
+        except StorageError as exc:
+            return type(exc).__name__
+        return None
+
+    runtime.readiness["storage"] = storage_ready
+    return runtime
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runtime]:
+    """Build the runtime, start this process's jobs (the API's own ones with `serve_api`) and
+    the fleet-state machinery when the bridge is on; stop everything on exit."""
+    runtime = build_runtime(settings)
+    storage = runtime.get(BundleStorage)  # type: ignore[type-abstract]
+    try:
+        await storage.ensure_ready()
+    except StorageError as exc:
+        # Not fatal: /ready reports it and uploads answer 503 until the store is back.
+        log.warning("storage_not_ready", error=str(exc))
+    tasks = jobs.start(runtime, api_jobs=serve_api)
+    fleet = None
+    if settings.mqtt.enabled:
+        fleet = fleet_state.start(
+            settings=settings,
+            engine=runtime.engine,
+            sessionmaker=runtime.sessionmaker,
+            storage=storage,
+            pki=runtime.find(Pki),
+        )
+        runtime.provide(fleet_state.FleetState, fleet)
+        runtime.provide(NoticeService, fleet.notices)
+
+        async def device_traffic() -> str | None:
+            return "; ".join(fleet.problems()) or None
+
+        runtime.readiness["device_traffic"] = device_traffic
+    try:
+        yield runtime
+    finally:
+        if fleet is not None:
+            await fleet.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if serve_api:
+            with contextlib.suppress(Exception):
+                await runtime.get(LastUsedTracker).flush(runtime.engine)
+        await runtime.engine.dispose()
+
+
+__all__ = ["build_runtime", "running"]

@@ -1,0 +1,37 @@
+"""The messaging port: how domain code talks to devices without knowing the transport.
+
+Domains (notices, progress, presence, telemetry) say "publish this payload on this device's
+channel" and count what they did; the MQTT bridge (mqtt/bridge.py) is the adapter that carries
+it out, with the QoS and retain flag the protocol's topic table gives each channel. Domain code
+depends on this module only, so it can be tested with an in-memory publisher and never imports
+the bridge (`make check` enforces it).
+"""
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from kernex_protocol.topics import Channel
+
+
+class PublishFailed(RuntimeError):
+    """The message was not delivered: the broker is not connected, or did not acknowledge it."""
+
+
+class DevicePublisher(Protocol):
+    """Sends a payload to one device's channel and waits for the broker's acknowledgement."""
+
+    async def publish_to(self, device_id: str, channel: Channel, payload: bytes) -> None:
+        """Publish on `channel` of `device_id` (QoS and retain from the topic table);
+        PublishFailed if it was not acknowledged."""
+
+
+@dataclass
+class TrafficCounters:
+    """Counters of device traffic and what was done with it (exposed by the API)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add `n` to counter `name`."""
+        self.counts[name] += n
