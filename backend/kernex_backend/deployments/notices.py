@@ -13,16 +13,15 @@ PostgreSQL is the source of truth; the broker's retained messages are a cache of
 - `reconcile` re-publishes every live notice (with a fresh URL) and refreshes devices whose
   executions ended recently, in case the broker lost its retained store or a replica died
   between a commit and its publish. It runs under an advisory lock: one replica at a time.
-- `answer_url_request` gives a device a fresh presigned URL, only for a live execution of its
-  own, at most `url_requests_per_minute` times a minute per device.
+
+URL requests are answered by url_requests.py; timeouts and completion are lifecycle.py's.
 """
 
 import asyncio
 import contextlib
 import datetime as dt
-import time
 import uuid
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +39,7 @@ from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.messaging import DevicePublisher, PublishFailed, TrafficCounters
+from kernex_backend.deployments.lifecycle import LIVE_STATES
 from kernex_backend.deployments.models import (
     Deployment,
     DeploymentExecution,
@@ -47,7 +47,7 @@ from kernex_backend.deployments.models import (
     ExecutionState,
 )
 from kernex_protocol.manifest import ReleaseManifest, SignedRelease
-from kernex_protocol.payloads import Notice, UrlRequest, UrlResponse
+from kernex_protocol.payloads import Notice
 from kernex_protocol.topics import Channel
 
 log = structlog.get_logger(__name__)
@@ -62,7 +62,6 @@ def load_notice_key(path: Path) -> Ed25519PrivateKey:
     return key
 
 
-LIVE_STATES = tuple(s for s in ExecutionState if not s.terminal and s != ExecutionState.PENDING)
 _RECONCILE_LOCK = 0x4B4E5801  # "KNX" + 1: one reconciler across replicas
 
 
@@ -101,7 +100,6 @@ class NoticeService:
         self._storage = storage
         self._settings = settings
         self._stats = stats
-        self._url_requests: dict[str, deque[float]] = defaultdict(deque)
         self._device_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         # Set when there may be PENDING executions to notify (a deployment was just created).
         self.pending = asyncio.Event()
@@ -291,133 +289,3 @@ class NoticeService:
                 await self.refresh_device(device_id)
         self._stats.count("notices.reconciled", len(devices))
         return len(devices)
-
-    async def time_out_silent(self) -> int:
-        """Executions silent for longer than the timeout become TIMED_OUT; returns how many."""
-        timeout = dt.timedelta(seconds=self._settings.mqtt.execution_timeout_s)
-        now = utc_now()
-        async with self._sessionmaker() as session:
-            result = await session.exec(
-                sa.update(DeploymentExecution)
-                .where(
-                    col(DeploymentExecution.state).in_(LIVE_STATES),
-                    sa.func.coalesce(
-                        col(DeploymentExecution.reported_at), col(DeploymentExecution.notified_at)
-                    )
-                    < now - timeout,
-                )
-                .values(
-                    state=ExecutionState.TIMED_OUT,
-                    error_code="timed_out",
-                    error_detail=f"no report for {int(timeout.total_seconds())} s",
-                    finished_at=now,
-                    updated_at=now,
-                )
-                .returning(
-                    col(DeploymentExecution.device_id), col(DeploymentExecution.deployment_id)
-                )
-            )
-            ended = result.all()
-            await session.commit()
-            await complete_finished(session)
-            await session.commit()
-        for device_id, _ in ended:
-            log.info("execution_timed_out", device_id=device_id)
-            # Without the broker now, the reconciler withdraws the notice later.
-            with contextlib.suppress(PublishFailed):
-                await self.refresh_device(device_id)
-        return len(ended)
-
-    def _allow_url_request(self, device_id: str) -> bool:
-        window = self._url_requests[device_id]
-        now = time.monotonic()
-        while window and window[0] < now - 60:
-            window.popleft()
-        if len(window) >= self._settings.mqtt.url_requests_per_minute:
-            return False
-        window.append(now)
-        return True
-
-    async def answer_url_request(self, device_id: str, request: UrlRequest) -> None:
-        """Answer a url/request with a fresh URL, or say why there is none."""
-        if not self._allow_url_request(device_id):
-            self._stats.count("url_requests.rate_limited")
-            return
-        response = UrlResponse(
-            request.request_id, request.deployment_id, error="deployment_not_active"
-        )
-        bundle = await self._live_bundle(device_id, request.deployment_id)
-        if bundle is not None:
-            expires = dt.timedelta(seconds=self._settings.storage.url_expiry_s)
-            url = await self._storage.download_url(bundle.storage_key, expires)
-            response = UrlResponse(
-                request.request_id,
-                request.deployment_id,
-                url=url.url,
-                expires_at=url.expires_at.isoformat(timespec="seconds"),
-            )
-            self._stats.count("url_requests.answered")
-        else:
-            self._stats.count("url_requests.refused")
-        await self._publisher.publish_to(device_id, Channel.URL_RESPONSE, response.to_payload())
-
-    async def _live_bundle(self, device_id: str, deployment_id: str) -> Bundle | None:
-        try:
-            deployment_uuid = uuid.UUID(deployment_id)
-        except ValueError:
-            return None
-        async with self._sessionmaker() as session:
-            return (
-                await session.exec(
-                    select(Bundle)
-                    .join(Deployment, col(Deployment.bundle_id) == col(Bundle.id))
-                    .join(
-                        DeploymentExecution,
-                        col(DeploymentExecution.deployment_id) == col(Deployment.id),
-                    )
-                    .where(
-                        col(Deployment.id) == deployment_uuid,
-                        col(Deployment.status) == DeploymentStatus.RUNNING,
-                        col(DeploymentExecution.device_id) == device_id,
-                        col(DeploymentExecution.state).in_(LIVE_STATES),
-                    )
-                )
-            ).first()
-
-
-async def complete_if_done(session: AsyncSession, deployment_id: uuid.UUID) -> None:
-    """Mark a running deployment COMPLETED once none of its executions is left unfinished.
-
-    The deployment row is locked first: two devices finishing at once are handled in two
-    transactions, and without the lock each would still see the other's execution unfinished
-    and neither would complete the deployment. With it, the second waits for the first to
-    commit and then sees its result.
-    """
-    lock: Any = (
-        sa.select(col(Deployment.id)).where(col(Deployment.id) == deployment_id).with_for_update()
-    )
-    await session.exec(lock)
-    unfinished = [s for s in ExecutionState if not s.terminal]
-    now = utc_now()
-    statement: Any = (
-        sa.update(Deployment)
-        .where(
-            col(Deployment.id) == deployment_id,
-            col(Deployment.status) == DeploymentStatus.RUNNING,
-            ~sa.exists().where(
-                col(DeploymentExecution.deployment_id) == deployment_id,
-                col(DeploymentExecution.state).in_(unfinished),
-            ),
-        )
-        .values(status=DeploymentStatus.COMPLETED, finished_at=now, updated_at=now)
-    )
-    await session.exec(statement)
-
-
-async def complete_finished(session: AsyncSession) -> None:
-    """Complete every running deployment whose executions have all ended (a safety net)."""
-    rows = await session.exec(
-        select(Deployment.id).where(col(Deployment.status) == DeploymentStatus.RUNNING)
-    )
-    for deployment_id in rows.all():
-        await complete_if_done(session, deployment_id)

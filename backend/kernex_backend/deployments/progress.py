@@ -30,8 +30,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.messaging import TrafficCounters
 from kernex_backend.core.write_buffer import WriteBuffer
+from kernex_backend.deployments.lifecycle import complete_if_done
 from kernex_backend.deployments.models import DeploymentExecution, ExecutionState
-from kernex_backend.deployments.notices import complete_if_done
 from kernex_backend.devices.models import Device
 from kernex_protocol.payloads import Progress, ProgressState
 

@@ -21,8 +21,10 @@ from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.background import Supervisor, run_periodically
 from kernex_backend.core.config import MqttSettings, Settings
 from kernex_backend.core.messaging import PublishFailed
+from kernex_backend.deployments import lifecycle
 from kernex_backend.deployments.notices import NoticeService, load_notice_key
 from kernex_backend.deployments.progress import ProgressIngest
+from kernex_backend.deployments.url_requests import UrlRequests
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.devices.presence import PresenceTracker
 from kernex_backend.devices.quarantine import QuarantineService
@@ -132,7 +134,10 @@ def start(
     bridge.route(Channel.HEARTBEAT, Heartbeat.parse, heartbeats.submit, inline=True)
     bridge.route(Channel.PROGRESS, Progress.parse, progress.submit, inline=True)
     bridge.route(Channel.PRESENCE, Presence.parse, presence.apply)
-    bridge.route(Channel.URL_REQUEST, UrlRequest.parse, notices.answer_url_request)
+    url_requests = UrlRequests(
+        sessionmaker=sessionmaker, publisher=bridge, storage=storage, settings=settings, stats=stats
+    )
+    bridge.route(Channel.URL_REQUEST, UrlRequest.parse, url_requests.answer)
     bridge.on_connected = reconcile_now
 
     async def publish_pending() -> None:
@@ -145,7 +150,12 @@ def start(
 
     async def sweep() -> None:
         await presence.sweep(dt.timedelta(seconds=mqtt.offline_after_s))
-        await notices.time_out_silent()
+        timed_out = await lifecycle.time_out_silent(
+            sessionmaker, silent_for=dt.timedelta(seconds=mqtt.execution_timeout_s)
+        )
+        # Without the broker now, the reconciler withdraws those notices later.
+        with contextlib.suppress(PublishFailed):
+            await notices.refresh_devices(timed_out)
         await quarantine.release_expired()
 
     async def guard() -> None:

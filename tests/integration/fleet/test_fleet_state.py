@@ -8,22 +8,19 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.config import MqttSettings
 from kernex_backend.core.db import create_engine, create_sessionmaker
 from kernex_backend.core.messaging import TrafficCounters
-from kernex_backend.core.runtime import runtime_of
+from kernex_backend.deployments import lifecycle
 from kernex_backend.deployments.models import (
     Deployment,
     DeploymentExecution,
     DeploymentStatus,
     ExecutionState,
 )
-from kernex_backend.deployments.notices import NoticeService
 from kernex_backend.deployments.progress import ProgressIngest
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.presence import PresenceTracker
@@ -428,26 +425,18 @@ async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
 
 async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> None:
     deployment = await make_execution(engine, "to-1")
-    settings = make_settings("postgresql+asyncpg://u:p@h/d", mqtt={"execution_timeout_s": 3600})
-    bridge = MqttBridge(settings.mqtt)  # not connected: withdrawing is deferred
-    notices = NoticeService(
-        sessionmaker=create_sessionmaker(engine),
-        publisher=bridge,
-        storage=runtime_of(app).get(BundleStorage),  # type: ignore[type-abstract]
-        settings=settings,
-        stats=bridge.stats,
-        signing_key=Ed25519PrivateKey.generate(),
-    )
+    sessionmaker = create_sessionmaker(engine)
+    hour = dt.timedelta(hours=1)
     async with engine.begin() as conn:
         await conn.execute(
             sa.text("UPDATE deployment_executions SET notified_at = now() - interval '30 minutes'")
         )
-    assert await notices.time_out_silent() == 0
+    assert await lifecycle.time_out_silent(sessionmaker, silent_for=hour) == []
     async with engine.begin() as conn:
         await conn.execute(
             sa.text("UPDATE deployment_executions SET notified_at = now() - interval '2 hours'")
         )
-    assert await notices.time_out_silent() == 1
+    assert await lifecycle.time_out_silent(sessionmaker, silent_for=hour) == ["to-1"]
     row = await execution(engine, deployment)
     assert (row["state"], row["error_code"]) == ("timed_out", "timed_out")
     assert await deployment_status(engine, deployment) == "completed"
