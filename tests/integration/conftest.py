@@ -7,14 +7,13 @@ import pytest
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernex_backend.api_keys import service as api_keys
 from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.config import Settings
-from kernex_backend.core.db import create_sessionmaker
 from kernex_backend.core.runtime import Runtime, runtime_of
 from kernex_backend.core.scopes import Scope
 from kernex_backend.main import create_app
 from tests.conftest import make_settings
+from tests.factories import add_api_key
 
 pytestmark = pytest.mark.integration
 
@@ -61,11 +60,7 @@ def make_key(engine: AsyncEngine) -> KeyFactory:
     """Create an API key with the given scopes straight in the database; returns its token."""
 
     async def create(*scopes: Scope, name: str = "test") -> str:
-        async with create_sessionmaker(engine)() as session:
-            _, token = await api_keys.create(
-                session=session, name=name, scopes=list(scopes), actor="test"
-            )
-        return token
+        return await add_api_key(engine, *scopes, name=name)
 
     return create
 

@@ -1,6 +1,5 @@
 """API key lifecycle and authentication."""
 
-import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -9,7 +8,7 @@ from kernex_backend.api_keys.models import ApiKey
 from kernex_backend.audit import service as audit
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.errors import Conflict, NotFound
-from kernex_backend.core.pagination import Page
+from kernex_backend.core.pagination import Page, paginate
 from kernex_backend.core.scopes import Scope
 
 
@@ -68,14 +67,9 @@ async def authenticate(*, session: AsyncSession, token: str) -> ApiKey | None:
 
 async def list_keys(*, session: AsyncSession, page: Page) -> tuple[list[ApiKey], int]:
     """Keys, newest first."""
-    count = (await session.exec(select(sa.func.count()).select_from(ApiKey))).one()
-    rows = await session.exec(
-        select(ApiKey)
-        .order_by(col(ApiKey.created_at).desc(), col(ApiKey.id))
-        .limit(page.limit)
-        .offset(page.offset)
+    return await paginate(
+        session, ApiKey, page, order_by=[col(ApiKey.created_at).desc(), col(ApiKey.id)]
     )
-    return list(rows), count
 
 
 async def revoke(*, session: AsyncSession, key_id: str, actor: str) -> ApiKey:

@@ -3,13 +3,12 @@
 from datetime import datetime
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
-from sqlmodel import col, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.audit.models import AuditEvent
-from kernex_backend.core.pagination import Page
+from kernex_backend.core.pagination import Page, paginate
 
 
 def record(
@@ -59,14 +58,6 @@ async def list_events(
         conditions.append(col(AuditEvent.at) >= since)
     if until is not None:
         conditions.append(col(AuditEvent.at) < until)
-    count = (
-        await session.exec(select(sa.func.count()).select_from(AuditEvent).where(*conditions))
-    ).one()
-    rows = await session.exec(
-        select(AuditEvent)
-        .where(*conditions)
-        .order_by(col(AuditEvent.id).desc())
-        .limit(page.limit)
-        .offset(page.offset)
+    return await paginate(
+        session, AuditEvent, page, where=conditions, order_by=[col(AuditEvent.id).desc()]
     )
-    return list(rows), count

@@ -13,7 +13,7 @@ from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
 from kernex_backend.bundles.usage import UNFINISHED_DEPLOYMENT_STATUSES, deployments
 from kernex_backend.core.errors import Conflict, NotFound
-from kernex_backend.core.pagination import Page
+from kernex_backend.core.pagination import Page, paginate
 
 
 class BundleNotFound(NotFound):
@@ -47,17 +47,13 @@ async def list_bundles(
         conditions.append(col(Bundle.name) == name)
     if device_type is not None:
         conditions.append(col(Bundle.device_type) == device_type)
-    count = (
-        await session.exec(select(sa.func.count()).select_from(Bundle).where(*conditions))
-    ).one()
-    rows = await session.exec(
-        select(Bundle)
-        .where(*conditions)
-        .order_by(col(Bundle.created_at).desc(), col(Bundle.id))
-        .limit(page.limit)
-        .offset(page.offset)
+    return await paginate(
+        session,
+        Bundle,
+        page,
+        where=conditions,
+        order_by=[col(Bundle.created_at).desc(), col(Bundle.id)],
     )
-    return list(rows), count
 
 
 async def unfinished_deployments(*, session: AsyncSession, bundle_id: uuid.UUID) -> list[uuid.UUID]:

@@ -1,12 +1,18 @@
 """Page parameters shared by every list endpoint, with a hard cap on the page size."""
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
+import sqlalchemy as sa
 from fastapi import Depends, Query
+from sqlmodel import SQLModel, select
+from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.core.errors import InvalidInput
 from kernex_backend.core.runtime import SettingsDep
+
+M = TypeVar("M", bound=SQLModel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,3 +42,20 @@ def _page(
 
 
 PageDep = Annotated[Page, Depends(_page)]
+
+
+async def paginate(
+    session: AsyncSession,
+    model: type[M],
+    page: Page,
+    *,
+    where: Sequence[Any] = (),
+    order_by: Sequence[Any],
+) -> tuple[list[M], int]:
+    """One page of `model` rows matching `where` in `order_by` order, and how many match in all:
+    what every list endpoint answers (`data`, `count`)."""
+    count = (await session.exec(select(sa.func.count()).select_from(model).where(*where))).one()
+    rows = await session.exec(
+        select(model).where(*where).order_by(*order_by).limit(page.limit).offset(page.offset)
+    )
+    return list(rows), count

@@ -12,7 +12,7 @@ from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.service import BundleNotFound
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.errors import Conflict, InvalidInput, NotFound
-from kernex_backend.core.pagination import Page
+from kernex_backend.core.pagination import Page, paginate
 from kernex_backend.deployments.models import (
     Deployment,
     DeploymentExecution,
@@ -66,17 +66,13 @@ async def list_deployments(
         conditions.append(col(Deployment.status) == status)
     if bundle_id is not None:
         conditions.append(col(Deployment.bundle_id) == bundle_id)
-    count = (
-        await session.exec(select(sa.func.count()).select_from(Deployment).where(*conditions))
-    ).one()
-    rows = await session.exec(
-        select(Deployment)
-        .where(*conditions)
-        .order_by(col(Deployment.created_at).desc(), col(Deployment.id))
-        .limit(page.limit)
-        .offset(page.offset)
+    return await paginate(
+        session,
+        Deployment,
+        page,
+        where=conditions,
+        order_by=[col(Deployment.created_at).desc(), col(Deployment.id)],
     )
-    return list(rows), count
 
 
 async def list_executions(
@@ -91,19 +87,13 @@ async def list_executions(
     conditions: list[Any] = [col(DeploymentExecution.deployment_id) == deployment_id]
     if state is not None:
         conditions.append(col(DeploymentExecution.state) == state)
-    count = (
-        await session.exec(
-            select(sa.func.count()).select_from(DeploymentExecution).where(*conditions)
-        )
-    ).one()
-    rows = await session.exec(
-        select(DeploymentExecution)
-        .where(*conditions)
-        .order_by(col(DeploymentExecution.device_id))
-        .limit(page.limit)
-        .offset(page.offset)
+    return await paginate(
+        session,
+        DeploymentExecution,
+        page,
+        where=conditions,
+        order_by=[col(DeploymentExecution.device_id)],
     )
-    return list(rows), count
 
 
 class DevicesBusy(Conflict):

@@ -3,15 +3,14 @@
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.audit import service as audit
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.errors import Conflict, NotFound
-from kernex_backend.core.pagination import Page
+from kernex_backend.core.pagination import Page, paginate
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.schemas import DeviceCreate, DeviceUpdate
 
@@ -104,17 +103,7 @@ async def list_devices(
 ) -> tuple[list[Device], int]:
     """Devices matching `filters`, ordered by ID, and how many match in all."""
     conditions = filters.conditions()
-    count = (
-        await session.exec(select(sa.func.count()).select_from(Device).where(*conditions))
-    ).one()
-    rows = await session.exec(
-        select(Device)
-        .where(*conditions)
-        .order_by(col(Device.id))
-        .limit(page.limit)
-        .offset(page.offset)
-    )
-    return list(rows), count
+    return await paginate(session, Device, page, where=conditions, order_by=[col(Device.id)])
 
 
 async def update(

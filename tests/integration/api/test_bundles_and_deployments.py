@@ -5,42 +5,30 @@ import uuid
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernex_backend.bundles.models import Bundle
-from kernex_backend.core.db import create_sessionmaker
-from kernex_backend.deployments.models import Deployment, DeploymentExecution, ExecutionState
-from kernex_backend.devices.models import Device
+from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
+from kernex_backend.devices.models import DeviceStatus
+from tests.factories import add_bundle, add_deployment, add_devices
 
 
 async def seed(engine: AsyncEngine) -> tuple[uuid.UUID, uuid.UUID]:
-    async with create_sessionmaker(engine)() as session:
-        bundle = Bundle(
-            name="firmware",
-            version="1.2.0",
-            device_type="gw",
-            sha256="a" * 64,
-            size_bytes=1024,
-            storage_key="bundles/" + "a" * 64,
-            created_by="test",
-        )
-        session.add(bundle)
-        for i in range(3):
-            session.add(Device(id=f"d-{i}", device_type="gw"))
-        await session.flush()
-        deployment = Deployment(
-            name="fw 1.2.0",
-            bundle_id=bundle.id,
-            target={"device_ids": ["d-0", "d-1", "d-2"]},
-            created_by="test",
-        )
-        session.add(deployment)
-        await session.flush()
-        states = [ExecutionState.SUCCEEDED, ExecutionState.DOWNLOADING, ExecutionState.PENDING]
-        for i, state in enumerate(states):
-            session.add(
-                DeploymentExecution(deployment_id=deployment.id, device_id=f"d-{i}", state=state)
-            )
-        await session.commit()
-        return bundle.id, deployment.id
+    bundle_id = await add_bundle(
+        engine,
+        signed=False,
+        name="firmware",
+        version="1.2.0",
+        size_bytes=1024,
+        storage_key="bundles/" + "a" * 64,
+    )
+    await add_devices(engine, "d-0", "d-1", "d-2", status=DeviceStatus.REGISTERED)
+    states = [ExecutionState.SUCCEEDED, ExecutionState.DOWNLOADING, ExecutionState.PENDING]
+    deployment_id = await add_deployment(
+        engine,
+        {f"d-{i}": state for i, state in enumerate(states)},
+        bundle_id=bundle_id,
+        status=DeploymentStatus.SCHEDULED,
+        name="fw 1.2.0",
+    )
+    return bundle_id, deployment_id
 
 
 async def test_bundle_reads(

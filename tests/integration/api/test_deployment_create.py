@@ -6,35 +6,17 @@ import httpx
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernex_backend.bundles.models import Bundle
-from kernex_backend.core.db import create_sessionmaker
-from kernex_backend.devices.models import Device, DeviceStatus
+from kernex_backend.devices.models import DeviceStatus
+from tests.factories import add_bundle, add_devices
 
 
 async def seed(engine: AsyncEngine, *, signed: bool = True) -> uuid.UUID:
-    async with create_sessionmaker(engine)() as session:
-        bundle = Bundle(
-            name="app",
-            version="1.0.0",
-            device_type="gw",
-            sha256="a" * 64,
-            size_bytes=10,
-            storage_key=f"bundles/{uuid.uuid4().hex}",
-            created_by="test",
-            signature="c2ln" if signed else None,
-            signing_key_id="k" if signed else None,
-            manifest_created_at="2026-11-28T00:00:00+00:00" if signed else None,
-        )
-        session.add(bundle)
-        for device_id, device_type, status in (
-            ("dc-1", "gw", DeviceStatus.ACTIVE),
-            ("dc-2", "gw", DeviceStatus.REGISTERED),
-            ("dc-other", "sensor", DeviceStatus.ACTIVE),
-            ("dc-retired", "gw", DeviceStatus.DECOMMISSIONED),
-        ):
-            session.add(Device(id=device_id, device_type=device_type, status=status))
-        await session.commit()
-        return bundle.id
+    bundle_id = await add_bundle(engine, signed=signed)
+    await add_devices(engine, "dc-1")
+    await add_devices(engine, "dc-2", status=DeviceStatus.REGISTERED)
+    await add_devices(engine, "dc-other", device_type="sensor")
+    await add_devices(engine, "dc-retired", status=DeviceStatus.DECOMMISSIONED)
+    return bundle_id
 
 
 def problem(response: httpx.Response, status: int) -> dict[str, object]:
@@ -116,16 +98,6 @@ async def test_refusals_are_problem_json(
 
 
 async def seed_unsigned(engine: AsyncEngine) -> uuid.UUID:
-    async with create_sessionmaker(engine)() as session:
-        bundle = Bundle(
-            name="app",
-            version="0.1.0",
-            device_type="gw",
-            sha256="b" * 64,
-            size_bytes=10,
-            storage_key="bundles/unsigned",
-            created_by="test",
-        )
-        session.add(bundle)
-        await session.commit()
-        return bundle.id
+    return await add_bundle(
+        engine, signed=False, version="0.1.0", sha256="b" * 64, storage_key="bundles/unsigned"
+    )

@@ -5,20 +5,15 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
+from tests.factories import register_device
+
 PROBLEM = "application/problem+json"
-
-
-async def register(
-    client: httpx.AsyncClient, headers: dict[str, str], device_id: str, **fields: object
-) -> httpx.Response:
-    body = {"id": device_id, "device_type": "gateway", **fields}
-    return await client.post("/api/v1/devices", json=body, headers=headers)
 
 
 async def test_register_get_and_list(
     client: httpx.AsyncClient, write_headers: dict[str, str]
 ) -> None:
-    created = await register(
+    created = await register_device(
         client, write_headers, "dev-001", name="Pump 1", tags={"site": "north"}
     )
     assert created.status_code == 201, created.text
@@ -41,8 +36,8 @@ async def test_register_get_and_list(
 async def test_duplicate_registration_is_409(
     client: httpx.AsyncClient, write_headers: dict[str, str]
 ) -> None:
-    assert (await register(client, write_headers, "dup-1")).status_code == 201
-    again = await register(client, write_headers, "dup-1")
+    assert (await register_device(client, write_headers, "dup-1")).status_code == 201
+    again = await register_device(client, write_headers, "dup-1")
     assert again.status_code == 409
     assert again.headers["content-type"] == PROBLEM
     assert again.json()["type"] == "urn:kernex:problem:device-exists"
@@ -77,7 +72,7 @@ async def test_unknown_device_is_404(
 async def test_bad_device_ids_are_refused(
     client: httpx.AsyncClient, write_headers: dict[str, str], device_id: str
 ) -> None:
-    response = await register(client, write_headers, device_id)
+    response = await register_device(client, write_headers, device_id)
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == PROBLEM
     assert "device ID" in response.json()["detail"]
@@ -89,7 +84,7 @@ async def test_bad_device_ids_are_refused(
 async def test_good_device_ids_are_accepted(
     client: httpx.AsyncClient, write_headers: dict[str, str], device_id: str
 ) -> None:
-    assert (await register(client, write_headers, device_id)).status_code == 201
+    assert (await register_device(client, write_headers, device_id)).status_code == 201
 
 
 @pytest.mark.parametrize(
@@ -120,7 +115,7 @@ async def test_bad_device_id_in_path_is_422_not_500(
 async def test_bad_fields_are_422(
     client: httpx.AsyncClient, write_headers: dict[str, str], fields: dict[str, object], why: str
 ) -> None:
-    response = await register(client, write_headers, "field-test", **fields)
+    response = await register_device(client, write_headers, "field-test", **fields)
     assert response.status_code == 422, why
     assert response.headers["content-type"] == PROBLEM
     assert response.json()["errors"], why
@@ -171,9 +166,9 @@ async def test_oversized_streamed_body_without_length_is_413(
 
 
 async def test_filters(client: httpx.AsyncClient, write_headers: dict[str, str]) -> None:
-    await register(client, write_headers, "f-1", tags={"site": "north", "ring": "canary"})
-    await register(client, write_headers, "f-2", tags={"site": "north", "ring": "stable"})
-    await register(client, write_headers, "f-3", tags={"site": "south"})
+    await register_device(client, write_headers, "f-1", tags={"site": "north", "ring": "canary"})
+    await register_device(client, write_headers, "f-2", tags={"site": "north", "ring": "stable"})
+    await register_device(client, write_headers, "f-3", tags={"site": "south"})
     await client.post(
         "/api/v1/devices", json={"id": "f-4", "device_type": "sensor"}, headers=write_headers
     )
@@ -207,7 +202,7 @@ async def test_pagination_and_its_hard_cap(
     client: httpx.AsyncClient, write_headers: dict[str, str]
 ) -> None:
     for i in range(7):
-        await register(client, write_headers, f"p-{i}")
+        await register_device(client, write_headers, f"p-{i}")
     first = (await client.get("/api/v1/devices?limit=3", headers=write_headers)).json()
     second = (await client.get("/api/v1/devices?limit=3&offset=3", headers=write_headers)).json()
     last = (await client.get("/api/v1/devices?limit=3&offset=6", headers=write_headers)).json()
@@ -228,7 +223,7 @@ async def test_pagination_and_its_hard_cap(
 async def test_patch_name_and_tags(
     client: httpx.AsyncClient, write_headers: dict[str, str]
 ) -> None:
-    await register(client, write_headers, "patch-1", name="old", tags={"a": "1"})
+    await register_device(client, write_headers, "patch-1", name="old", tags={"a": "1"})
     renamed = await client.patch(
         "/api/v1/devices/patch-1", json={"name": "new"}, headers=write_headers
     )
@@ -251,7 +246,7 @@ async def test_patch_name_and_tags(
 
 
 async def test_decommission(client: httpx.AsyncClient, write_headers: dict[str, str]) -> None:
-    await register(client, write_headers, "old-1")
+    await register_device(client, write_headers, "old-1")
     response = await client.post("/api/v1/devices/old-1/decommission", headers=write_headers)
     assert response.status_code == 200
     assert response.json()["status"] == "decommissioned"

@@ -16,13 +16,11 @@ from kernex_backend.core.db import create_engine, create_sessionmaker
 from kernex_backend.core.messaging import TrafficCounters
 from kernex_backend.deployments import lifecycle
 from kernex_backend.deployments.models import (
-    Deployment,
     DeploymentExecution,
-    DeploymentStatus,
     ExecutionState,
 )
 from kernex_backend.deployments.progress import ProgressIngest
-from kernex_backend.devices.models import Device, DeviceStatus
+from kernex_backend.devices.models import DeviceStatus
 from kernex_backend.devices.presence import PresenceTracker
 from kernex_backend.mqtt.bridge import MqttBridge
 from kernex_backend.telemetry.ingest import HeartbeatIngest, Received
@@ -36,17 +34,9 @@ from kernex_protocol.payloads import (
 )
 from kernex_protocol.topics import Channel
 from tests.conftest import make_settings
+from tests.factories import add_deployment, add_devices
 
 pytestmark = pytest.mark.integration
-
-
-async def add_devices(
-    engine: AsyncEngine, *ids: str, status: DeviceStatus = DeviceStatus.ACTIVE
-) -> None:
-    async with create_sessionmaker(engine)() as session:
-        for device_id in ids:
-            session.add(Device(id=device_id, device_type="gw", status=status))
-        await session.commit()
 
 
 async def device(engine: AsyncEngine, device_id: str) -> dict[str, Any]:
@@ -213,22 +203,7 @@ async def test_presence_is_ordered_by_session(app: FastAPI, engine: AsyncEngine)
 async def make_execution(engine: AsyncEngine, *device_ids: str) -> uuid.UUID:
     """A running deployment with a NOTIFIED execution for each device."""
     await add_devices(engine, *device_ids)
-    async with create_sessionmaker(engine)() as session:
-        deployment = Deployment(
-            name="t", target={}, status=DeploymentStatus.RUNNING, created_by="t"
-        )
-        session.add(deployment)
-        await session.flush()
-        for device_id in device_ids:
-            session.add(
-                DeploymentExecution(
-                    deployment_id=deployment.id,
-                    device_id=device_id,
-                    state=ExecutionState.NOTIFIED,
-                )
-            )
-        await session.commit()
-        return deployment.id
+    return await add_deployment(engine, dict.fromkeys(device_ids, ExecutionState.NOTIFIED))
 
 
 def report(deployment: uuid.UUID, state: ProgressState, seq: int, **extra: Any) -> Progress:

@@ -25,8 +25,8 @@ from kernex_devstack.ports import free_port
 from kernex_protocol.limits import INT_LIMITS, TEXT_LIMITS
 from kernex_protocol.payloads import ErrorCode, Presence, ProgressError, ProgressState
 from tests.conftest import make_settings
+from tests.factories import add_devices
 from tests.integration.fleet.test_fleet_state import (
-    add_devices,
     beat,
     device,
     execution,
