@@ -10,23 +10,20 @@ cancels the current one if it has not reached INSTALLING, and is considered next
 import asyncio
 import datetime as dt
 import importlib.metadata
-import json
 import logging
-import os
 import random
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kernex_agent.config import AgentConfig
 from kernex_agent.counter import PersistentCounter
-from kernex_agent.files import write_atomic
+from kernex_agent.faults import FaultInjector
+from kernex_agent.inbox import NoticeInbox
 from kernex_agent.notices import (
     Installed,
     NoticePolicy,
@@ -35,6 +32,7 @@ from kernex_agent.notices import (
     check_notice,
     load_installed,
 )
+from kernex_agent.reporting import ProgressReporter, utc_now_text
 from kernex_agent.telemetry import system_metrics, system_uptime_s
 from kernex_agent.transport import MqttTransport, Network
 from kernex_agent.update.download import HttpDownloader, TransferLimits
@@ -42,7 +40,7 @@ from kernex_agent.update.health import CommandHealthCheck
 from kernex_agent.update.installer import DirectoryInstaller, Installer, UnpackLimits
 from kernex_agent.update.machine import TERMINAL, State
 from kernex_agent.update.runner import UpdateRunner
-from kernex_agent.update.states import AgentStopping, UpdateStates, notice_of
+from kernex_agent.update.states import AgentStopping, UpdateStates
 from kernex_agent.update.store import FileStateStore, UpdateRecord, require_notice
 from kernex_protocol.manifest import load_trusted_keys
 from kernex_protocol.payloads import (
@@ -51,7 +49,6 @@ from kernex_protocol.payloads import (
     Notice,
     PayloadInvalid,
     Presence,
-    Progress,
     ProgressError,
     ProgressState,
     UrlRequest,
@@ -66,22 +63,6 @@ try:
 except importlib.metadata.PackageNotFoundError:  # running from a source tree
     AGENT_VERSION = "0.0.0"
 
-_ACK_WAIT_S = 10.0
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _parse_notice(payload: bytes) -> Notice | PayloadInvalid | None:
-    """The notice in a deployment payload; None when empty (withdrawn), or why it is invalid."""
-    if not payload:
-        return None
-    try:
-        return Notice.parse(payload)
-    except PayloadInvalid as exc:
-        return exc
-
 
 def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -90,10 +71,6 @@ def _utc_now() -> dt.datetime:
 def _keys(directory: Path) -> dict[str, Ed25519PublicKey]:
     """The Ed25519 keys in `directory`; none when it does not exist (every check then fails)."""
     return load_trusted_keys(directory) if directory.is_dir() else {}
-
-
-def _exit_for_test(state: State) -> None:
-    os._exit(137)  # like a power cut: no clean-up, no goodbye
 
 
 def _certificate_serial(path: Path) -> str | None:
@@ -110,16 +87,15 @@ class Agent:
         self,
         config: AgentConfig,
         *,
-        crash_in: State | None = None,
-        crash: Callable[[State], None] | None = None,
+        faults: FaultInjector | None = None,
         installer: Installer | None = None,
         health_check: Callable[[], bool] | None = None,
         network: Network | None = None,
     ) -> None:
-        """`installer` and `health_check` default to the configured ones; `crash_in` with
-        `crash` (default: exit the process) is the power-cut fault injection of the tests and
-        the simulator. `network` runs the MQTT connection in a shared event loop instead of a
-        thread of its own (the simulator's thousands of agents per process)."""
+        """`installer` and `health_check` default to the configured ones; `faults` is called
+        with each state entered (the power-cut tests and the simulator). `network` runs the
+        MQTT connection in a shared event loop instead of a thread of its own (the simulator's
+        thousands of agents per process)."""
         self.config = config
         update = config.update
         update.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -136,8 +112,7 @@ class Agent:
             else (lambda: True)
         )
         self.store = FileStateStore(update.state_dir / "update.json", check=require_notice)
-        self._outcome_path = update.state_dir / "last-outcome.json"
-        self._progress_seq = PersistentCounter(update.state_dir / "progress-seq")
+        self.inbox = NoticeInbox()
         self.transport = MqttTransport(
             config.mqtt,
             config.device_id,
@@ -146,6 +121,14 @@ class Agent:
             on_message=self._from_network_thread,
             network=network,
         )
+        self.reporter = ProgressReporter(
+            self.transport,
+            update.state_dir,
+            superseded_by=lambda: self.inbox.current_id,
+            connected=self._wait_connected,
+        )
+        # What this agent sent, for the simulator's reports.
+        self.sent = self.reporter.sent
         self.states = UpdateStates(
             update,
             installer=self.installer,
@@ -159,7 +142,7 @@ class Agent:
                     rate_window_s=update.download_rate_window_s,
                 ),
             ),
-            reporter=self,
+            reporter=self.reporter,
             deployments=self,
         )
         self.runner = UpdateRunner(
@@ -169,17 +152,10 @@ class Agent:
             on_enter=self._on_enter,
             passes_through=(AgentStopping,),
         )
-        self._crash_in = crash_in
-        self._crash = crash or _exit_for_test
-        # What this agent sent, for the simulator's reports.
-        self.sent: Counter[str] = Counter()
+        self._faults = faults
         # Extra heartbeat metrics (the simulator pads heartbeats to a chosen size with these).
         self.extra_metrics: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._latest_notice: bytes | None = None  # None: nothing heard since start; b"": cleared
-        self._latest_notice_id: str | None = None
-        self._latest_parsed: Notice | PayloadInvalid | None = None
-        self._notice_changed = asyncio.Event()
         self._url_waiters: dict[str, asyncio.Future[UrlResponse]] = {}
         self._stopping = False
         self.malformed_messages = 0
@@ -237,12 +213,7 @@ class Agent:
 
     def _on_message(self, channel: Channel, payload: bytes) -> None:
         if channel == Channel.DEPLOYMENT:
-            # Parsed once, here: the id decides what is withdrawn, the rest what to do next.
-            self._latest_notice = payload
-            self._latest_parsed = _parse_notice(payload)
-            parsed = self._latest_parsed
-            self._latest_notice_id = parsed.deployment_id if isinstance(parsed, Notice) else None
-            self._notice_changed.set()
+            self.inbox.receive(payload)
         elif channel == Channel.URL_RESPONSE:
             try:
                 response = UrlResponse.parse(payload)
@@ -268,7 +239,7 @@ class Agent:
 
     def withdrawn(self, deployment_id: str) -> bool:
         """True once a notice other than this deployment's (or none) was heard since start."""
-        return self._latest_notice is not None and self._latest_notice_id != deployment_id
+        return self.inbox.withdrawn(deployment_id)
 
     async def fresh_url(self, deployment_id: str) -> str | None:
         """Ask over url/request and wait for the matching url/response."""
@@ -302,98 +273,13 @@ class Agent:
             await asyncio.sleep(0.2)
         return True
 
-    # --- the Reporter protocol -----------------------------------------------------------
-
-    def _message(
-        self,
-        notice: Notice,
-        state: ProgressState,
-        *,
-        error: ProgressError | None = None,
-        percent: int | None = None,
-    ) -> Progress:
-        """A progress message about `notice`, with the next sequence number."""
-        return Progress(
-            deployment_id=notice.deployment_id,
-            state=state,
-            seq=self._progress_seq.advance(),
-            sent_at=_now(),
-            version=notice.manifest.version,
-            percent=percent,
-            error=error,
-        )
-
-    def _progress(
-        self, record: UpdateRecord, state: ProgressState, *, percent: int | None = None
-    ) -> Progress:
-        error = None
-        if record.error is not None:
-            try:
-                code = ErrorCode(record.error["code"])
-            except ValueError:
-                code = ErrorCode.INSTALL_FAILED
-            error = ProgressError(code, record.error.get("detail", ""))
-        elif state == ProgressState.CANCELED and self._latest_notice_id is not None:
-            error = ProgressError(ErrorCode.SUPERSEDED, f"replaced by {self._latest_notice_id}")
-        return self._message(notice_of(record), state, error=error, percent=percent)
-
-    def progress(self, record: UpdateRecord, *, percent: int | None = None) -> None:
-        """Report the state `record` is in; paho queues it while offline."""
-        message = self._progress(record, ProgressState(record.state.value), percent=percent)
-        self.transport.publish(Channel.PROGRESS, message.to_payload())
-        self.sent["progress"] += 1
-
-    async def final(self, record: UpdateRecord) -> bool:
-        """Report a terminal state and wait for the broker's acknowledgement."""
-        message = self._progress(record, ProgressState(record.state.value))
-        return await self._report_outcome(message)
-
-    async def _report_outcome(self, message: Progress) -> bool:
-        payload = message.to_payload()
-        # Remembered first: the same notice arriving again is answered with this outcome.
-        outcome = {"deployment_id": message.deployment_id, "progress": payload.decode()}
-        write_atomic(self._outcome_path, json.dumps(outcome).encode())
-        log.info(
-            "update.outcome",
-            extra={
-                "deployment_id": message.deployment_id,
-                "state": message.state.value,
-                "error": None if message.error is None else message.error.code.value,
-            },
-        )
-        if not await self._wait_connected(None):
-            return False
-        info = self.transport.publish(Channel.PROGRESS, payload)
-        self.sent["progress"] += 1
-        self.sent[f"final.{message.state.value}"] += 1
-        try:
-            await asyncio.to_thread(info.wait_for_publish, _ACK_WAIT_S)
-        except (RuntimeError, ValueError):
-            return False
-        return info.is_published()
-
-    def _last_outcome(self) -> dict[str, Any] | None:
-        try:
-            outcome = json.loads(self._outcome_path.read_bytes())
-        except (FileNotFoundError, ValueError):
-            return None
-        return outcome if isinstance(outcome, dict) else None
-
     # --- the update loop -----------------------------------------------------------------
 
     async def _on_enter(self, record: UpdateRecord) -> None:
-        if self._crash_in == record.state:
-            self._crash_for_test(record.state)
+        if self._faults is not None:
+            self._faults(record.state)
         if record.state not in TERMINAL:
-            self.progress(record)
-
-    def _crash_for_test(self, state: State) -> None:
-        """Fault injection for the power-cut tests: die once, right after entering `state`."""
-        marker = self.config.update.state_dir / f"crashed-in-{state.value}"
-        if not marker.exists():
-            write_atomic(marker, b"")
-            log.warning("agent.fault_injected", extra={"state": state.value})
-            self._crash(state)
+            self.reporter.progress(record)
 
     async def _updates(self) -> None:
         await asyncio.to_thread(self.installer.cleanup)
@@ -404,12 +290,12 @@ class Agent:
             log.info("update.resuming", extra={"state": interrupted.state.value})
             await self.runner.run()
         while True:
-            await self._notice_changed.wait()
-            self._notice_changed.clear()
-            if not self._latest_notice:
+            await self.inbox.changed.wait()
+            self.inbox.changed.clear()
+            if not self.inbox.raw:
                 continue
             try:
-                await self._consider(self._latest_notice, self._latest_parsed)
+                await self._consider(self.inbox.raw, self.inbox.parsed)
             except (asyncio.CancelledError, AgentStopping):
                 raise
             except Exception as exc:
@@ -432,12 +318,10 @@ class Agent:
         )
         if damaged.deployment_id is not None:
             detail = f"{damaged.reason}; running {self.installer.current_version()}"
-            await self._report_outcome(
-                Progress(
-                    deployment_id=damaged.deployment_id,
-                    state=ProgressState.FAILED,
-                    seq=self._progress_seq.advance(),
-                    sent_at=_now(),
+            await self.reporter.report_outcome(
+                self.reporter.message(
+                    damaged.deployment_id,
+                    ProgressState.FAILED,
                     error=ProgressError(ErrorCode.STATE_DAMAGED, detail),
                 )
             )
@@ -447,12 +331,8 @@ class Agent:
             self._count_malformed(Channel.DEPLOYMENT, parsed or PayloadInvalid("empty notice"))
             return
         notice = parsed
-        last = self._last_outcome()
-        if last is not None and last.get("deployment_id") == notice.deployment_id:
-            # Seen before (a retained notice after a reconnect): say the outcome again.
-            if await self._wait_connected(_ACK_WAIT_S):
-                self.transport.publish(Channel.PROGRESS, str(last["progress"]).encode())
-            return
+        if await self.reporter.repeat_outcome(notice.deployment_id):
+            return  # seen before (a retained notice after a reconnect): outcome said again
         try:
             verdict = check_notice(
                 notice, self._policy(), installed=self._installed(notice), now=_utc_now()
@@ -462,13 +342,15 @@ class Agent:
                 "update.notice_rejected",
                 extra={"deployment_id": notice.deployment_id, "code": exc.code.value},
             )
-            rejected = self._message(
+            rejected = self.reporter.about(
                 notice, ProgressState.REJECTED, error=ProgressError(exc.code, exc.detail)
             )
-            await self._report_outcome(rejected)
+            await self.reporter.report_outcome(rejected)
             return
         if verdict == Verdict.ALREADY_INSTALLED:
-            await self._report_outcome(self._message(notice, ProgressState.ALREADY_INSTALLED))
+            await self.reporter.report_outcome(
+                self.reporter.about(notice, ProgressState.ALREADY_INSTALLED)
+            )
             return
         log.info(
             "update.starting",
@@ -519,7 +401,7 @@ class Agent:
                 beat = Heartbeat(
                     seq=seq,
                     session=self.transport.session,
-                    sent_at=_now(),
+                    sent_at=utc_now_text(),
                     uptime_s=system_uptime_s(),
                     agent_version=AGENT_VERSION,
                     installed_version=self.installer.current_version(),

@@ -12,6 +12,7 @@ from pathlib import Path
 from kernex_agent import logs
 from kernex_agent.agent import AGENT_VERSION, Agent
 from kernex_agent.config import ConfigError, load_config
+from kernex_agent.faults import CrashOnce
 from kernex_agent.update.machine import State
 
 # Fault injection for the power-cut tests only: the agent dies once, right after entering the
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     logs.configure(config.log.level, config.log.format)
     crash_in = os.environ.get(FAULT_ENV)
+    faults = CrashOnce(State(crash_in), config.update.state_dir) if crash_in else None
     try:
-        agent = Agent(config, crash_in=State(crash_in) if crash_in else None)
+        agent = Agent(config, faults=faults)
     except (OSError, ssl.SSLError, ValueError) as exc:
         # Unreadable certificate, key or CA files: nothing will work until they are fixed.
         print(f"kernex-agent: cannot start: {exc}", file=sys.stderr)

@@ -29,6 +29,7 @@ from kernex_agent.config import (
     TelemetryConfig,
     UpdateConfig,
 )
+from kernex_agent.faults import CrashOnce
 from kernex_agent.update.machine import State
 from kernex_sim.fleet import SimDevice, WorkerSpec
 from kernex_sim.installer import SimulatedInstaller
@@ -97,8 +98,11 @@ class Supervisor:
             config,
             installer=SimulatedInstaller(config.update.state_dir, fail=self.device.fail_install),
             health_check=(lambda: not self.device.fail_health),
-            crash_in=State.INSTALLING if self.device.reboot_mid_update else None,
-            crash=crash,
+            faults=(
+                CrashOnce(State.INSTALLING, config.update.state_dir, crash=crash)
+                if self.device.reboot_mid_update
+                else None
+            ),
             network=self.network,
         )
         agent.extra_metrics = {f"pad{i:02d}": i for i in range(self.spec.heartbeat_padding)}

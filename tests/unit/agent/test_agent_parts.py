@@ -1,0 +1,54 @@
+"""The agent's small parts: the map from update states to the wire's progress states, the
+notice inbox, and fault injection passed in from outside."""
+
+from pathlib import Path
+
+import pytest
+
+from kernex_agent.faults import CrashOnce
+from kernex_agent.inbox import NoticeInbox
+from kernex_agent.reporting import WIRE_STATE
+from kernex_agent.update.machine import TERMINAL, State
+from kernex_protocol.payloads import FINAL_STATES, PayloadInvalid, ProgressState
+
+
+def test_every_reported_state_has_its_wire_state() -> None:
+    assert set(WIRE_STATE) == set(State) - {State.IDLE}  # IDLE is never reported
+    assert len(set(WIRE_STATE.values())) == len(WIRE_STATE)  # no two states alike on the wire
+    for state in TERMINAL:
+        assert WIRE_STATE[state] in FINAL_STATES, state
+    for state in set(WIRE_STATE) - TERMINAL:
+        assert WIRE_STATE[state] not in FINAL_STATES, state
+    # Only the notice checks (never the machine) report these.
+    assert {ProgressState.REJECTED, ProgressState.ALREADY_INSTALLED}.isdisjoint(WIRE_STATE.values())
+
+
+def test_the_inbox_keeps_the_newest_notice_and_says_what_is_withdrawn() -> None:
+    inbox = NoticeInbox()
+    assert not inbox.withdrawn("dep-1")  # nothing heard yet: the saved update goes on
+    inbox.receive(b"not json")
+    assert isinstance(inbox.parsed, PayloadInvalid)
+    assert inbox.changed.is_set()
+    assert inbox.withdrawn("dep-1")
+    inbox.receive(b"")
+    assert (inbox.raw, inbox.current_id) == (b"", None)  # cleared
+    assert inbox.withdrawn("dep-1")
+
+
+def test_crash_once_fires_in_its_state_only_once(tmp_path: Path) -> None:
+    crashed: list[State] = []
+    fault = CrashOnce(State.INSTALLING, tmp_path, crash=crashed.append)
+    for state in (State.DOWNLOADING, State.INSTALLING, State.INSTALLING, State.COMMITTED):
+        fault(state)
+    assert crashed == [State.INSTALLING]
+    again = CrashOnce(State.INSTALLING, tmp_path, crash=crashed.append)  # after the "reboot"
+    again(State.INSTALLING)
+    assert crashed == [State.INSTALLING]
+
+
+@pytest.mark.parametrize("state", [State.DOWNLOADING, State.HEALTH_CHECK])
+def test_a_crash_marker_is_per_state(tmp_path: Path, state: State) -> None:
+    crashed: list[State] = []
+    CrashOnce(state, tmp_path, crash=crashed.append)(state)
+    assert (tmp_path / f"crashed-in-{state.value}").exists()
+    assert crashed == [state]
