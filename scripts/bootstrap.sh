@@ -40,9 +40,16 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x "$venv/bin/python"
   exit 0
 fi
 
+# pip's chatter that says nothing to a new user: index locations a machine's pip configuration
+# names but does not have, and setuptools' notice about editable installs. Errors still show.
+calm() {
+  grep -vE "is ignored: it is neither a file nor a directory|BuildBackendWarning|^ *!!$|^ *\*{20,}$|Please be careful with folders|name as your package as they may take|with strategy, WheelFile|^ *$" || true
+}
+
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
+echo "bootstrap: installing Python packages into $venv (a minute or two the first time)"
+"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24" 2>&1 | calm
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  -c constraints.txt -r requirements-dev.txt
+  -c constraints.txt -r requirements-dev.txt 2>&1 | calm
 echo "$want" >"$stamp"
 echo "bootstrap: environment ready in $venv"
