@@ -157,6 +157,8 @@ class Agent:
         self.extra_metrics: dict[str, int] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._url_waiters: dict[str, asyncio.Future[UrlResponse]] = {}
+        # When each (deployment, attempt) with a start delay was first heard (monotonic).
+        self._delays: dict[tuple[str, int], float] = {}
         self._stopping = False
         self.malformed_messages = 0
 
@@ -331,8 +333,13 @@ class Agent:
             self._count_malformed(Channel.DEPLOYMENT, parsed or PayloadInvalid("empty notice"))
             return
         notice = parsed
-        if await self.reporter.repeat_outcome(notice.deployment_id):
+        if await self.reporter.repeat_outcome(notice.deployment_id, notice.attempt):
             return  # seen before (a retained notice after a reconnect): outcome said again
+        if notice.start_delay_s > 0:
+            waited = await self._start_delay(notice)
+            if waited is None:
+                return  # replaced or withdrawn during the delay: the loop considers the new one
+            raw, notice = waited
         try:
             verdict = check_notice(
                 notice, self._policy(), installed=self._installed(notice), now=_utc_now()
@@ -358,6 +365,35 @@ class Agent:
         )
         self.runner.begin({"id": notice.deployment_id, "notice": raw.decode()})
         await self.runner.run()
+
+    async def _start_delay(self, notice: Notice) -> tuple[bytes, Notice] | None:
+        """Wait the notice's jitter delay, counted from when this attempt was first heard (a
+        re-published copy of the same notice does not restart it). Returns the newest copy
+        of the notice, or None if another notice (or none) replaced it meanwhile."""
+        key = (notice.deployment_id, notice.attempt)
+        first_heard = self._delays.setdefault(key, time.monotonic())
+        while True:
+            left = first_heard + notice.start_delay_s - time.monotonic()
+            if left <= 0:
+                break
+            log.info(
+                "update.start_delay",
+                extra={"deployment_id": notice.deployment_id, "seconds": round(left)},
+            )
+            try:
+                await asyncio.wait_for(self.inbox.changed.wait(), left)
+            except TimeoutError:
+                break
+            current = self.inbox.parsed
+            if not isinstance(current, Notice) or (current.deployment_id, current.attempt) != key:
+                return None  # `changed` stays set: the update loop takes the new payload
+            self.inbox.changed.clear()
+            notice = current
+        self._delays.pop(key, None)
+        current, raw = self.inbox.parsed, self.inbox.raw
+        if isinstance(current, Notice) and raw and (current.deployment_id, current.attempt) == key:
+            return raw, current
+        return None
 
     def _policy(self) -> NoticePolicy:
         """What this device accepts; keys are read each time, so a rotated key on disk counts

@@ -75,6 +75,7 @@ class ProgressReporter:
         version: str | None = None,
         error: ProgressError | None = None,
         percent: int | None = None,
+        attempt: int | None = None,
     ) -> Progress:
         """A progress message with the next sequence number."""
         return Progress(
@@ -85,11 +86,18 @@ class ProgressReporter:
             version=version,
             percent=percent,
             error=error,
+            attempt=attempt,
         )
 
     def about(self, notice: Notice, state: ProgressState, **fields: Any) -> Progress:
-        """A progress message about `notice`."""
-        return self.message(notice.deployment_id, state, version=notice.manifest.version, **fields)
+        """A progress message about `notice` (and its attempt)."""
+        return self.message(
+            notice.deployment_id,
+            state,
+            version=notice.manifest.version,
+            attempt=notice.attempt,
+            **fields,
+        )
 
     def _of_record(self, record: UpdateRecord, *, percent: int | None = None) -> Progress:
         state = WIRE_STATE[record.state]
@@ -119,7 +127,11 @@ class ProgressReporter:
         """Remember and publish a final message; True once the broker acknowledged it."""
         payload = message.to_payload()
         # Remembered first: the same notice arriving again is answered with this outcome.
-        outcome = {"deployment_id": message.deployment_id, "progress": payload.decode()}
+        outcome = {
+            "deployment_id": message.deployment_id,
+            "attempt": message.attempt,
+            "progress": payload.decode(),
+        }
         write_atomic(self._outcome_path, json.dumps(outcome).encode())
         log.info(
             "update.outcome",
@@ -140,13 +152,16 @@ class ProgressReporter:
             return False
         return info.is_published()
 
-    async def repeat_outcome(self, deployment_id: str) -> bool:
-        """Say the remembered outcome again if it is about `deployment_id`; False if none is."""
+    async def repeat_outcome(self, deployment_id: str, attempt: int = 1) -> bool:
+        """Say the remembered outcome again if it is about this attempt of `deployment_id`;
+        False if none is (a retry is a new attempt: the device tries again)."""
         try:
             outcome = json.loads(self._outcome_path.read_bytes())
         except (FileNotFoundError, ValueError):
             return False
         if not isinstance(outcome, dict) or outcome.get("deployment_id") != deployment_id:
+            return False
+        if (outcome.get("attempt") or 1) != attempt:
             return False
         if await self._connected(_ACK_WAIT_S):
             self._transport.publish(Channel.PROGRESS, str(outcome["progress"]).encode())

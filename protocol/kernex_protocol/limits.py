@@ -52,6 +52,9 @@ INT_LIMITS: Final[dict[str, IntLimit]] = {
     "heartbeat.metric": IntLimit(-JSON_SAFE_MAX, JSON_SAFE_MAX),  # jsonb values
     "progress.seq": IntLimit(0, JSON_SAFE_MAX, ("deployment_executions.report_seq",)),
     "progress.percent": IntLimit(0, 100, ("deployment_executions.progress",)),
+    # Retries are 0-10, and an operator's manual retries add to them: 2^31 is far beyond both.
+    "attempt": IntLimit(1, 2**31 - 1, ("deployment_executions.attempt",)),
+    "notice.start_delay_s": IntLimit(0, 3600, ("deployment_executions.start_delay_s",)),
 }
 
 # Text fields: at most this many characters are kept (longer ones are cut, not refused).

@@ -317,6 +317,8 @@ class Progress:
     version: str | None = None  # the target version
     percent: int | None = None  # while downloading
     error: ProgressError | None = None
+    # Which attempt of the deployment (the notice's); None from agents before retries existed.
+    attempt: int | None = None
 
     def to_payload(self) -> bytes:
         """The wire form."""
@@ -329,6 +331,7 @@ class Progress:
                 "version": self.version,
                 "percent": self.percent,
                 "error": None if self.error is None else self.error.document(),
+                "attempt": self.attempt,
             }
         )
 
@@ -358,6 +361,7 @@ class Progress:
             version=_short_text(_typed(d, "version", str, optional=True)),
             percent=percent,
             error=error,
+            attempt=_int(d, "attempt", "attempt", optional=True),
         )
 
 
@@ -441,6 +445,11 @@ class Notice:
     url: str | None = None
     url_expires_at: str | None = None  # when `url` stops working (then: url/request)
     rollback: SignedRollback | None = None
+    # The backend's attempt number for this device (grows when a failed device is retried).
+    attempt: int = 1
+    # Seconds the device waits before it starts (the rollout's jitter against a thundering
+    # herd); a newer notice or a withdrawal during the wait replaces it.
+    start_delay_s: int = 0
     # The backend's online notice key over `claims()`: which device, which deployment, which
     # release, until when. Devices refuse a notice without a valid one (docs/security.md).
     signature: str | None = None
@@ -465,6 +474,8 @@ class Notice:
                 "sha256": self.manifest.sha256,
                 "issued_at": self.issued_at,
                 "expires_at": self.expires_at,
+                "attempt": self.attempt,
+                "start_delay_s": self.start_delay_s,
             }
         )
 
@@ -490,6 +501,8 @@ class Notice:
                 "url": self.url,
                 "url_expires_at": self.url_expires_at,
                 "rollback": None if self.rollback is None else self.rollback.to_document(),
+                "attempt": self.attempt,
+                "start_delay_s": self.start_delay_s,
                 "signature": self.signature,
                 "key_id": self.key_id,
             }
@@ -518,6 +531,8 @@ class Notice:
             url=url,
             url_expires_at=_short_text(_typed(d, "url_expires_at", str, optional=True), 40),
             rollback=rollback,
+            attempt=_int(d, "attempt", "attempt", optional=True) or 1,
+            start_delay_s=_int(d, "start_delay_s", "notice.start_delay_s", optional=True) or 0,
             signature=_short_text(_typed(d, "signature", str, optional=True), 128),
             key_id=_short_text(_typed(d, "key_id", str, optional=True), 64),
         )

@@ -310,6 +310,9 @@ class UpdateStates:
         notice = notice_of(record)
         if record.state in (State.FAILED, State.CANCELED):
             self.paths.discard(notice.deployment_id)
+        # A retry of this deployment is a new attempt: it starts from its own notice's URL.
+        self._urls.pop(notice.deployment_id, None)
+        self._without_url.discard(notice.deployment_id)
         await asyncio.to_thread(self.installer.cleanup)
         if await self.reporter.final(record):
             return Event.SUCCESS

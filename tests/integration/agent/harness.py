@@ -220,6 +220,8 @@ class BackendStandIn:
         expires_in_s: int = 3600,
         rollback: SignedRollback | None = None,
         notice_key: Ed25519PrivateKey | None = None,
+        attempt: int = 1,
+        start_delay_s: int = 0,
     ) -> str:
         """Publish a retained notice, signed with the backend's notice key (or `notice_key`);
         returns its deployment id."""
@@ -234,6 +236,8 @@ class BackendStandIn:
             expires_at=(now + dt.timedelta(seconds=expires_in_s)).isoformat(timespec="seconds"),
             url=url if url is not None else (self.store.url(release) if with_url else None),
             rollback=rollback,
+            attempt=attempt,
+            start_delay_s=start_delay_s,
         ).signed_with(notice_key or self.notice_key)
         self.publish_notice(device_id, notice.to_payload())
         return deployment_id
