@@ -18,10 +18,12 @@ from kernex_backend.api_keys.verifier import ApiKeyVerifier
 from kernex_backend.bundles.storage import BundleStorage, StorageError, create_storage
 from kernex_backend.bundles.upload import TrustedReleaseKeys
 from kernex_backend.core.access import KeyVerifier
+from kernex_backend.core.background import run_periodically
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import create_engine, create_sessionmaker
 from kernex_backend.core.runtime import Runtime
 from kernex_backend.deployments.notices import NoticeService
+from kernex_backend.deployments.rollout import RolloutController
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.mqtt import handlers as fleet_state
 from kernex_protocol.manifest import load_trusted_keys
@@ -45,6 +47,12 @@ def build_runtime(settings: Settings) -> Runtime:
     pki = Pki.from_settings(settings.pki)
     if pki is not None:
         runtime.provide(Pki, pki)
+    runtime.provide(
+        RolloutController,
+        RolloutController(
+            runtime.sessionmaker, dynamic_interval_s=settings.rollout.dynamic_interval_s
+        ),
+    )
 
     async def storage_ready() -> str | None:
         try:
@@ -69,6 +77,7 @@ async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runti
         # Not fatal: /ready reports it and uploads answer 503 until the store is back.
         log.warning("storage_not_ready", error=str(exc))
     tasks = jobs.start(runtime, api_jobs=serve_api)
+    controller = runtime.get(RolloutController)
     fleet = None
     if settings.mqtt.enabled:
         fleet = fleet_state.start(
@@ -77,14 +86,27 @@ async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runti
             sessionmaker=runtime.sessionmaker,
             storage=storage,
             pki=runtime.find(Pki),
+            on_finished=controller.wake,
         )
         runtime.provide(fleet_state.FleetState, fleet)
         runtime.provide(NoticeService, fleet.notices)
+        controller.on_admitted = fleet.notices.wake
+        controller.on_withdrawn = fleet.notices.refresh_devices
 
         async def device_traffic() -> str | None:
             return "; ".join(fleet.problems()) or None
 
         runtime.readiness["device_traffic"] = device_traffic
+    tasks.append(
+        asyncio.create_task(
+            run_periodically(
+                "rollout",
+                settings.rollout.interval_s,
+                controller.tick,
+                wake=controller.wake_event,
+            )
+        )
+    )
     try:
         yield runtime
     finally:

@@ -21,6 +21,7 @@ EXPECTED_TABLES = {
     "api_keys",
     "audit_events",
     "bundles",
+    "deployment_events",
     "deployment_executions",
     "deployments",
     "devices",

@@ -181,6 +181,15 @@ class NoticeSettings(BaseModel):
     ttl_s: int = Field(default=3600, ge=60, le=86400)
 
 
+class RolloutSettings(BaseModel):
+    """The rollout controller (deployments/rollout.py), run by every backend process."""
+
+    # How often each open deployment is stepped (also at once after a device finishes).
+    interval_s: float = Field(default=1.0, gt=0, le=60)
+    # How often a dynamic deployment looks for devices that match its selector now.
+    dynamic_interval_s: float = Field(default=10.0, gt=0, le=3600)
+
+
 class LogSettings(BaseModel):
     """Logging output."""
 
@@ -237,6 +246,7 @@ class Settings(BaseSettings):
     release: ReleaseSettings = ReleaseSettings()
     mqtt: MqttSettings = MqttSettings()
     notice: NoticeSettings = NoticeSettings()
+    rollout: RolloutSettings = RolloutSettings()
     log: LogSettings = LogSettings()
     migrations_dir: Path = Path(__file__).resolve().parents[3] / "migrations"
 

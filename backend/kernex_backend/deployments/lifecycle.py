@@ -1,27 +1,19 @@
-"""The execution lifecycle after notification: silent executions time out, and a deployment
-completes once none of its executions is left unfinished."""
+"""Silent executions time out: a device that reported nothing for longer than the fleet-wide
+limit is written off (the rollout policy's own, tighter timeouts are rollout.py's)."""
 
 import datetime as dt
-import uuid
-from typing import Any
 
 import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.core.db import utc_now
-from kernex_backend.deployments.models import (
-    Deployment,
-    DeploymentExecution,
-    DeploymentStatus,
-    ExecutionState,
-)
+from kernex_backend.deployments import rollout
+from kernex_backend.deployments.models import LIVE_STATES, DeploymentExecution, ExecutionState
 
 log = structlog.get_logger(__name__)
-
-LIVE_STATES = tuple(s for s in ExecutionState if not s.terminal and s != ExecutionState.PENDING)
 
 
 async def time_out_silent(
@@ -50,47 +42,9 @@ async def time_out_silent(
             .returning(col(DeploymentExecution.device_id), col(DeploymentExecution.deployment_id))
         )
         ended = result.all()
-        await session.commit()
-        await complete_finished(session)
+        for deployment_id in sorted({deployment for _, deployment in ended}):
+            await rollout.settle(session, deployment_id, now=now)
         await session.commit()
     for device_id, _ in ended:
         log.info("execution_timed_out", device_id=device_id)
     return [device_id for device_id, _ in ended]
-
-
-async def complete_if_done(session: AsyncSession, deployment_id: uuid.UUID) -> None:
-    """Mark a running deployment COMPLETED once none of its executions is left unfinished.
-
-    The deployment row is locked first: two devices finishing at once are handled in two
-    transactions, and without the lock each would still see the other's execution unfinished
-    and neither would complete the deployment. With it, the second waits for the first to
-    commit and then sees its result.
-    """
-    lock: Any = (
-        sa.select(col(Deployment.id)).where(col(Deployment.id) == deployment_id).with_for_update()
-    )
-    await session.exec(lock)
-    unfinished = [s for s in ExecutionState if not s.terminal]
-    now = utc_now()
-    statement: Any = (
-        sa.update(Deployment)
-        .where(
-            col(Deployment.id) == deployment_id,
-            col(Deployment.status) == DeploymentStatus.RUNNING,
-            ~sa.exists().where(
-                col(DeploymentExecution.deployment_id) == deployment_id,
-                col(DeploymentExecution.state).in_(unfinished),
-            ),
-        )
-        .values(status=DeploymentStatus.COMPLETED, finished_at=now, updated_at=now)
-    )
-    await session.exec(statement)
-
-
-async def complete_finished(session: AsyncSession) -> None:
-    """Complete every running deployment whose executions have all ended (a safety net)."""
-    rows = await session.exec(
-        select(Deployment.id).where(col(Deployment.status) == DeploymentStatus.RUNNING)
-    )
-    for deployment_id in rows.all():
-        await complete_if_done(session, deployment_id)

@@ -35,7 +35,8 @@ class DeploymentStatus(StrEnum):
 class ExecutionState(StrEnum):
     """Where one device is in one deployment."""
 
-    PENDING = "pending"  # targeted, not yet notified
+    QUEUED = "queued"  # targeted; waits for its wave, the rate, a window or a retry backoff
+    PENDING = "pending"  # admitted by the rollout controller; its notice is being published
     NOTIFIED = "notified"  # notice published
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
@@ -64,6 +65,16 @@ _TERMINAL_STATES = frozenset(
 )
 
 
+# Notified and not finished: the device holds a notice and may be working on it.
+LIVE_STATES = tuple(
+    s
+    for s in ExecutionState
+    if not s.terminal and s not in (ExecutionState.QUEUED, ExecutionState.PENDING)
+)
+# Not finished: the device is busy with the deployment (a second one is refused).
+UNFINISHED_STATES = tuple(s for s in ExecutionState if not s.terminal)
+
+
 class Deployment(SQLModel, table=True):
     """A bundle sent to a selected set of devices under a rollout strategy."""
 
@@ -76,11 +87,11 @@ class Deployment(SQLModel, table=True):
     bundle_id: uuid.UUID | None = Field(
         default=None, foreign_key="bundles.id", ondelete="SET NULL", index=True
     )
-    # {"device_ids": [...]} or {"tags": {...}, "device_type": "..."}; see deployments/schemas.py.
+    # {"device_ids": [...]} or {"selector": {...}, "dynamic": ..., "max_devices": ...}.
     target: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB, nullable=False)
-    # {"waves": [percent, ...], "wave_interval_s": ...}
+    # A deployments.strategy.RolloutStrategy.
     strategy: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB, nullable=False)
-    # {"max_failure_ratio": 0.1, "min_executions": 10}
+    # {"rules": [AbortRule, ...]}.
     abort_criteria: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB, nullable=False)
     status: DeploymentStatus = enum_field(
         DeploymentStatus, DeploymentStatus.SCHEDULED, name="deployment_status", index=True
@@ -90,6 +101,38 @@ class Deployment(SQLModel, table=True):
     updated_at: datetime = created_at_field()
     started_at: datetime | None = optional_timestamp_field()
     finished_at: datetime | None = optional_timestamp_field()
+    # The rollout controller's state (deployments/rollout.py).
+    current_wave: int = Field(default=0, nullable=False)
+    wave_reached_at: datetime | None = optional_timestamp_field()  # current wave met its threshold
+    approved_wave: int = Field(default=0, nullable=False)  # waves up to this one are approved
+    forced_wave: int = Field(default=0, nullable=False)  # started below threshold by an operator
+    waiting_for: str | None = Field(default=None, max_length=256)
+    pause_reason: str | None = Field(default=None, max_length=256)
+    # Pause rules fire again only once more devices than this have finished (set on resume).
+    resumed_at_finished: int | None = Field(default=None)
+    # Automatic rollback on abort: the previous bundle and the signed approval devices need.
+    rollback_bundle_id: uuid.UUID | None = Field(
+        default=None, foreign_key="bundles.id", ondelete="SET NULL"
+    )
+    rollback_approval: dict[str, Any] | None = Field(default=None, sa_type=JSONB)
+    # On a rollback deployment: the aborted deployment it undoes.
+    rollback_of: uuid.UUID | None = Field(
+        default=None, foreign_key="deployments.id", ondelete="SET NULL", index=True
+    )
+
+
+class DeploymentEvent(SQLModel, table=True):
+    """Something that happened to a deployment, in order: the audit of its rollout and the
+    source of its Server-Sent Events stream (the id is the event id)."""
+
+    __tablename__ = "deployment_events"
+    __table_args__ = (sa.Index("ix_deployment_events_deployment_id_id", "deployment_id", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
+    deployment_id: uuid.UUID = Field(foreign_key="deployments.id", ondelete="CASCADE")
+    kind: str = Field(max_length=32)
+    data: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB, nullable=False)
+    created_at: datetime = created_at_field()
 
 
 class DeploymentExecution(SQLModel, table=True):
@@ -109,7 +152,12 @@ class DeploymentExecution(SQLModel, table=True):
     state: ExecutionState = enum_field(
         ExecutionState, ExecutionState.PENDING, name="execution_state"
     )
-    attempt: int = Field(default=0, nullable=False)
+    attempt: int = Field(default=0, nullable=False)  # how many times the device was notified
+    wave: int = Field(default=0, nullable=False)
+    position: int = Field(default=0, nullable=False)  # random draw order within the selection
+    not_before: datetime | None = optional_timestamp_field()  # retry backoff
+    admitted_at: datetime | None = optional_timestamp_field()  # last QUEUED -> PENDING
+    start_delay_s: int = Field(default=0, nullable=False)  # jitter the device waits first
     progress: int = Field(default=0, nullable=False)
     error_code: str | None = Field(default=None, max_length=64)
     error_detail: str | None = Field(default=None, max_length=1024)

@@ -22,7 +22,7 @@ import contextlib
 import datetime as dt
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,14 +39,14 @@ from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.messaging import DevicePublisher, PublishFailed, TrafficCounters
-from kernex_backend.deployments.lifecycle import LIVE_STATES
 from kernex_backend.deployments.models import (
+    LIVE_STATES,
     Deployment,
     DeploymentExecution,
     DeploymentStatus,
     ExecutionState,
 )
-from kernex_protocol.manifest import ReleaseManifest, SignedRelease
+from kernex_protocol.manifest import ReleaseManifest, SignedRelease, SignedRollback
 from kernex_protocol.payloads import Notice
 from kernex_protocol.topics import Channel
 
@@ -122,8 +122,15 @@ class NoticeService:
                 urls[bundle.id] = await self._storage.download_url(bundle.storage_key, expires)
         return urls
 
-    def _notice(self, execution: DeploymentExecution, bundle: Bundle, url: DownloadUrl) -> bytes:
-        """The signed notice, valid for `notice.ttl_s` from now (re-signed at every publish)."""
+    def _notice(
+        self,
+        execution: DeploymentExecution,
+        bundle: Bundle,
+        url: DownloadUrl,
+        rollback: Mapping[str, Any] | None,
+    ) -> bytes:
+        """The signed notice, valid for `notice.ttl_s` from now (re-signed at every publish);
+        a rollback deployment's carries the release team's signed rollback approval."""
         now = utc_now()
         notice = Notice(
             deployment_id=str(execution.deployment_id),
@@ -135,6 +142,9 @@ class NoticeService:
             ),
             url=url.url,
             url_expires_at=url.expires_at.isoformat(timespec="seconds"),
+            rollback=None if rollback is None else SignedRollback.from_document(dict(rollback)),
+            attempt=max(1, execution.attempt),
+            start_delay_s=execution.start_delay_s,
         )
         return notice.signed_with(self._signing_key).to_payload()
 
@@ -156,7 +166,7 @@ class NoticeService:
         async with self._sessionmaker() as session:
             rows = (
                 await session.exec(
-                    select(DeploymentExecution, Bundle)
+                    select(DeploymentExecution, Bundle, Deployment.rollback_approval)
                     .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
                     .join(Bundle, col(Bundle.id) == col(Deployment.bundle_id))
                     .where(
@@ -168,13 +178,20 @@ class NoticeService:
                     .with_for_update(of=DeploymentExecution, skip_locked=True)
                 )
             ).all()
-            urls = await self._urls(bundle for _, bundle in rows)
+            urls = await self._urls(bundle for _, bundle, _ in rows)
             slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
 
-            async def publish(execution: DeploymentExecution, bundle: Bundle) -> bool:
+            async def publish(
+                execution: DeploymentExecution, bundle: Bundle, rollback: Mapping[str, Any] | None
+            ) -> bool:
                 async with slots, self._device_locks[execution.device_id]:
                     try:
-                        payload = self._notice(execution, bundle, urls[bundle.id])
+                        payload = self._notice(
+                            execution,
+                            bundle,
+                            urls[bundle.id],
+                            rollback,
+                        )
                         await self._publish_notice(execution.device_id, payload)
                     except PublishFailed:
                         return False  # stays PENDING for the next round
@@ -182,8 +199,8 @@ class NoticeService:
 
             # Published concurrently (each waits for its acknowledgement); a row becomes
             # NOTIFIED only once the broker has its notice.
-            published = await asyncio.gather(*(publish(e, b) for e, b in rows))
-            notified = [e.id for (e, _), ok in zip(rows, published, strict=True) if ok]
+            published = await asyncio.gather(*(publish(e, b, r) for e, b, r in rows))
+            notified = [e.id for (e, _, _), ok in zip(rows, published, strict=True) if ok]
             if notified:
                 now = utc_now()
                 mark: Any = (
@@ -218,7 +235,7 @@ class NoticeService:
             async with self._sessionmaker() as session:
                 rows = (
                     await session.exec(
-                        select(DeploymentExecution, Bundle)
+                        select(DeploymentExecution, Bundle, Deployment.rollback_approval)
                         .join(
                             Deployment,
                             col(Deployment.id) == col(DeploymentExecution.deployment_id),
@@ -226,17 +243,22 @@ class NoticeService:
                         .join(Bundle, col(Bundle.id) == col(Deployment.bundle_id))
                         .where(
                             col(DeploymentExecution.device_id).in_(ids),
-                            col(Deployment.status) == DeploymentStatus.RUNNING,
-                            col(DeploymentExecution.state).in_(
-                                (ExecutionState.PENDING, *LIVE_STATES)
+                            # Notified devices keep their notice while they work, whatever
+                            # became of the deployment (paused, or aborted while they install).
+                            sa.or_(
+                                col(DeploymentExecution.state).in_(LIVE_STATES),
+                                sa.and_(
+                                    col(DeploymentExecution.state) == ExecutionState.PENDING,
+                                    col(Deployment.status) == DeploymentStatus.RUNNING,
+                                ),
                             ),
                         )
                         .order_by(col(DeploymentExecution.id))
                     )
                 ).all()
             # A device's newest live execution wins (later rows overwrite earlier ones).
-            live = {execution.device_id: (execution, bundle) for execution, bundle in rows}
-            urls = await self._urls(bundle for _, bundle in live.values())
+            live = {row[0].device_id: row for row in rows}
+            urls = await self._urls(bundle for _, bundle, _ in live.values())
             slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
 
             async def refresh(device_id: str) -> None:
@@ -246,8 +268,13 @@ class NoticeService:
                         await self._publish_notice(device_id, b"")
                         self._stats.count("notices.cleared")
                     elif row[0].state != ExecutionState.PENDING:
-                        execution, bundle = row
-                        payload = self._notice(execution, bundle, urls[bundle.id])
+                        execution, bundle, rollback = row
+                        payload = self._notice(
+                            execution,
+                            bundle,
+                            urls[bundle.id],
+                            rollback,
+                        )
                         await self._publish_notice(device_id, payload)
 
             results = await asyncio.gather(*(refresh(d) for d in ids), return_exceptions=True)
@@ -275,10 +302,7 @@ class NoticeService:
                     .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
                     .where(
                         sa.or_(
-                            sa.and_(
-                                col(Deployment.status) == DeploymentStatus.RUNNING,
-                                col(DeploymentExecution.state).in_(LIVE_STATES),
-                            ),
+                            col(DeploymentExecution.state).in_(LIVE_STATES),
                             col(DeploymentExecution.finished_at) > utc_now() - window,
                         )
                     )

@@ -2,9 +2,11 @@
 
 The device numbers every report (`seq`, growing across its life), so a report at or below the
 last one applied is a QoS 1 repeat or a late arrival and is ignored; a finished execution takes
-no further reports. The device's fine state is kept in device_state and mapped onto the
-execution's coarser state. A final report records the installed version on success, completes
-the deployment when it was the last one, and refreshes the device's retained notice.
+no further reports, nor does a report about an earlier attempt of a retried device. The
+device's fine state is kept in device_state and mapped onto the execution's coarser state. A
+final report records the installed version on success, settles the deployment (a retry queued,
+or completion when it was the last one: rollout.settle), and refreshes the device's retained
+notice.
 
 Reports are queued as they arrive and applied in batches, one transaction each: a rollout to
 thousands of devices sends several reports per device within seconds, and a transaction (with
@@ -30,8 +32,8 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.messaging import TrafficCounters
 from kernex_backend.core.write_buffer import WriteBuffer
-from kernex_backend.deployments.lifecycle import complete_if_done
-from kernex_backend.deployments.models import DeploymentExecution, ExecutionState
+from kernex_backend.deployments import rollout
+from kernex_backend.deployments.models import Deployment, DeploymentExecution, ExecutionState
 from kernex_backend.devices.models import Device
 from kernex_protocol.payloads import Progress, ProgressState
 
@@ -145,7 +147,15 @@ class ProgressIngest:
         by_execution: dict[tuple[uuid.UUID, str], list[Progress]],
         done: _Batch,
     ) -> None:
-        # Locked in id order, so two replicas applying overlapping batches cannot deadlock.
+        # The deployments first, then the executions, each in id order: the order the rollout
+        # controller takes them in, so neither replicas nor the controller can deadlock.
+        deployments: Any = (
+            sa.select(col(Deployment.id))
+            .where(col(Deployment.id).in_({deployment_id for deployment_id, _ in by_execution}))
+            .order_by(col(Deployment.id))
+            .with_for_update()
+        )
+        await session.exec(deployments)
         executions = (
             await session.exec(
                 select(DeploymentExecution)
@@ -173,6 +183,11 @@ class ProgressIngest:
                 if execution.report_seq is not None and progress.seq <= execution.report_seq:
                     done.counts["progress.duplicate"] += 1
                     continue
+                if execution.state == ExecutionState.QUEUED or (
+                    progress.attempt is not None and progress.attempt != execution.attempt
+                ):
+                    done.counts["progress.stale_attempt"] += 1  # about an earlier attempt
+                    continue
                 state = EXECUTION_STATE[progress.state]
                 self._update(execution, progress, state)
                 done.counts["progress.applied"] += 1
@@ -194,7 +209,7 @@ class ProgressIngest:
                 versions,
             )
         for deployment_id in sorted(finished_deployments):
-            await complete_if_done(session, deployment_id)
+            await rollout.settle(session, deployment_id)
 
     @staticmethod
     def _update(execution: DeploymentExecution, progress: Progress, state: ExecutionState) -> None:

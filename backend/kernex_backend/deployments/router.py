@@ -1,69 +1,184 @@
-"""Deployment endpoints: start a deployment to explicit devices, follow it, cancel it."""
+"""Deployment endpoints: preview and start a rollout, follow it (also as Server-Sent Events),
+and control it: pause, resume, approve the next wave, retry failed devices, cancel."""
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
 import structlog
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Header
+from fastapi.responses import StreamingResponse
 
+from kernex_backend.bundles.upload import TrustedReleaseKeys
 from kernex_backend.core.access import ReadAccess, WriteAccess
+from kernex_backend.core.errors import BadRequest
 from kernex_backend.core.pagination import PageDep
-from kernex_backend.core.runtime import SessionDep, optional_component
-from kernex_backend.deployments import service
+from kernex_backend.core.runtime import RuntimeDep, SessionDep, component, optional_component
+from kernex_backend.deployments import events, service
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
 from kernex_backend.deployments.notices import NoticeService
+from kernex_backend.deployments.rollout import RolloutController
 from kernex_backend.deployments.schemas import (
+    ApproveRequest,
     DeploymentCreate,
     DeploymentDetail,
+    DeploymentPreview,
     DeploymentPublic,
     DeploymentsPublic,
     ExecutionPublic,
     ExecutionsPublic,
+    RetryRequest,
 )
 
 # The notice service of this process: None where the MQTT bridge does not run (the others'
 # notifiers find the new work within their interval).
 NoticesDep = Annotated[NoticeService | None, Depends(optional_component(NoticeService))]
+ControllerDep = Annotated[RolloutController, Depends(component(RolloutController))]
+ReleaseKeysDep = Annotated[TrustedReleaseKeys, Depends(component(TrustedReleaseKeys))]
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
 log = structlog.get_logger(__name__)
 
-
-async def _detail(session: SessionDep, deployment_id: uuid.UUID) -> DeploymentDetail:
-    deployment = await service.get(session=session, deployment_id=deployment_id)
-    counts = await service.execution_counts(session=session, deployment_id=deployment_id)
-    return DeploymentDetail(
-        **DeploymentPublic.model_validate(deployment, from_attributes=True).model_dump(),
-        execution_counts=counts,
-    )
+_Responses = dict[int | str, dict[str, Any]]
+_NOT_FOUND: _Responses = {404: {"description": "No deployment has that id"}}
+_CONFLICT: _Responses = {409: {"description": "The deployment's state does not allow this"}}
 
 
-@router.post("", response_model=DeploymentDetail, status_code=201)
+async def _withdraw(notices: NoticeService | None, devices: list[str]) -> None:
+    if notices is None or not devices:
+        return
+    try:
+        await notices.refresh_devices(devices)
+    except Exception:  # the reconciler withdraws them; the change itself is committed
+        log.warning("notice_withdraw_deferred", devices=len(devices))
+
+
+@router.post(
+    "",
+    response_model=DeploymentDetail,
+    status_code=201,
+    responses={
+        404: {"description": "The bundle (or the rollback bundle) does not exist"},
+        409: {
+            "description": "Devices are busy with another deployment (not superseded), or "
+            "the bundle is not deployable"
+        },
+    },
+)
 async def create_deployment(
-    body: DeploymentCreate, notices: NoticesDep, session: SessionDep, principal: WriteAccess
+    body: DeploymentCreate,
+    notices: NoticesDep,
+    controller: ControllerDep,
+    keys: ReleaseKeysDep,
+    session: SessionDep,
+    principal: WriteAccess,
 ) -> DeploymentDetail:
-    """Deploy a signed bundle to the listed devices; each gets its notice within seconds."""
-    deployment = await service.create(session=session, request=body, actor=principal.actor)
-    if notices is not None:
-        notices.wake()  # committed: notify now, not at the next interval
-    return await _detail(session, deployment.id)
+    """Deploy a signed bundle to explicit devices or a selector under a rollout policy; the
+    first wave's devices get their notices within seconds."""
+    deployment, superseded = await service.create(
+        session=session, request=body, actor=principal.actor, release_keys=keys.keys
+    )
+    await _withdraw(notices, superseded)
+    await controller.step(deployment.id)  # admit the first wave now, not at the next tick
+    return await service.detail(session=session, deployment_id=deployment.id)
 
 
-@router.post("/{deployment_id}/cancel", response_model=DeploymentDetail)
+@router.post(
+    "/preview",
+    response_model=DeploymentPreview,
+    responses={
+        404: {"description": "The bundle does not exist"},
+        409: {"description": "The bundle is not deployable"},
+    },
+)
+async def preview_deployment(
+    body: DeploymentCreate, session: SessionDep, _: ReadAccess
+) -> DeploymentPreview:
+    """What POST /deployments would do with this body: devices, waves, who is left out and why."""
+    return await service.preview(session=session, request=body)
+
+
+@router.post(
+    "/{deployment_id}/cancel", response_model=DeploymentDetail, responses=_NOT_FOUND | _CONFLICT
+)
 async def cancel_deployment(
     deployment_id: uuid.UUID, notices: NoticesDep, session: SessionDep, principal: WriteAccess
 ) -> DeploymentDetail:
-    """Cancel: devices that have not started installing stop; the others finish or roll back."""
+    """Cancel (again: no change): devices that have not started installing stop; the others
+    finish or roll back. A completed or aborted deployment answers 409."""
     devices = await service.cancel(
         session=session, deployment_id=deployment_id, actor=principal.actor
     )
-    if notices is not None:
-        for device_id in devices:
-            try:
-                await notices.refresh_device(device_id)
-            except Exception:  # the reconciler withdraws it; the cancel itself is committed
-                log.warning("notice_withdraw_deferred", device_id=device_id)
-    return await _detail(session, deployment_id)
+    await _withdraw(notices, devices)
+    return await service.detail(session=session, deployment_id=deployment_id)
+
+
+@router.post(
+    "/{deployment_id}/pause", response_model=DeploymentDetail, responses=_NOT_FOUND | _CONFLICT
+)
+async def pause_deployment(
+    deployment_id: uuid.UUID, session: SessionDep, principal: WriteAccess
+) -> DeploymentDetail:
+    """Notify no further device (again: no change); devices already working finish."""
+    await service.pause(session=session, deployment_id=deployment_id, actor=principal.actor)
+    return await service.detail(session=session, deployment_id=deployment_id)
+
+
+@router.post(
+    "/{deployment_id}/resume", response_model=DeploymentDetail, responses=_NOT_FOUND | _CONFLICT
+)
+async def resume_deployment(
+    deployment_id: uuid.UUID,
+    controller: ControllerDep,
+    session: SessionDep,
+    principal: WriteAccess,
+) -> DeploymentDetail:
+    """Continue a paused deployment (a running one: no change)."""
+    await service.resume(session=session, deployment_id=deployment_id, actor=principal.actor)
+    await controller.step(deployment_id)
+    return await service.detail(session=session, deployment_id=deployment_id)
+
+
+@router.post(
+    "/{deployment_id}/approve", response_model=DeploymentDetail, responses=_NOT_FOUND | _CONFLICT
+)
+async def approve_wave(
+    deployment_id: uuid.UUID,
+    controller: ControllerDep,
+    session: SessionDep,
+    principal: WriteAccess,
+    body: ApproveRequest | None = None,
+) -> DeploymentDetail:
+    """Approve the next wave (it starts once the current one met its threshold and soaked);
+    with `override_threshold` it starts even though the current wave fell short."""
+    await service.approve(
+        session=session,
+        deployment_id=deployment_id,
+        actor=principal.actor,
+        override_threshold=body.override_threshold if body else False,
+    )
+    await controller.step(deployment_id)
+    return await service.detail(session=session, deployment_id=deployment_id)
+
+
+@router.post(
+    "/{deployment_id}/retry", response_model=DeploymentDetail, responses=_NOT_FOUND | _CONFLICT
+)
+async def retry_failed(
+    deployment_id: uuid.UUID,
+    controller: ControllerDep,
+    session: SessionDep,
+    principal: WriteAccess,
+    body: RetryRequest | None = None,
+) -> DeploymentDetail:
+    """Notify the failed devices again now (failed, timed out and rolled back by default)."""
+    await service.retry(
+        session=session,
+        deployment_id=deployment_id,
+        actor=principal.actor,
+        states=(body or RetryRequest()).states,
+    )
+    await controller.step(deployment_id)
+    return await service.detail(session=session, deployment_id=deployment_id)
 
 
 @router.get("", response_model=DeploymentsPublic)
@@ -84,15 +199,48 @@ async def list_deployments(
     )
 
 
-@router.get("/{deployment_id}", response_model=DeploymentDetail)
+@router.get("/{deployment_id}", response_model=DeploymentDetail, responses=_NOT_FOUND)
 async def get_deployment(
     deployment_id: uuid.UUID, session: SessionDep, _: ReadAccess
 ) -> DeploymentDetail:
-    """One deployment with its execution counts by state."""
-    return await _detail(session, deployment_id)
+    """One deployment: counts per state and per wave, the current wave, why it waits, and an
+    estimated finish."""
+    return await service.detail(session=session, deployment_id=deployment_id)
 
 
-@router.get("/{deployment_id}/executions", response_model=ExecutionsPublic)
+@router.get(
+    "/{deployment_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
+        400: {"description": "Last-Event-ID is not a number"},
+        **_NOT_FOUND,
+    },
+)
+async def deployment_events(
+    deployment_id: uuid.UUID,
+    runtime: RuntimeDep,
+    session: SessionDep,
+    _: ReadAccess,
+    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+) -> StreamingResponse:
+    """The deployment's changes as Server-Sent Events (created, admitted, wave_started,
+    progress, paused, aborted, completed, ...); send `Last-Event-ID` to resume. The stream
+    ends once the deployment is finished."""
+    await service.get(session=session, deployment_id=deployment_id)
+    after = 0
+    if last_event_id:
+        if not last_event_id.isdigit():
+            raise BadRequest("Last-Event-ID must be the id of an event (a number)")
+        after = int(last_event_id)
+    return StreamingResponse(
+        events.stream(runtime.sessionmaker, deployment_id, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@router.get("/{deployment_id}/executions", response_model=ExecutionsPublic, responses=_NOT_FOUND)
 async def list_executions(
     deployment_id: uuid.UUID,
     session: SessionDep,

@@ -1,9 +1,17 @@
-"""Deployment queries."""
+"""Deployments: create (and preview), follow, and the operator's controls.
 
+Every control locks the deployment row, as the rollout controller does, so an operator's pause
+and a controller step never interleave; each is idempotent where the issue of repeating it is
+harmless (pause, resume, cancel) and audited.
+"""
+
+import datetime as dt
+import random
 import uuid
 from typing import Any
 
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -13,14 +21,34 @@ from kernex_backend.bundles.service import BundleNotFound
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.errors import Conflict, InvalidInput, NotFound
 from kernex_backend.core.pagination import Page, paginate
+from kernex_backend.deployments import events, rollout, targets
 from kernex_backend.deployments.models import (
+    UNFINISHED_STATES,
     Deployment,
     DeploymentExecution,
     DeploymentStatus,
     ExecutionState,
 )
-from kernex_backend.deployments.schemas import DeploymentCreate
-from kernex_backend.devices.models import Device, DeviceStatus
+from kernex_backend.deployments.notices import signed_release
+from kernex_backend.deployments.schemas import (
+    MAX_SAMPLE,
+    DeploymentCreate,
+    DeploymentDetail,
+    DeploymentPreview,
+    DeploymentPublic,
+    Exclusion,
+    RollbackPlan,
+    WavePreview,
+    WaveProgress,
+)
+from kernex_backend.deployments.strategy import stored, wave_ends
+from kernex_protocol.manifest import (
+    ManifestInvalid,
+    SignatureInvalid,
+    SignedRollback,
+    parse_semver,
+    verify_rollback,
+)
 
 
 class DeploymentNotFound(NotFound):
@@ -38,19 +66,45 @@ async def get(*, session: AsyncSession, deployment_id: uuid.UUID) -> Deployment:
     return deployment
 
 
-async def execution_counts(
-    *, session: AsyncSession, deployment_id: uuid.UUID
-) -> dict[ExecutionState, int]:
-    """How many executions of a deployment are in each state (every state listed)."""
-    rows = await session.exec(
-        select(DeploymentExecution.state, sa.func.count())
-        .where(DeploymentExecution.deployment_id == deployment_id)
-        .group_by(col(DeploymentExecution.state))
+async def detail(*, session: AsyncSession, deployment_id: uuid.UUID) -> DeploymentDetail:
+    """The deployment with counts per state and per wave, the rollback deployment started for
+    it, and a rough finish estimate (from the pace so far)."""
+    deployment = await get(session=session, deployment_id=deployment_id)
+    await session.refresh(deployment)  # the controller may have changed it in its own session
+    counts = await rollout.tally(session, deployment_id)
+    total = counts.total
+    waves = [
+        WaveProgress(
+            wave=wave,
+            devices=sum(by_state.values()),
+            counts={s: by_state.get(s, 0) for s in ExecutionState},
+            success_percent=round(counts.success_percent(wave), 2),
+        )
+        for wave, by_state in sorted(counts.by_wave.items())
+    ]
+    child = (
+        await session.exec(
+            select(Deployment.id).where(col(Deployment.rollback_of) == deployment_id)
+        )
+    ).first()
+    return DeploymentDetail(
+        **DeploymentPublic.model_validate(deployment, from_attributes=True).model_dump(),
+        execution_counts={s: total.get(s, 0) for s in ExecutionState},
+        waves=waves,
+        estimated_finish_at=_estimate(deployment, total),
+        rollback_deployment_id=child,
     )
-    counts = dict.fromkeys(ExecutionState, 0)
-    for state, count in rows:
-        counts[ExecutionState(state)] = count
-    return counts
+
+
+def _estimate(deployment: Deployment, total: dict[ExecutionState, int]) -> dt.datetime | None:
+    if deployment.status.finished or deployment.started_at is None:
+        return None
+    done = sum(n for s, n in total.items() if s.terminal)
+    left = sum(n for s, n in total.items() if not s.terminal)
+    elapsed = (utc_now() - deployment.started_at).total_seconds()
+    if done == 0 or elapsed <= 0:
+        return None
+    return utc_now() + dt.timedelta(seconds=left * elapsed / done)
 
 
 async def list_deployments(
@@ -110,65 +164,175 @@ class BundleNotDeployable(Conflict):
     title = "Bundle cannot be deployed"
 
 
-async def create(*, session: AsyncSession, request: DeploymentCreate, actor: str) -> Deployment:
-    """Start a deployment of a signed bundle to explicit devices; all are notified at once."""
-    bundle = await session.get(Bundle, request.bundle_id)
+class RollbackInvalid(InvalidInput):
+    """The rollback plan would not be accepted by the devices."""
+
+    slug = "rollback-invalid"
+    title = "Rollback plan is not usable"
+
+
+async def _deployable_bundle(session: AsyncSession, bundle_id: uuid.UUID) -> Bundle:
+    bundle = await session.get(Bundle, bundle_id)
     if bundle is None:
-        raise BundleNotFound(f"no bundle with id {request.bundle_id}")
+        raise BundleNotFound(f"no bundle with id {bundle_id}")
     if bundle.signature is None or bundle.manifest_created_at is None:
         raise BundleNotDeployable(
             "the bundle has no stored release signature (unsigned, or uploaded before "
             "signatures were kept): devices would refuse it; upload it signed"
         )
-    device_ids = sorted(set(request.device_ids))
-    devices = {
-        d.id: d for d in await session.exec(select(Device).where(col(Device.id).in_(device_ids)))
+    return bundle
+
+
+async def _check_rollback(
+    session: AsyncSession,
+    plan: RollbackPlan,
+    bundle: Bundle,
+    release_keys: dict[str, Ed25519PublicKey],
+) -> SignedRollback:
+    """The plan's approval, if devices running `bundle` would accept it for its bundle."""
+    previous = await _deployable_bundle(session, plan.bundle_id)
+    if previous.device_type != bundle.device_type or previous.name != bundle.name:
+        raise RollbackInvalid(
+            f"the rollback bundle is {previous.name} for {previous.device_type}; this "
+            f"deployment installs {bundle.name} for {bundle.device_type}",
+            field="rollback.bundle_id",
+        )
+    if parse_semver(previous.version) >= parse_semver(bundle.version):
+        raise RollbackInvalid(
+            f"the rollback bundle's version {previous.version} is not older than {bundle.version}",
+            field="rollback.bundle_id",
+        )
+    try:
+        approval = SignedRollback.from_document(plan.approval)
+    except ManifestInvalid as exc:
+        raise RollbackInvalid(f"rollback.approval: {exc}", field="rollback.approval") from None
+    if release_keys:
+        try:
+            verify_rollback(approval, release_keys)
+        except SignatureInvalid as exc:
+            raise RollbackInvalid(f"rollback.approval: {exc}", field="rollback.approval") from None
+    if not approval.approval.permits(
+        signed_release(previous).manifest, installed_version=bundle.version
+    ):
+        raise RollbackInvalid(
+            "the approval is not for this rollback: it must name the rollback bundle's "
+            f"artefact and from_version {bundle.version}",
+            field="rollback.approval",
+        )
+    if approval.approval.expired(utc_now()):
+        raise RollbackInvalid("the rollback approval has expired", field="rollback.approval")
+    return approval
+
+
+async def _select(
+    session: AsyncSession, request: DeploymentCreate, bundle: Bundle, now: dt.datetime
+) -> targets.Selection:
+    if request.device_ids is not None:
+        return await targets.explicit(session, request.device_ids, device_type=bundle.device_type)
+    assert request.selector is not None
+    return await targets.selected(
+        session, request.selector, device_type=bundle.device_type, now=now
+    )
+
+
+def _target(request: DeploymentCreate, bundle: Bundle, devices: list[str]) -> dict[str, Any]:
+    if request.device_ids is not None:
+        return {"device_ids": sorted(devices)}
+    assert request.selector is not None
+    return {
+        "selector": request.selector.model_dump(mode="json", exclude_defaults=True),
+        "device_type": bundle.device_type,
+        "dynamic": request.dynamic,
+        "max_devices": request.max_devices,
+        "selected": len(devices),
     }
-    unknown = [i for i in device_ids if i not in devices]
-    if unknown:
-        raise InvalidInput(f"{len(unknown)} unknown device(s)", unknown_devices=unknown[:100])
-    retired = [i for i, d in devices.items() if d.status == DeviceStatus.DECOMMISSIONED]
-    if retired:
-        raise InvalidInput("decommissioned devices cannot be deployed to", devices=retired[:100])
-    wrong_type = [i for i, d in devices.items() if d.device_type != bundle.device_type]
-    if wrong_type:
-        raise InvalidInput(
-            f"the bundle is for device type {bundle.device_type}", devices=wrong_type[:100]
+
+
+def _capped(selection: targets.Selection, request: DeploymentCreate) -> list[str]:
+    devices = selection.devices
+    if request.max_devices is not None and len(devices) > request.max_devices:
+        # Which ones is decided by the random draw, not by name.
+        devices = random.sample(devices, request.max_devices)
+    return devices
+
+
+async def preview(*, session: AsyncSession, request: DeploymentCreate) -> DeploymentPreview:
+    """What `create` would do with this request, touching nothing."""
+    bundle = await _deployable_bundle(session, request.bundle_id)
+    selection = await _select(session, request, bundle, utc_now())
+    devices = _capped(selection, request)
+    busy = [d for d in devices if d in selection.busy]
+    excluded = [
+        Exclusion(reason=reason, count=len(ids), devices=ids[:MAX_SAMPLE])
+        for reason, ids in sorted(selection.excluded.items())
+    ]
+    if busy and not request.supersede:
+        excluded.append(
+            Exclusion(reason="busy", count=len(busy), devices=sorted(busy)[:MAX_SAMPLE])
         )
-    unfinished = [s for s in ExecutionState if not s.terminal]
-    busy = (
-        await session.exec(
-            select(DeploymentExecution.device_id)
-            .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
-            .where(
-                col(DeploymentExecution.device_id).in_(device_ids),
-                col(DeploymentExecution.state).in_(unfinished),
-                col(Deployment.status).in_(
-                    [DeploymentStatus.SCHEDULED, DeploymentStatus.RUNNING, DeploymentStatus.PAUSED]
-                ),
-            )
-        )
-    ).all()
-    if busy:
-        raise DevicesBusy(
-            f"{len(busy)} device(s) take part in an unfinished deployment; cancel it first",
-            devices=sorted(busy)[:100],
-        )
+        devices = [d for d in devices if d not in selection.busy]
+    ends = wave_ends(list(request.strategy.waves), len(devices))
+    waves = [
+        WavePreview(wave=i, size=end - (ends[i - 1] if i else 0), cumulative=end)
+        for i, end in enumerate(ends)
+    ]
+    return DeploymentPreview(
+        devices=len(devices),
+        waves=waves,
+        excluded=excluded,
+        superseded=len(busy) if request.supersede else 0,
+    )
+
+
+async def create(
+    *,
+    session: AsyncSession,
+    request: DeploymentCreate,
+    actor: str,
+    release_keys: dict[str, Ed25519PublicKey] | None = None,
+    rng: random.Random | None = None,
+) -> tuple[Deployment, list[str]]:
+    """Create a deployment: its devices drawn in random order into waves, all QUEUED for the
+    rollout controller. Returns it and the devices it superseded another deployment for (their
+    old notices must be refreshed)."""
+    bundle = await _deployable_bundle(session, request.bundle_id)
+    approval = None
+    if request.rollback is not None:
+        approval = await _check_rollback(session, request.rollback, bundle, release_keys or {})
     now = utc_now()
+    selection = await _select(session, request, bundle, now)
+    devices = _capped(selection, request)
+    busy = {d: selection.busy[d] for d in devices if d in selection.busy}
+    if busy and not request.supersede:
+        blocking = sorted({str(b) for b in busy.values()})
+        raise DevicesBusy(
+            f"{len(busy)} device(s) take part in an unfinished deployment; cancel it first, "
+            "or create this one with supersede: true",
+            devices=sorted(busy)[:MAX_SAMPLE],
+            blocking_deployments=blocking[:MAX_SAMPLE],
+        )
+    if not devices:
+        raise InvalidInput("no device matches: nothing to deploy", field="selector")
+    strategy = request.strategy
+    scheduled = strategy.schedule.start_at is not None and strategy.schedule.start_at > now
     deployment = Deployment(
         name=request.name,
         bundle_id=bundle.id,
-        target={"device_ids": device_ids},
-        status=DeploymentStatus.RUNNING,
+        target=_target(request, bundle, devices),
+        strategy=stored(strategy),
+        abort_criteria={"rules": [stored(rule) for rule in request.abort_criteria]},
+        status=DeploymentStatus.SCHEDULED if scheduled else DeploymentStatus.RUNNING,
         created_by=actor,
-        started_at=now,
+        started_at=None if scheduled else now,
+        rollback_bundle_id=request.rollback.bundle_id if request.rollback else None,
+        rollback_approval=approval.to_document() if approval else None,
     )
     session.add(deployment)
     await session.flush()
-    session.add_all(
-        DeploymentExecution(deployment_id=deployment.id, device_id=device_id)
-        for device_id in device_ids
-    )
+    superseded = await _supersede(session, busy, deployment.id, now) if busy else []
+    order, waves = rollout.draw(devices, strategy, rng or random.Random())  # noqa: S311
+    await rollout.insert_executions(session, deployment.id, order, waves=waves)
+    events.record(session, deployment.id, "created", devices=len(order), superseded=len(superseded))
     audit.record(
         session,
         actor=actor,
@@ -178,56 +342,211 @@ async def create(*, session: AsyncSession, request: DeploymentCreate, actor: str
         details={
             "bundle_id": str(bundle.id),
             "version": bundle.version,
-            "devices": len(device_ids),
+            "devices": len(order),
+            "superseded": len(superseded),
         },
     )
     await session.commit()
     await session.refresh(deployment)
+    return deployment, superseded
+
+
+async def _supersede(
+    session: AsyncSession,
+    busy: dict[str, uuid.UUID],
+    replacement: uuid.UUID,
+    now: dt.datetime,
+) -> list[str]:
+    """Cancel the devices' executions in the deployments this one replaces for them."""
+    result = await session.exec(
+        sa.update(DeploymentExecution)
+        .where(
+            col(DeploymentExecution.device_id).in_(list(busy)),
+            col(DeploymentExecution.deployment_id).in_(set(busy.values())),
+            col(DeploymentExecution.state).in_(UNFINISHED_STATES),
+        )
+        .values(
+            state=ExecutionState.CANCELED,
+            error_code="superseded",
+            error_detail=f"replaced by deployment {replacement}",
+            finished_at=now,
+            updated_at=now,
+        )
+        .returning(col(DeploymentExecution.device_id), col(DeploymentExecution.deployment_id))
+    )
+    rows = result.all()
+    for old in sorted({deployment_id for _, deployment_id in rows}):
+        events.record(
+            session,
+            old,
+            "superseded",
+            by=str(replacement),
+            devices=sum(1 for _, d in rows if d == old),
+        )
+        await rollout.settle(session, old, now=now)
+    return sorted(device for device, _ in rows)
+
+
+async def _locked(session: AsyncSession, deployment_id: uuid.UUID) -> Deployment:
+    deployment = (
+        await session.exec(
+            select(Deployment).where(col(Deployment.id) == deployment_id).with_for_update()
+        )
+    ).first()
+    if deployment is None:
+        raise DeploymentNotFound(f"no deployment with id {deployment_id}")
     return deployment
 
 
-# Before INSTALLING nothing on a device has changed: those executions are canceled. Devices
-# already installing finish (or roll back) and report it; that is safer than interrupting.
-CANCELABLE = (
-    ExecutionState.PENDING,
-    ExecutionState.NOTIFIED,
-    ExecutionState.DOWNLOADING,
-    ExecutionState.VERIFYING,
-)
+def _audit(
+    session: AsyncSession, actor: str, action: str, deployment_id: uuid.UUID, **details: Any
+) -> None:
+    audit.record(
+        session,
+        actor=actor,
+        action=action,
+        object_type="deployment",
+        object_id=str(deployment_id),
+        details=details or None,
+    )
 
 
 async def cancel(*, session: AsyncSession, deployment_id: uuid.UUID, actor: str) -> list[str]:
-    """Cancel a deployment; returns the devices whose notices must be withdrawn."""
-    deployment = await get(session=session, deployment_id=deployment_id)
+    """Cancel a deployment (again: nothing happens); returns the devices whose notices must
+    be withdrawn. A completed or aborted deployment cannot be canceled."""
+    deployment = await _locked(session, deployment_id)
+    if deployment.status == DeploymentStatus.CANCELED:
+        await session.commit()
+        return []
     if deployment.status.finished:
         raise Conflict(f"the deployment is already {deployment.status.value}")
     now = utc_now()
+    devices = await rollout.end_executions(
+        session,
+        deployment_id,
+        rollout.WITHDRAWABLE,
+        state=ExecutionState.CANCELED,
+        code="canceled_by_operator",
+        detail=None,
+        now=now,
+    )
     deployment.status = DeploymentStatus.CANCELED
     deployment.finished_at = now
     deployment.updated_at = now
+    deployment.waiting_for = None
     session.add(deployment)
+    events.record(session, deployment_id, "canceled", by=actor, withdrawn=len(devices))
+    _audit(session, actor, "deployment.cancel", deployment_id, canceled_executions=len(devices))
+    await session.commit()
+    return devices
+
+
+async def pause(*, session: AsyncSession, deployment_id: uuid.UUID, actor: str) -> None:
+    """Stop notifying new devices; devices already working finish. Pausing again is a no-op."""
+    deployment = await _locked(session, deployment_id)
+    if deployment.status == DeploymentStatus.PAUSED:
+        await session.commit()
+        return
+    if deployment.status.finished:
+        raise Conflict(f"the deployment is already {deployment.status.value}")
+    deployment.status = DeploymentStatus.PAUSED
+    deployment.pause_reason = f"paused by {actor}"[:256]
+    deployment.waiting_for = None
+    deployment.updated_at = utc_now()
+    session.add(deployment)
+    events.record(session, deployment_id, "paused", reason=deployment.pause_reason)
+    _audit(session, actor, "deployment.pause", deployment_id)
+    await session.commit()
+
+
+async def resume(*, session: AsyncSession, deployment_id: uuid.UUID, actor: str) -> None:
+    """Continue a paused deployment (resuming a running one is a no-op). Pause rules fire
+    again only on results that arrive after this."""
+    deployment = await _locked(session, deployment_id)
+    if deployment.status in (DeploymentStatus.RUNNING, DeploymentStatus.SCHEDULED):
+        await session.commit()
+        return
+    if deployment.status.finished:
+        raise Conflict(f"the deployment is already {deployment.status.value}")
+    counts = await rollout.tally(session, deployment_id)
+    deployment.status = (
+        DeploymentStatus.RUNNING if deployment.started_at else DeploymentStatus.SCHEDULED
+    )
+    deployment.pause_reason = None
+    deployment.resumed_at_finished = counts.finished
+    deployment.updated_at = utc_now()
+    session.add(deployment)
+    events.record(session, deployment_id, "resumed", by=actor)
+    _audit(session, actor, "deployment.resume", deployment_id)
+    await session.commit()
+
+
+async def approve(
+    *, session: AsyncSession, deployment_id: uuid.UUID, actor: str, override_threshold: bool
+) -> int:
+    """Approve the wave after the current one; returns its number."""
+    deployment = await _locked(session, deployment_id)
+    if deployment.status.finished:
+        raise Conflict(f"the deployment is already {deployment.status.value}")
+    strategy = rollout.strategy_of(deployment)
+    wave = deployment.current_wave + 1
+    if wave >= len(strategy.waves):
+        raise Conflict("the deployment is in its last wave: there is no next wave to approve")
+    deployment.approved_wave = max(deployment.approved_wave, wave)
+    if override_threshold:
+        deployment.forced_wave = max(deployment.forced_wave, wave)
+        if (
+            deployment.status == DeploymentStatus.PAUSED
+            and deployment.pause_reason
+            and (deployment.pause_reason.startswith(f"wave {wave - 1} ended"))
+        ):
+            deployment.status = DeploymentStatus.RUNNING
+            deployment.pause_reason = None
+    deployment.updated_at = utc_now()
+    session.add(deployment)
+    events.record(
+        session,
+        deployment_id,
+        "approved",
+        wave=wave,
+        by=actor,
+        override_threshold=override_threshold,
+    )
+    _audit(
+        session, actor, "deployment.approve", deployment_id, wave=wave, override=override_threshold
+    )
+    await session.commit()
+    return wave
+
+
+async def retry(
+    *,
+    session: AsyncSession,
+    deployment_id: uuid.UUID,
+    actor: str,
+    states: list[ExecutionState],
+) -> int:
+    """Queue failed devices for another attempt now; a completed deployment runs again."""
+    deployment = await _locked(session, deployment_id)
+    if deployment.status in (DeploymentStatus.CANCELED, DeploymentStatus.ABORTED):
+        raise Conflict(f"the deployment is {deployment.status.value}: create a new one")
+    now = utc_now()
     result = await session.exec(
         sa.update(DeploymentExecution)
         .where(
             col(DeploymentExecution.deployment_id) == deployment_id,
-            col(DeploymentExecution.state).in_(CANCELABLE),
+            col(DeploymentExecution.state).in_(states),
         )
-        .values(
-            state=ExecutionState.CANCELED,
-            error_code="canceled_by_operator",
-            finished_at=now,
-            updated_at=now,
-        )
+        .values(state=ExecutionState.QUEUED, not_before=None, finished_at=None, updated_at=now)
         .returning(col(DeploymentExecution.device_id))
     )
-    devices = [row[0] for row in result.all()]
-    audit.record(
-        session,
-        actor=actor,
-        action="deployment.cancel",
-        object_type="deployment",
-        object_id=str(deployment_id),
-        details={"canceled_executions": len(devices)},
-    )
+    count = len(result.all())
+    if count and deployment.status == DeploymentStatus.COMPLETED:
+        deployment.status = DeploymentStatus.RUNNING
+        deployment.finished_at = None
+    deployment.updated_at = now
+    session.add(deployment)
+    events.record(session, deployment_id, "retried", devices=count, by=actor)
+    _audit(session, actor, "deployment.retry", deployment_id, devices=count)
     await session.commit()
-    return devices
+    return count

@@ -15,8 +15,12 @@ from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.config import Settings
 from kernex_backend.core.messaging import DevicePublisher, TrafficCounters
-from kernex_backend.deployments.lifecycle import LIVE_STATES
-from kernex_backend.deployments.models import Deployment, DeploymentExecution, DeploymentStatus
+from kernex_backend.deployments.models import (
+    LIVE_STATES,
+    Deployment,
+    DeploymentExecution,
+    DeploymentStatus,
+)
 from kernex_protocol.payloads import UrlRequest, UrlResponse
 from kernex_protocol.topics import Channel
 
@@ -89,7 +93,10 @@ class UrlRequests:
                     )
                     .where(
                         col(Deployment.id) == deployment_uuid,
-                        col(Deployment.status) == DeploymentStatus.RUNNING,
+                        # Paused: no new device starts, but those working finish.
+                        col(Deployment.status).in_(
+                            (DeploymentStatus.RUNNING, DeploymentStatus.PAUSED)
+                        ),
                         col(DeploymentExecution.device_id) == device_id,
                         col(DeploymentExecution.state).in_(LIVE_STATES),
                     )

@@ -12,6 +12,7 @@ stuck, for the readiness check.
 
 import contextlib
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
@@ -79,6 +80,31 @@ def traffic_budgets(mqtt: MqttSettings) -> TrafficBudgets:
     )
 
 
+def _progress_ingest(
+    sessionmaker: async_sessionmaker[AsyncSession],
+    bridge: MqttBridge,
+    notices: NoticeService,
+    mqtt: MqttSettings,
+    on_finished: Callable[[], None],
+) -> ProgressIngest:
+    """The progress writer; after final reports it wakes the rollout controller and refreshes
+    the devices' notices."""
+
+    async def after_final(device_ids: list[str]) -> None:
+        on_finished()
+        # If the broker is gone, the reconciler withdraws the notices once it is back.
+        with contextlib.suppress(PublishFailed):
+            await notices.refresh_devices(device_ids)
+
+    return ProgressIngest(
+        sessionmaker,
+        bridge.stats,
+        on_final=after_final,
+        batch_size=mqtt.progress_batch_size,
+        interval_s=mqtt.progress_flush_interval_s,
+    )
+
+
 def start(
     *,
     settings: Settings,
@@ -86,8 +112,10 @@ def start(
     sessionmaker: async_sessionmaker[AsyncSession],
     storage: BundleStorage,
     pki: Pki | None,
+    on_finished: Callable[[], None] = lambda: None,
 ) -> FleetState:
-    """Build the bridge and start this replica's fleet-state tasks."""
+    """Build the bridge and start this replica's fleet-state tasks; `on_finished` is called
+    after devices finished (the rollout controller steps at once)."""
     mqtt = settings.mqtt
     budgets = traffic_budgets(mqtt)
     bridge = MqttBridge(mqtt, budgets)
@@ -114,23 +142,13 @@ def start(
         sessionmaker, pki, duration=dt.timedelta(seconds=mqtt.quarantine_s)
     )
 
-    async def after_final(device_ids: list[str]) -> None:
-        # If the broker is gone, the reconciler withdraws the notices once it is back.
-        with contextlib.suppress(PublishFailed):
-            await notices.refresh_devices(device_ids)
+    progress = _progress_ingest(sessionmaker, bridge, notices, mqtt, on_finished)
 
     async def reconcile_now() -> None:
         # Disconnected again: the next connect runs it.
         with contextlib.suppress(PublishFailed):
             await notices.reconcile()
 
-    progress = ProgressIngest(
-        sessionmaker,
-        stats,
-        on_final=after_final,
-        batch_size=mqtt.progress_batch_size,
-        interval_s=mqtt.progress_flush_interval_s,
-    )
     bridge.route(Channel.HEARTBEAT, Heartbeat.parse, heartbeats.submit, inline=True)
     bridge.route(Channel.PROGRESS, Progress.parse, progress.submit, inline=True)
     bridge.route(Channel.PRESENCE, Presence.parse, presence.apply)
@@ -153,6 +171,8 @@ def start(
         timed_out = await lifecycle.time_out_silent(
             sessionmaker, silent_for=dt.timedelta(seconds=mqtt.execution_timeout_s)
         )
+        if timed_out:
+            on_finished()
         # Without the broker now, the reconciler withdraws those notices later.
         with contextlib.suppress(PublishFailed):
             await notices.refresh_devices(timed_out)
