@@ -5,8 +5,10 @@ the S3 store, and Mosquitto with the mTLS configuration and a development CA; mi
 database; mints a fresh admin API key; provisions sample devices from CSRs (their kits land in
 .kernex/devices/) and starts a real `kernex-agent` for each, connected over mTLS; signs the
 next version of a sample bundle with a demo release key, uploads it, rolls it out to the
-gateways and shows their progress live; then serves the API until Ctrl-C. Everything is kept in
-.kernex/ between runs, so each run rolls out one version more.
+gateways (a canary first) and shows their progress live. Then a bad build meets a simulated
+fleet in waves and stops itself: abort rule, withdrawn notices, automatic rollback
+(bad_release.py). Then it serves the API until Ctrl-C. Everything is kept in .kernex/ between
+runs, so each run rolls out the next versions.
 """
 
 import argparse
@@ -34,6 +36,7 @@ from kernex_backend.core.config import Settings
 from kernex_backend.core.logging import configure_logging
 from kernex_backend.core.scopes import Scope
 from kernex_backend.main import create_app
+from kernex_devstack.bad_release import FLEET_SIZE, SimulatedFleet, bad_release_stops_itself
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_devstack.postgres import EmbeddedPostgres
 from kernex_devstack.s3 import EmbeddedS3
@@ -65,6 +68,7 @@ SAMPLE_DEVICES: list[dict[str, Any]] = [
         "tags": {"site": "hall-a", "ring": "stable"},
     },
 ]
+SAMPLE_IDS = {str(d["id"]) for d in SAMPLE_DEVICES}
 
 
 def _say(text: str = "") -> None:
@@ -269,7 +273,7 @@ async def _wait_online(client: httpx.AsyncClient, timeout_s: float = 30.0) -> No
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         devices = (await client.get("/api/v1/devices")).json()["data"]
-        online = [d["id"] for d in devices if d["online"]]
+        online = [d["id"] for d in devices if d["online"] and d["id"] in SAMPLE_IDS]
         if len(online) == len(SAMPLE_DEVICES):
             _say(f"demo: {len(online)} agents online over mTLS: {', '.join(sorted(online))}")
             return
@@ -278,7 +282,8 @@ async def _wait_online(client: httpx.AsyncClient, timeout_s: float = 30.0) -> No
 
 
 async def _roll_out(client: httpx.AsyncClient, bundle: dict[str, Any]) -> str:
-    """Deploy the bundle to the gateways and print each device's progress as it happens."""
+    """Deploy the bundle to the gateways, the canary first, and print each device's progress
+    as it happens."""
     gateways = sorted(str(d["id"]) for d in SAMPLE_DEVICES if d["device_type"] == "gateway")
     created = await client.post(
         "/api/v1/deployments",
@@ -286,6 +291,7 @@ async def _roll_out(client: httpx.AsyncClient, bundle: dict[str, Any]) -> str:
             "name": f"demo {bundle['version']}",
             "bundle_id": bundle["id"],
             "device_ids": gateways,
+            "strategy": {"waves": [1, "100%"]},
         },
     )
     if created.status_code != 201:
@@ -322,6 +328,7 @@ class Story:
     base_url: str
     token: str
     bundle: str
+    bad_release: str
 
 
 def _banner(stack: DemoStack, story: Story) -> None:
@@ -338,8 +345,10 @@ def _banner(stack: DemoStack, story: Story) -> None:
         f"   broker:     Mosquitto, mTLS on {broker.host}:{broker.port}",
         f"               (config in {broker.layout.directory})",
         f"   rollout:    {SAMPLE_BUNDLE} {story.bundle}",
+        f"   bad build:  {story.bad_release}",
         f"   devices:    {len(SAMPLE_DEVICES)} real agents (kits in {stack.devices_dir},",
-        f"               logs in {stack.state_dir / 'agents'})",
+        f"               logs in {stack.state_dir / 'agents'}),",
+        f"               and {FLEET_SIZE} simulated ({stack.state_dir / 'sim' / 'sim.log'})",
         "",
         " Admin API key (shown once; a new one is minted, and the last revoked, each run):",
         f"   KERNEX_API_KEY={story.token}",
@@ -348,6 +357,7 @@ def _banner(stack: DemoStack, story: Story) -> None:
         f"   curl -s {auth} {api}/devices",
         f'   curl -s {auth} "{api}/devices?tag=site:hall-a"',
         f"   curl -s {auth} {api}/deployments",
+        f"   curl -sN {auth} {api}/deployments/<id>/events",
         f"   curl -s {auth} {api}/devices/{first}/heartbeats?limit=3",
         f"   curl -s {auth} {api}/audit-events",
         f"   tail -f {stack.state_dir / 'agents' / (str(first) + '.log')}",
@@ -388,9 +398,26 @@ def _serve(stack: DemoStack, settings: Settings, token: str) -> None:
             bundle = await _upload_sample_bundle(client, stack)
             rollout = await _roll_out(client, bundle)
             devices = (await client.get("/api/v1/devices")).json()["data"]
-        for device in sorted(devices, key=lambda d: d["id"]):
-            _say(f"  {device['id']:<16} runs {device['current_version'] or '(nothing yet)'}")
-        _banner(stack, Story(base_url, token, rollout))
+            for device in sorted(devices, key=lambda d: d["id"]):
+                if device["id"] in SAMPLE_IDS:
+                    current = device["current_version"] or "(nothing yet)"
+                    _say(f"  {device['id']:<16} runs {current}")
+            bad_release = await bad_release_stops_itself(
+                client,
+                SimulatedFleet(
+                    ca_dir=stack.broker.ca_dir,
+                    ca_chain=stack.broker.service_dir / "ca-chain.pem",
+                    release_keys=stack.release_dir / "public",
+                    state_dir=stack.state_dir / "sim",
+                ),
+                release_dir=stack.release_dir,
+                good=bundle,
+                broker_port=stack.broker.port,
+                api_url=f"{base_url}/api/v1",
+                token=token,
+                processes=stack.agents,
+            )
+        _banner(stack, Story(base_url, token, rollout, bad_release))
         await task
 
     # uvicorn shuts down gracefully, then re-raises the signal that stopped it.

@@ -124,6 +124,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--offline-every-s", type=float, default=120.0)
     run.add_argument("--offline-for-s", type=float, default=30.0)
     run.add_argument("--slow-download-bps", type=int, default=64 * 1024)
+    run.add_argument(
+        "--bad-version",
+        help="install and health failures strike only this version (a bad release): the "
+        "devices dealt them install every other version cleanly",
+    )
     return parser
 
 
@@ -155,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         offline=args.offline,
         offline_every_s=args.offline_every_s,
         offline_for_s=args.offline_for_s,
+        bad_version=args.bad_version,
     )
     devices = deal_faults(ids, certs, faults, args.seed)
     save_plan(args.state_dir / "plan.json", devices)

@@ -22,6 +22,9 @@ class Faults:
     offline: float = 0.0  # the device drops off every offline_every_s for offline_for_s
     offline_every_s: float = 120.0
     offline_for_s: float = 30.0
+    # With a version here, install and health failures strike only that version (a bad release
+    # on a share of the fleet); other versions, a rollback to the one before, install cleanly.
+    bad_version: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,11 +15,20 @@ from kernex_agent.update.installer import InstallRefused
 class SimulatedInstaller:
     """Records versions instead of installing them."""
 
-    def __init__(self, state_dir: Path, *, fail: bool = False, install_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        fail: bool = False,
+        install_s: float = 0.0,
+        only_version: str | None = None,
+    ) -> None:
+        """`fail`: installs fail (only of `only_version`, when given)."""
         self._current = state_dir / "sim-current"
         self._previous = state_dir / "sim-previous"
         self._fail = fail
         self._install_s = install_s
+        self._only_version = only_version
 
     def _read(self, path: Path) -> str | None:
         try:
@@ -31,7 +40,7 @@ class SimulatedInstaller:
         return self._read(self._current)
 
     def install(self, bundle: Path, version: str) -> None:
-        if self._fail:
+        if self._fail and self._only_version in (None, version):
             raise InstallRefused("simulated install failure")
         if self._install_s:
             time.sleep(self._install_s)  # runs in the agent's worker thread

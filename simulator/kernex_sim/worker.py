@@ -94,10 +94,21 @@ class Supervisor:
             raise SimulatedReboot(state.value)
 
         config = _config(self.spec, self.device)
+        bad_version = self.spec.faults.bad_version
+        installer = SimulatedInstaller(
+            config.update.state_dir, fail=self.device.fail_install, only_version=bad_version
+        )
+
+        def healthy() -> bool:
+            # Checked once the new version runs: a bad version fails it on this device.
+            return not (
+                self.device.fail_health and bad_version in (None, installer.current_version())
+            )
+
         agent = Agent(
             config,
-            installer=SimulatedInstaller(config.update.state_dir, fail=self.device.fail_install),
-            health_check=(lambda: not self.device.fail_health),
+            installer=installer,
+            health_check=healthy,
             faults=(
                 CrashOnce(State.INSTALLING, config.update.state_dir, crash=crash)
                 if self.device.reboot_mid_update

@@ -77,10 +77,15 @@ def test_demo_serves_the_api_with_the_printed_key_and_stops_cleanly(tmp_path: Pa
         assert "3 agents online over mTLS" in output
         assert "demo: rollout completed: 2 succeeded" in output, output[-2500:]
         assert re.search(r"demo-gw-001 +runs 1\.0\.0", output)
+        # The second act: a bad build in waves stops itself and rolls back.
+        assert "demo: simulated fleet runs 1.0.0 (20 succeeded)" in output, output[-2500:]
+        assert "demo: [waves] ABORTED by its abort rule" in output, output[-2500:]
+        assert "demo: [waves] automatic rollback started" in output
+        assert re.search(r"demo: wave rollout of 1\.0\.1 aborted; simulated fleet now runs", output)
         headers = {"Authorization": f"Bearer {token}"}
         devices = httpx.get(f"{base}/devices", headers=headers, timeout=10)
         assert devices.status_code == 200
-        assert devices.json()["count"] == 3
+        assert devices.json()["count"] == 3 + 20  # the sample agents and the simulated fleet
         assert httpx.get(f"{base}/devices", timeout=10).status_code == 401
         assert httpx.get(f"http://127.0.0.1:{port}/docs", timeout=10).status_code == 200
         assert httpx.get(f"{base}/ready", timeout=10).json()["checks"]["database"] == "ok"
@@ -99,12 +104,13 @@ def test_demo_serves_the_api_with_the_printed_key_and_stops_cleanly(tmp_path: Pa
     # A second run reuses the data, mints a new key and revokes the old one.
     proc, second_token, lines = start_demo(tmp_path, port)
     try:
-        assert re.search(r"demo-gw-002 +runs 1\.0\.1", "".join(lines))  # the next version
+        # The next good version (1.0.1 was the bad build).
+        assert re.search(r"demo-gw-002 +runs 1\.0\.2", "".join(lines))
         assert second_token != token
         kept = httpx.get(
             f"{base}/devices", headers={"Authorization": f"Bearer {second_token}"}, timeout=10
         )
-        assert kept.json()["count"] == 3
+        assert kept.json()["count"] == 3 + 20
         old = httpx.get(f"{base}/devices", headers={"Authorization": f"Bearer {token}"}, timeout=10)
         assert old.status_code == 401
     finally:
