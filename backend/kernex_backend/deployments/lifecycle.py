@@ -27,8 +27,13 @@ async def time_out_silent(
             sa.update(DeploymentExecution)
             .where(
                 col(DeploymentExecution.state).in_(LIVE_STATES),
+                # A notified device is silent by design during its jitter delay.
                 sa.func.coalesce(
-                    col(DeploymentExecution.reported_at), col(DeploymentExecution.notified_at)
+                    col(DeploymentExecution.reported_at),
+                    col(DeploymentExecution.notified_at)
+                    + sa.func.make_interval(
+                        0, 0, 0, 0, 0, 0, col(DeploymentExecution.start_delay_s)
+                    ),
                 )
                 < now - silent_for,
             )

@@ -407,10 +407,17 @@ async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> 
             sa.text("UPDATE deployment_executions SET notified_at = now() - interval '30 minutes'")
         )
     assert await lifecycle.time_out_silent(sessionmaker, silent_for=hour) == []
+    # Two hours ago, but told to wait 90 minutes first (the rollout's jitter): not silent yet.
     async with engine.begin() as conn:
         await conn.execute(
-            sa.text("UPDATE deployment_executions SET notified_at = now() - interval '2 hours'")
+            sa.text(
+                "UPDATE deployment_executions SET notified_at = now() - interval '2 hours', "
+                "start_delay_s = 5400"
+            )
         )
+    assert await lifecycle.time_out_silent(sessionmaker, silent_for=hour) == []
+    async with engine.begin() as conn:
+        await conn.execute(sa.text("UPDATE deployment_executions SET start_delay_s = 0"))
     assert await lifecycle.time_out_silent(sessionmaker, silent_for=hour) == ["to-1"]
     row = await execution(engine, deployment)
     assert (row["state"], row["error_code"]) == ("timed_out", "timed_out")
