@@ -87,6 +87,19 @@ def backend(fleet: Fleet) -> Iterator[Fleet]:
     yield fleet
 
 
+def notified_victim(fleet: Fleet, explain: Any) -> tuple[Device, str]:
+    """A well-behaved device with a deployment under way: the one attacks must not slow."""
+    victim = Device(fleet, "victim")
+    deployment_id = fleet.deploy(fleet.upload("2.0.0"), [victim.id])
+    eventually(
+        lambda: fleet.executions(deployment_id)[victim.id]["state"] == "notified",
+        20,
+        "the victim notified",
+        explain,
+    )
+    return victim, deployment_id
+
+
 def victim_is_served(victim: Device, deployment_id: str, explain: Any) -> None:
     """The victim's next heartbeat is stored and its next progress report applied, in 2 s."""
     seq = victim.heartbeat()
@@ -144,16 +157,8 @@ HOSTILE_MESSAGES: list[tuple[Channel, bytes]] = [
 def test_no_message_stops_anyone_elses_traffic(backend: Fleet, tmp_path: Path) -> None:
     fleet = backend
     explain = logs_of(*fleet.processes)
-    victim = Device(fleet, "victim")
+    victim, deployment_id = notified_victim(fleet, explain)
     attacker = Device(fleet, "attacker")
-    bundle = fleet.upload("2.0.0")
-    deployment_id = fleet.deploy(bundle, [victim.id])
-    eventually(
-        lambda: fleet.executions(deployment_id)[victim.id]["state"] == "notified",
-        20,
-        "the victim notified",
-        explain,
-    )
     victim_is_served(victim, deployment_id, explain)
     for channel, payload in HOSTILE_MESSAGES:
         attacker.send(channel, payload)
@@ -180,16 +185,8 @@ def test_no_message_stops_anyone_elses_traffic(backend: Fleet, tmp_path: Path) -
 def test_a_flooding_device_is_budgeted_and_quarantined(backend: Fleet) -> None:
     fleet = backend
     explain = logs_of(*fleet.processes)
-    victim = Device(fleet, "victim")
+    victim, deployment_id = notified_victim(fleet, explain)
     flooder = Device(fleet, "flooder")
-    bundle = fleet.upload("2.0.0")
-    deployment_id = fleet.deploy(bundle, [victim.id])
-    eventually(
-        lambda: fleet.executions(deployment_id)[victim.id]["state"] == "notified",
-        20,
-        "the victim notified",
-        explain,
-    )
     beat = Heartbeat(1, 1, "t", 1, "0.1.0").to_payload()
     topic = flooder.topic(Channel.HEARTBEAT)
     flood_until = time.monotonic() + 4

@@ -14,7 +14,6 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -39,17 +38,6 @@ class Selection:
     excluded: dict[str, list[str]] = field(default_factory=dict)
     # device -> the unfinished deployment it is busy with
     busy: dict[str, uuid.UUID] = field(default_factory=dict)
-
-
-def selector_clauses(selector: Selector, device_type: str) -> list[Any]:
-    """SQL conditions for devices the selector names that could take this bundle."""
-    clauses: list[Any] = [
-        col(Device.device_type) == device_type,
-        col(Device.status) != DeviceStatus.DECOMMISSIONED,
-    ]
-    if selector.tags:
-        clauses.append(col(Device.tags).contains(selector.tags))  # JSONB @>, GIN-indexed
-    return clauses
 
 
 def _offline_since(selector: Selector, now: dt.datetime) -> dt.datetime | None:
@@ -153,11 +141,3 @@ def without_busy(selection: Selection) -> Selection:
     if selection.busy:
         excluded["busy"] = sorted(selection.busy)
     return Selection(free, excluded, {})
-
-
-async def count_matching(session: AsyncSession, selector: Selector, device_type: str) -> int:
-    """How many devices match now (for a dynamic deployment's cap)."""
-    result = await session.exec(
-        select(sa.func.count()).select_from(Device).where(*selector_clauses(selector, device_type))
-    )
-    return int(result.one())

@@ -14,6 +14,7 @@ budgets keep dropping the traffic, but the broker is not told; the API says so.
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 import anyio.to_thread
 import sqlalchemy as sa
@@ -90,15 +91,12 @@ class QuarantineService:
                 .returning(col(Device.id))
             )
             changed = sorted(rows.scalars().all())
-            for device_id in changed:
-                audit.record(
-                    session,
-                    actor=SYSTEM_ACTOR,
-                    action="device.quarantine",
-                    object_type="device",
-                    object_id=device_id,
-                    details={"until": until.isoformat(), "reason": reason},
-                )
+            _audit(
+                session,
+                changed,
+                "device.quarantine",
+                {"until": until.isoformat(), "reason": reason},
+            )
             await session.commit()
             blocked = await broker_access.quarantined_ids(session)
         if set(blocked) != self._known | device_ids:  # unknown IDs, or another replica's
@@ -125,15 +123,7 @@ class QuarantineService:
                 .returning(col(Device.id))
             )
             released = sorted(rows.scalars().all())
-            for device_id in released:
-                audit.record(
-                    session,
-                    actor=SYSTEM_ACTOR,
-                    action="device.quarantine_release",
-                    object_type="device",
-                    object_id=device_id,
-                    details={"reason": "expired"},
-                )
+            _audit(session, released, "device.quarantine_release", {"reason": "expired"})
             await session.commit()
             blocked = await broker_access.quarantined_ids(session)
         self._known = set(blocked)
@@ -141,6 +131,21 @@ class QuarantineService:
             await anyio.to_thread.run_sync(_publish, self._pki, blocked)
             log.info("device_quarantine_expired", devices=released)
         return len(released)
+
+
+def _audit(
+    session: AsyncSession, device_ids: list[str], action: str, details: dict[str, Any]
+) -> None:
+    """One audit event per device, by the system (the traffic guard or the expiry sweep)."""
+    for device_id in device_ids:
+        audit.record(
+            session,
+            actor=SYSTEM_ACTOR,
+            action=action,
+            object_type="device",
+            object_id=device_id,
+            details=details,
+        )
 
 
 async def release(
