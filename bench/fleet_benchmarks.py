@@ -3,7 +3,7 @@ and complete. One fleet of simulated devices (kernex-sim: the real agent, real m
 started once and measured in turn; every figure is compared with a baseline from the same run.
 
     .venv/bin/python bench/fleet_benchmarks.py --devices 10000 [--window-s 120]
-        [--only capacity,api,notify,complete] [--complete-first 1000]
+        [--only capacity,api,notify,complete,rollout] [--complete-first 1000]
 
 - capacity: devices connected, the connection ramp (seconds until all are online in the
   database), broker and backend memory and CPU while the fleet beats every 30 s (baseline: the
@@ -15,6 +15,9 @@ started once and measured in turn; every figure is compared with a baseline from
 - complete: seconds until `--complete-first` devices, then all, have SUCCEEDED with a 1 MiB
   bundle, next to the time the same object store needs to serve as many 1 MiB downloads to a
   plain concurrent client (32 threads) in the same run.
+- rollout: the same fleet in waves [1%, 10%, 100%] with 90 % success thresholds and no rate
+  limit, from POST to COMPLETED, beside complete.<n>k_s from the same run (goal: at most 1.3x);
+  and how long POST /deployments takes with a selector over the whole fleet.
 """
 
 import argparse
@@ -306,13 +309,62 @@ def complete(stack: FleetStack, ids: list[str], first: int) -> tuple[list[Figure
     return figures, notes
 
 
+def wait_status(stack: FleetStack, deployment: str, status: str, timeout: float) -> float:
+    """Seconds until the deployment's status is `status`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        if stack.deployment(deployment)["status"] == status:
+            return time.monotonic() - started
+        time.sleep(0.2)
+    raise RuntimeError(f"{deployment}: not {status} after {timeout} s")
+
+
+def rollout(
+    stack: FleetStack, ids: list[str], complete_figures: list[Figure]
+) -> tuple[list[Figure], list[str]]:
+    """Waves against all at once: the same bundle size and fleet as complete.<n>k_s."""
+    bundle = stack.upload("1.3.0", MiB)
+    started = time.monotonic()
+    deployment = stack.deploy(
+        bundle,
+        None,
+        selector={"all": True},
+        strategy={"waves": ["1%", "10%", "100%"], "success_threshold_percent": 90},
+    )
+    post_s = time.monotonic() - started
+    took = post_s + wait_status(stack, deployment, "completed", timeout=3600)
+    n = len(ids)
+    tag = f"{n // 1000}k" if n >= 1000 else str(n)
+    baseline = next((f for f in complete_figures if f.name == f"complete.{tag}_s"), None)
+    base_value = baseline.value if baseline else None
+    figures = [
+        Figure(
+            f"rollout.{tag}_waves_s",
+            round(took, 1),
+            "s",
+            base_value,
+            round(took / base_value, 2) if base_value else None,
+        ),
+        Figure(
+            f"rollout.create_selector_{tag}_s", round(post_s, 2), "s", 2.0, round(post_s / 2, 2)
+        ),
+    ]
+    notes = [
+        f"rollout: {n} devices in waves [1%, 10%, 100%] with 90 % thresholds, no rate limit, "
+        f"POST to COMPLETED in {took:.1f} s; baseline: complete.{tag}_s (all at once, same "
+        f"bundle size) from the same run. POST /deployments with selector all: true over the "
+        f"fleet answered in {post_s:.2f} s (baseline: the 2 s goal)."
+    ]
+    return figures, notes
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--window-s", type=float, default=120.0)
-    parser.add_argument("--only", default="capacity,api,notify,complete")
+    parser.add_argument("--only", default="capacity,api,notify,complete,rollout")
     parser.add_argument("--complete-first", type=int, default=1000)
     parser.add_argument("--api-requests", type=int, default=300)
     parser.add_argument("--ramp", type=float, default=400.0)
@@ -352,6 +404,10 @@ def main() -> None:
             notes += n
         if "complete" in wanted:
             f, n = complete(stack, ids, args.complete_first)
+            figures += f
+            notes += n
+        if "rollout" in wanted:
+            f, n = rollout(stack, ids, figures)
             figures += f
             notes += n
     finally:

@@ -214,18 +214,26 @@ class FleetStack:
         bundle: dict[str, Any] = response.json()
         return bundle
 
-    def deploy(self, bundle: dict[str, Any], ids: list[str]) -> str:
+    def deploy(self, bundle: dict[str, Any], ids: list[str] | None, **policy: Any) -> str:
+        """Deploy to `ids`, or with `ids` None to the selector in `policy`; returns its id."""
+        target: dict[str, Any] = {"device_ids": ids} if ids is not None else {}
         with self.client() as api:
             response = api.post(
                 "/deployments",
-                json={
-                    "name": f"bench {bundle['version']}",
-                    "bundle_id": bundle["id"],
-                    "device_ids": ids,
-                },
+                json={"name": f"bench {bundle['version']}", "bundle_id": bundle["id"]}
+                | target
+                | policy,
             )
         response.raise_for_status()
         return str(response.json()["id"])
+
+    def deployment(self, deployment_id: str) -> dict[str, Any]:
+        """The deployment's detail."""
+        with self.client() as api:
+            response = api.get(f"/deployments/{deployment_id}")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
 
     def start_sim(
         self,

@@ -60,6 +60,9 @@ def test_fleet_benchmark_runs_small(tmp_path: Path) -> None:
     assert figures[f"notify.reported_p100_s_{devices}"]["value"] > 0
     assert figures["complete.60_s"]["baseline"] > 0
     assert figures[f"complete.{devices}_s"]["value"] > 0
+    waves = figures[f"rollout.{devices}_waves_s"]
+    assert waves["value"] > 0 and waves["baseline"] == figures[f"complete.{devices}_s"]["value"]
+    assert figures[f"rollout.create_selector_{devices}_s"]["value"] > 0
 
 
 def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
