@@ -20,6 +20,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from kernex_agent import liveness
 from kernex_agent.config import AgentConfig
 from kernex_agent.counter import PersistentCounter
 from kernex_agent.faults import FaultInjector
@@ -176,6 +177,7 @@ class Agent:
         tasks = [
             asyncio.create_task(self._heartbeats(), name="heartbeats"),
             asyncio.create_task(self._updates(), name="updates"),
+            asyncio.create_task(self._liveness(), name="liveness"),
         ]
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -420,7 +422,16 @@ class Agent:
         running = self.installer.current_version()
         return None if running is None else Installed(notice.manifest.name, running)
 
-    # --- heartbeats ------------------------------------------------------------------------
+    # --- liveness and heartbeats -------------------------------------------------------------
+
+    async def _liveness(self) -> None:
+        state_dir = self.config.update.state_dir
+        while True:
+            try:
+                liveness.mark(state_dir, connected=self.transport.connected.is_set())
+            except OSError as exc:  # a full disk must not stop the agent; the mark goes stale
+                log.warning("agent.liveness_unwritable", extra={"error": str(exc)})
+            await asyncio.sleep(liveness.PERIOD_S)
 
     async def _heartbeats(self) -> None:
         telemetry = self.config.telemetry

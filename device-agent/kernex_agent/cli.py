@@ -9,7 +9,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from kernex_agent import logs
+from kernex_agent import liveness, logs
 from kernex_agent.agent import AGENT_VERSION, Agent
 from kernex_agent.config import ConfigError, load_config
 from kernex_agent.faults import CrashOnce
@@ -39,6 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
+    parser.add_argument(
+        "--health",
+        action="store_true",
+        help="exit 0 if the running agent's liveness mark is fresh, 1 if not (for HEALTHCHECK)",
+    )
     parser.add_argument("--version", action="version", version=f"kernex-agent {AGENT_VERSION}")
     args = parser.parse_args(argv)
     try:
@@ -46,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kernex-agent: configuration error: {exc}", file=sys.stderr)
         return 2
+    if args.health:
+        healthy, reason = liveness.check(config.update.state_dir)
+        print(f"kernex-agent: {reason}")
+        return 0 if healthy else 1
     logs.configure(config.log.level, config.log.format)
     crash_in = os.environ.get(FAULT_ENV)
     faults = CrashOnce(State(crash_in), config.update.state_dir) if crash_in else None

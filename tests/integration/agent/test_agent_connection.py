@@ -1,8 +1,11 @@
 """The agent's connection: presence with growing sessions, heartbeats, clean shutdown, telling
 permanent failures from transient ones, and progress that survives a lost connection."""
 
+import json
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +19,7 @@ from kernex_provision.authority import CertificateAuthority, pem, write_private_
 from kernex_provision.certificates import CertificateKind, new_key
 from tests.integration.agent.conftest import Device, DeviceFactory
 from tests.integration.agent.harness import (
+    AgentProcess,
     BackendStandIn,
     BundleStore,
     TcpRelay,
@@ -167,3 +171,32 @@ def test_unreachable_broker_is_transient_and_retried(make_device: DeviceFactory)
     attempts = [e for e in device.agent.log_lines() if e.get("event") == "mqtt.connection_lost"]
     assert len(attempts) >= 2  # it keeps trying, with backoff
     assert device.agent.terminate() == 0
+
+
+def agent_health(device_agent: AgentProcess) -> subprocess.CompletedProcess[str]:
+    """`kernex-agent --health` with the agent's own configuration, as a HEALTHCHECK runs it."""
+    command = [sys.executable, "-m", "kernex_agent", "--health"]
+    command += ["--config", str(device_agent.kit / "agent.toml")]
+    return subprocess.run(
+        command, check=False, env=device_agent.env, capture_output=True, text=True, timeout=30
+    )
+
+
+def test_health_command_follows_the_running_agent(
+    make_device: DeviceFactory, backend_side: BackendStandIn
+) -> None:
+    device = make_device()
+    before = agent_health(device.agent)
+    assert before.returncode == 1 and "not running" in before.stdout
+    device.agent.start()
+    wait_until(lambda: presence_of(backend_side, device) == [(True, 1, None)])
+    wait_until(lambda: "connected to the broker" in agent_health(device.agent).stdout)
+    assert agent_health(device.agent).returncode == 0
+    # A hung agent (stopped, not dead: its mark stays but ages) turns unhealthy.
+    device.agent.kill()
+    mark = device.agent.state_dir / "alive.json"
+    body = json.loads(mark.read_text())
+    body["at"] -= 3600
+    mark.write_text(json.dumps(body))
+    stale = agent_health(device.agent)
+    assert stale.returncode == 1 and "hung or gone" in stale.stdout
