@@ -16,6 +16,7 @@ from kernex_provision.authority import (
     CertificateAuthority,
     describe,
     pem,
+    write_atomic,
     write_private_key,
     write_public,
 )
@@ -295,6 +296,103 @@ def broker_config(
         broker_files.hand_over(layout, run_as)
     typer.echo(f"broker configuration written to {layout.conf}")
     typer.echo(f"start it with: mosquitto -c {layout.conf}")
+
+
+@app.command()
+@_friendly_errors
+def enrol(
+    device_id: Annotated[str, typer.Argument(help="A-Z a-z 0-9 . _ - ; 1-64 characters")],
+    api: Annotated[str, typer.Option(help="the backend's API root, e.g. https://host/api/v1")],
+    device_type: Annotated[str, typer.Option(help="registers the device with this type")],
+    out: Annotated[Path, typer.Option(help="directory for the device kit")],
+    token_file: Annotated[Path, typer.Option(help="file holding an API key with the write scope")],
+    broker_host: str = "localhost",
+    broker_port: int = 8883,
+    name: str | None = None,
+    release_keys: Annotated[
+        Path | None, typer.Option(help="folder of trusted release *.pub keys for the kit")
+    ] = None,
+    notice_keys: Annotated[
+        Path | None, typer.Option(help="folder of the backend's notice *.pub keys for the kit")
+    ] = None,
+    api_ca_file: Annotated[
+        Path | None, typer.Option(help="CA bundle to verify an HTTPS API with")
+    ] = None,
+) -> None:
+    """Enrol a device through the API: the key is made here, the backend signs and registers."""
+    from kernex_provision.enrol import Enrolment, EnrolmentError, enrol
+
+    token = token_file.read_text().strip()
+    request = Enrolment(
+        api_url=api,
+        token=token,
+        device_id=device_id,
+        device_type=device_type,
+        out=out,
+        broker=BrokerAddress(broker_host, broker_port),
+        name=name,
+        release_keys=release_keys,
+        notice_keys=notice_keys,
+        ca_file=api_ca_file,
+    )
+    try:
+        serial = enrol(request)
+    except EnrolmentError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if serial:
+        typer.echo(f"{device_id} enrolled (certificate serial {serial}) -> kit in {out}")
+    else:
+        typer.echo(f"{device_id}: the kit in {out} is complete already; nothing done")
+
+
+PassphraseFileRequired = Annotated[
+    Path, typer.Option(help="file holding the backup passphrase (12 characters or more)")
+]
+
+
+@app.command("backup-ca")
+@_friendly_errors
+def backup_ca(ca: CaDir, out: Path, passphrase_file: PassphraseFileRequired) -> None:
+    """Write an encrypted backup of the CA directory (keys, index, CRL) to --out."""
+    from kernex_provision.ca_backup import CaBackupError, seal
+
+    try:
+        blob = seal(ca, passphrase_file.read_bytes().rstrip(b"\r\n"))
+    except CaBackupError as exc:
+        raise ValueError(str(exc)) from None
+    write_atomic(out, blob, 0o600)
+    typer.echo(f"CA backup written: {out} ({len(blob)} bytes, AES-256-GCM)")
+
+
+@app.command("restore-ca")
+@_friendly_errors
+def restore_ca(
+    backup: Annotated[Path, typer.Argument(help="a file from backup-ca")],
+    ca: CaDir,
+    passphrase_file: PassphraseFileRequired,
+) -> None:
+    """Restore a CA backup into --ca (a new or empty directory)."""
+    from kernex_provision.ca_backup import CaBackupError, unseal
+
+    try:
+        names = unseal(backup.read_bytes(), passphrase_file.read_bytes().rstrip(b"\r\n"), ca)
+    except CaBackupError as exc:
+        raise ValueError(str(exc)) from None
+    typer.echo(f"CA restored into {ca}: {len(names)} entries")
+
+
+@app.command("broker-run")
+@_friendly_errors
+def broker_run(
+    broker_dir: Annotated[Path, typer.Option(help="the broker directory (mosquitto.conf)")],
+    mosquitto: Annotated[str, typer.Option(help="the Mosquitto executable")] = "mosquitto",
+) -> None:
+    """Run Mosquitto and reload it within a second of a CRL or ACL change (the broker side of
+    revocation when the backend runs elsewhere: another container or pod)."""
+    from kernex_provision.broker_runner import main_loop
+
+    raise typer.Exit(main_loop(broker_files.BrokerLayout(broker_dir.resolve()), mosquitto))
 
 
 def main() -> None:

@@ -96,7 +96,37 @@ def write_kit(
     broker: BrokerAddress,
     products: tuple[str, ...] = DEFAULT_PRODUCTS,
 ) -> None:
-    """Write a device kit into `out` (created if needed)."""
+    """Write a device kit into `out` (created if needed), with the CA's chain and keys."""
+    write_kit_files(
+        out,
+        chain_pem=authority.chain_pem,
+        key_sources={
+            RELEASE_KEYS: authority.directory / RELEASE_KEYS,
+            NOTICE_KEYS: authority.directory / NOTICE_KEYS,
+        },
+        device_id=device_id,
+        device_type=device_type,
+        certificate=certificate,
+        key=key,
+        broker=broker,
+        products=products,
+    )
+
+
+def write_kit_files(
+    out: Path,
+    *,
+    chain_pem: bytes,
+    key_sources: dict[str, Path | None],
+    device_id: str,
+    device_type: str,
+    certificate: x509.Certificate,
+    key: PrivateKey | None,
+    broker: BrokerAddress,
+    products: tuple[str, ...] = DEFAULT_PRODUCTS,
+) -> None:
+    """Write a device kit into `out`: `key_sources` maps each kit key folder (release-keys,
+    notice-keys) to the folder whose `*.pub` files it gets (None: left empty)."""
     validate_device_id(device_id)
     if not DEVICE_TYPE_RE.fullmatch(device_type):
         raise ValueError("device type must be 1-64 characters from A-Z a-z 0-9 . _ -")
@@ -104,12 +134,12 @@ def write_kit(
     write_public(out / DEVICE_CERT, pem(certificate))
     if key is not None:
         write_private_key(out / DEVICE_KEY, key)
-    write_public(out / CA_CHAIN, authority.chain_pem)
+    write_public(out / CA_CHAIN, chain_pem)
     for folder in (RELEASE_KEYS, NOTICE_KEYS):
         keys_out = out / folder
         keys_out.mkdir(exist_ok=True)
-        source = authority.directory / folder
-        if source.is_dir():
+        source = key_sources.get(folder)
+        if source is not None and source.is_dir():
             for public_key in sorted(source.glob("*.pub")):
                 shutil.copyfile(public_key, keys_out / public_key.name)
     config = agent_config(

@@ -303,3 +303,33 @@ def test_device_and_service_identities_cannot_share_a_name(tmp_path: Path) -> No
             new_key().public_key(), kind=CertificateKind.DEVICE, common_name="svc-1", days=1
         )
     assert authority.service_identities() == ["svc-1"]
+
+
+def test_ca_backup_round_trip_and_refusals(tmp_path: Path) -> None:
+    from kernex_provision.ca_backup import CaBackupError, seal, unseal
+
+    ca_dir = tmp_path / "ca"
+    authority = CertificateAuthority.initialise(ca_dir)
+    blob = seal(ca_dir, b"correct horse battery")
+    assert b"PRIVATE KEY" not in blob  # encrypted, not just packed
+    restored = tmp_path / "restored"
+    names = unseal(blob, b"correct horse battery", restored)
+    assert "issuing-ca.key" in names
+    for path in ca_dir.rglob("*"):
+        if path.is_file() and path.name != ".lock":
+            copy = restored / path.relative_to(ca_dir)
+            assert copy.read_bytes() == path.read_bytes()
+            assert copy.stat().st_mode & 0o777 == path.stat().st_mode & 0o777
+    # The restored CA works: it issues under the same chain.
+    assert CertificateAuthority(restored).chain_pem == authority.chain_pem
+
+    with pytest.raises(CaBackupError, match="wrong passphrase"):
+        unseal(blob, b"wrong horse battery", tmp_path / "other")
+    assert not (tmp_path / "other").exists()  # nothing written
+    tampered = blob[:-1] + bytes([blob[-1] ^ 1])
+    with pytest.raises(CaBackupError, match="damaged"):
+        unseal(tampered, b"correct horse battery", tmp_path / "other")
+    with pytest.raises(CaBackupError, match="not empty"):
+        unseal(blob, b"correct horse battery", restored)
+    with pytest.raises(CaBackupError, match="at least 12"):
+        seal(ca_dir, b"short")
