@@ -39,3 +39,13 @@ async def create_api_key(
             return token
     finally:
         await engine.dispose()
+
+
+async def revoke_api_keys(settings: Settings, *, name: str, actor: str) -> int:
+    """Revoke every live key called `name` directly in the database; returns how many."""
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return await api_keys.revoke_named(session=session, name=name, actor=actor)
+    finally:
+        await engine.dispose()

@@ -1,6 +1,7 @@
 """`kernex-backend`: serve the API, run the MQTT worker, migrate the database, create API keys."""
 
 import asyncio
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -36,14 +37,52 @@ def serve(
     from kernex_backend.main import create_app
 
     settings = _settings()
+    api = settings.api
     uvicorn.run(
         create_app(settings),
-        host=host or settings.api.host,
-        port=port or settings.api.port,
+        host=host or api.host,
+        port=port or api.port,
         log_config=None,  # keep our structlog configuration
-        proxy_headers=False,
+        proxy_headers=bool(api.forwarded_allow_ips),
+        forwarded_allow_ips=api.forwarded_allow_ips or None,
         server_header=False,
+        ssl_certfile=api.tls_cert_file,
+        ssl_keyfile=api.tls_key_file,
     )
+
+
+@app.command()
+def probe(
+    path: Annotated[str, typer.Option(help="what to ask the local server")] = "/api/v1/health",
+) -> None:
+    """Exit 0 if the API served on this host answers 200 (for a container HEALTHCHECK).
+
+    Talks to 127.0.0.1 on the configured port, over HTTPS when TLS is configured (without
+    verifying the certificate: this checks our own process, not the network path)."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    api = _settings().api
+    scheme = "https" if api.tls_cert_file else "http"
+    context = None
+    if api.tls_cert_file:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    url = f"{scheme}://127.0.0.1:{api.port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=3, context=context) as response:  # noqa: S310
+            status = response.status
+    except urllib.error.HTTPError as exc:
+        status = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        typer.echo(f"unhealthy: {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if status != 200:
+        typer.echo(f"unhealthy: {url} answered {status}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"healthy: {url} answered 200")
 
 
 async def _work(settings: Settings) -> None:
@@ -90,6 +129,69 @@ def create_api_key(
         bootstrap.create_api_key(_settings(), name=name, scopes=scope, replace=replace, actor="cli")
     )
     typer.echo(token)
+
+
+@app.command("revoke-api-key")
+def revoke_api_key(
+    name: Annotated[str, typer.Option(help="revoke every live key so named")],
+) -> None:
+    """Revoke API keys by name (for one-shot jobs that made a key for themselves)."""
+    count = asyncio.run(bootstrap.revoke_api_keys(_settings(), name=name, actor="cli"))
+    typer.echo(f"revoked {count} key(s) named {name}")
+
+
+PgBin = Annotated[
+    Path | None,
+    typer.Option(help="folder of pg_dump/pg_restore/psql (at least the server's version)"),
+]
+
+
+@app.command()
+def backup(
+    out: Annotated[Path, typer.Option(help="folder for kernex-<time>-<revision>.dump files")],
+    keep_days: Annotated[
+        int | None, typer.Option(min=1, help="delete older dumps there (never the newest)")
+    ] = None,
+    upload: Annotated[bool, typer.Option(help="also copy it to the S3 bucket")] = False,
+    pg_bin: PgBin = None,
+) -> None:
+    """Back the database up (pg_dump custom format, compressed)."""
+    from kernex_backend import backups
+
+    settings = _settings()
+    try:
+        path = backups.backup(
+            settings.database_url.get_secret_value(), out, keep_days=keep_days, pg_bin=pg_bin
+        )
+        typer.echo(f"backup written: {path} ({path.stat().st_size} bytes)")
+        if upload:
+            typer.echo(f"uploaded as {backups.upload(path, settings.storage)}")
+    except backups.BackupError as exc:
+        typer.echo(f"backup failed: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
+def restore(
+    dump: Annotated[Path, typer.Argument(help="a kernex-*.dump file", exists=True)],
+    pg_bin: PgBin = None,
+) -> None:
+    """Restore a backup into the configured database, which must be empty (refuses a
+    database at a newer migration, and a backup from a newer Kernex)."""
+    from kernex_backend import backups
+
+    settings = _settings()
+    try:
+        revision = backups.restore(
+            dump,
+            settings.database_url.get_secret_value(),
+            migrations_dir=settings.migrations_dir,
+            pg_bin=pg_bin,
+        )
+    except backups.BackupError as exc:
+        typer.echo(f"restore refused: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"restored {dump.name} (migration {revision}); run `kernex-backend migrate` next")
 
 
 async def _retention(settings: Settings, days: int, dry_run: bool) -> None:

@@ -17,6 +17,7 @@ from kernex_backend.core.config import Settings, get_settings
 from kernex_backend.core.errors import install_error_handlers
 from kernex_backend.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from kernex_backend.core.runtime import attach
+from kernex_backend.core.security_headers import SecurityHeadersMiddleware
 from kernex_backend.deployments.router import router as deployments_router
 from kernex_backend.devices.router import router as devices_router
 from kernex_backend.mqtt.router import router as mqtt_router
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Bundle uploads stream straight to storage; the manifest's size is checked there too.
         overrides={f"{API_PREFIX}/bundles": settings.storage.max_bundle_bytes},
     )
+    app.add_middleware(SecurityHeadersMiddleware, https=settings.api.https)
     app.add_middleware(RequestContextMiddleware)
 
     api = APIRouter(prefix=API_PREFIX)

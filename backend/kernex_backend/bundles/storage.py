@@ -118,6 +118,17 @@ class _SyncReader:
         return out
 
 
+def s3_client(settings: StorageSettings) -> Minio:
+    """A minio SDK client for the configured store (bundles, and backups beside them)."""
+    return Minio(
+        settings.endpoint,
+        access_key=settings.access_key.get_secret_value(),
+        secret_key=settings.secret_key.get_secret_value(),
+        secure=settings.secure,
+        region=settings.region,
+    )
+
+
 class S3Storage:
     """Any S3-compatible store (MinIO, SeaweedFS, AWS S3) through the minio SDK."""
 
@@ -133,13 +144,7 @@ class S3Storage:
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> "S3Storage":
         """Build the client from settings."""
-        client = Minio(
-            settings.endpoint,
-            access_key=settings.access_key.get_secret_value(),
-            secret_key=settings.secret_key.get_secret_value(),
-            secure=settings.secure,
-            region=settings.region,
-        )
+        client = s3_client(settings)
         return cls(client, settings.bucket, region_known=settings.region is not None)
 
     async def _call(self, fn: Callable[[], T]) -> T:

@@ -9,7 +9,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import BaseModel, Field, SecretStr, model_validator
 from pydantic.fields import FieldInfo
@@ -47,6 +47,20 @@ class ApiSettings(BaseModel):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     page_size_default: int = Field(default=50, ge=1)
     page_size_max: int = Field(default=500, ge=1)
+    # HTTPS: both set, `kernex-backend serve` speaks TLS only (plain HTTP on the port fails).
+    tls_cert_file: Path | None = None  # PEM certificate chain
+    tls_key_file: Path | None = None  # PEM private key
+    # Behind a reverse proxy that terminates TLS: the proxies whose X-Forwarded-For/-Proto are
+    # believed (comma-separated addresses, as uvicorn's forwarded_allow_ips). Empty: none, the
+    # default, so a client can never claim another address or scheme.
+    forwarded_allow_ips: str = ""
+    # Say so when TLS is terminated in front of us, so that HSTS is sent.
+    behind_https_proxy: bool = False
+
+    @property
+    def https(self) -> bool:
+        """Whether clients reach the API over HTTPS (here or at the proxy)."""
+        return self.tls_cert_file is not None or self.behind_https_proxy
 
 
 class AuthSettings(BaseModel):
@@ -70,10 +84,14 @@ class PkiSettings(BaseModel):
     # A CA directory made by `kernex-provision init-ca`; unset disables the certificate endpoints.
     ca_dir: Path | None = None
     ca_passphrase: SecretStr | None = None
-    # The broker directory whose CRL and ACL are refreshed on revocation; the broker is sent
-    # SIGHUP through the PID in its mosquitto.pid (same host), or reloads itself when it sees
-    # the files change (a sidecar in Kubernetes).
+    # The broker directory whose CRL and ACL are refreshed on revocation.
     broker_dir: Path | None = None
+    # How the broker learns of it: "signal" sends SIGHUP to the PID in the directory's
+    # mosquitto.pid (same host, same PID namespace); "watch" leaves it to the broker's runner
+    # (`kernex-provision broker-run`), which reloads within a second of the files changing. In
+    # containers, use "watch": a PID read from a shared volume means nothing in another
+    # container, and signalling it could hit one of the backend's own processes.
+    broker_reload: Literal["signal", "watch"] = "signal"
     device_cert_days: int = Field(default=365, ge=1, le=825)
     crl_valid_days: int = Field(default=7, ge=1, le=90)
 
@@ -198,6 +216,19 @@ class LogSettings(BaseModel):
     json_output: bool | None = None
 
 
+def _is_path_setting(model: type[BaseModel], key: str) -> bool:
+    """Whether `key` (e.g. "api__tls_cert_file") names a setting itself, one whose name ends
+    in _file (a path), rather than a secret to be read from a file."""
+    *groups, leaf = key.split(NESTED_DELIMITER)
+    for group in groups:
+        field = model.model_fields.get(group)
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return False
+        model = annotation
+    return leaf in model.model_fields
+
+
 class _FileSecretsSource(PydanticBaseSettingsSource):
     """Reads `KERNEX_X_FILE` / `KERNEX_GROUP__X_FILE` variables as the contents of those files."""
 
@@ -210,7 +241,7 @@ class _FileSecretsSource(PydanticBaseSettingsSource):
             if not (name.startswith(ENV_PREFIX) and name.endswith(FILE_SUFFIX)):
                 continue
             key = name[len(ENV_PREFIX) : -len(FILE_SUFFIX)].lower()
-            if not key:
+            if not key or _is_path_setting(self.settings_cls, name[len(ENV_PREFIX) :].lower()):
                 continue
             try:
                 content = Path(path).read_text(encoding="utf-8").rstrip("\r\n")
@@ -222,6 +253,17 @@ class _FileSecretsSource(PydanticBaseSettingsSource):
                 target = target.setdefault(group, {})
             target[leaf] = content
         return values
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    port = f":{parts.port}" if parts.port else ""
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}{port}"
+    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Settings(BaseSettings):
@@ -237,6 +279,9 @@ class Settings(BaseSettings):
     database_url: SecretStr = Field(
         description="postgresql+asyncpg://user:password@host:port/database"
     )
+    # When set (typically KERNEX_DATABASE_PASSWORD_FILE, a Docker or Kubernetes secret), it
+    # replaces the password in database_url, so the URL can live in plain configuration.
+    database_password: SecretStr | None = None
     db: DatabaseSettings = DatabaseSettings()
     api: ApiSettings = ApiSettings()
     auth: AuthSettings = AuthSettings()
@@ -263,6 +308,12 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
+        if self.database_password is not None:
+            self.database_url = SecretStr(
+                _with_password(
+                    self.database_url.get_secret_value(), self.database_password.get_secret_value()
+                )
+            )
         url = urlsplit(self.database_url.get_secret_value())
         if url.scheme != "postgresql+asyncpg":
             raise ValueError("database_url must use the postgresql+asyncpg:// scheme")
@@ -283,6 +334,8 @@ class Settings(BaseSettings):
                 and len(self.storage.download_signing_key.get_secret_value()) < 32
             ):
                 raise ValueError("storage.download_signing_key needs at least 32 characters")
+        if (self.api.tls_cert_file is None) != (self.api.tls_key_file is None):
+            raise ValueError("api.tls_cert_file and api.tls_key_file go together: set both")
         if self.mqtt.enabled and None in (
             self.mqtt.ca_file,
             self.mqtt.cert_file,

@@ -25,10 +25,15 @@ def publish(
     authority: CertificateAuthority,
     broker: broker_files.BrokerLayout | None,
     quarantined: list[str],
+    *,
+    reload: str = "signal",
 ) -> bool:
-    """Render the CRL and ACL into the broker folder and reload the broker (blocking: call in a
-    thread); False when there is no broker folder or no broker to signal."""
+    """Render the CRL and ACL into the broker folder and have the broker reload them (blocking:
+    call in a thread). False when there is no broker folder, or no broker to signal; with
+    `reload="watch"` the broker's runner picks the files up itself, so writing them is enough."""
     if broker is None:
         return False
     broker_files.publish_revocations(authority, broker, also_blocked=quarantined)
+    if reload == "watch":
+        return True
     return broker_files.reload_broker(broker)

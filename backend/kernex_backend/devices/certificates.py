@@ -238,7 +238,9 @@ async def revoke(
         except AuthorityError as exc:
             raise NoLiveCertificate(str(exc)) from None
         cut_off = device_id in pki.authority.blocked_identities()
-        reloaded = broker_access.publish(pki.authority, pki.broker, quarantined)
+        reloaded = broker_access.publish(
+            pki.authority, pki.broker, quarantined, reload=pki.settings.broker_reload
+        )
         return [row.serial for row in rows], cut_off, reloaded
 
     serials, cut_off, reloaded = await anyio.to_thread.run_sync(revoke_and_publish)

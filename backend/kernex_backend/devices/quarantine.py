@@ -45,7 +45,9 @@ class QuarantineChange:
 
 
 def _publish(pki: Pki | None, quarantined: list[str]) -> bool:
-    return pki is not None and broker_access.publish(pki.authority, pki.broker, quarantined)
+    return pki is not None and broker_access.publish(
+        pki.authority, pki.broker, quarantined, reload=pki.settings.broker_reload
+    )
 
 
 class QuarantineService:
