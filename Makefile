@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := protocol/kernex_protocol backend/kernex_backend provisioning/kernex_provision device-agent/kernex_agent simulator/kernex_sim devstack/kernex_devstack
 
-.PHONY: bootstrap demo test check lint format
+.PHONY: bootstrap demo test compose-test check lint format
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -15,6 +15,11 @@ demo: bootstrap
 
 test: bootstrap
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The compose stack for real: a Docker engine (started if none runs), images built from wheels,
+# docker-compose.yml up with deploy/docker/compose.local.yml, checked, and taken down.
+compose-test: bootstrap
+	KERNEX_COMPOSE_TEST=1 $(BIN)/python -m pytest tests/compose -p no:cacheprovider $(PYTEST_ARGS)
 
 check: bootstrap
 	$(BIN)/ruff check .
