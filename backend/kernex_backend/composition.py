@@ -25,6 +25,7 @@ from kernex_backend.core.runtime import Runtime
 from kernex_backend.deployments.notices import NoticeService
 from kernex_backend.deployments.rollout import RolloutController
 from kernex_backend.devices.certificates import Pki
+from kernex_backend.metrics.service import MetricsService
 from kernex_backend.mqtt import handlers as fleet_state
 from kernex_protocol.manifest import load_trusted_keys
 
@@ -47,6 +48,7 @@ def build_runtime(settings: Settings) -> Runtime:
     pki = Pki.from_settings(settings.pki)
     if pki is not None:
         runtime.provide(Pki, pki)
+    runtime.provide(MetricsService, MetricsService(settings.metrics, engine, pki))
     runtime.provide(
         RolloutController,
         RolloutController(
@@ -97,6 +99,10 @@ async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runti
             return "; ".join(fleet.problems()) or None
 
         runtime.readiness["device_traffic"] = device_traffic
+    metrics = runtime.get(MetricsService)
+    metrics.fleet = fleet
+    tasks.append(asyncio.create_task(metrics.run(), name="metrics"))
+    metrics.serve_port()
     tasks.append(
         asyncio.create_task(
             run_periodically(
@@ -110,6 +116,7 @@ async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runti
     try:
         yield runtime
     finally:
+        metrics.stop()
         if fleet is not None:
             await fleet.stop()
         for task in tasks:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import structlog
 from fastapi import APIRouter, FastAPI
+from prometheus_client import CollectorRegistry
 
 from kernex_backend import __version__, composition
 from kernex_backend.api_keys.router import router as api_keys_router
@@ -15,11 +16,14 @@ from kernex_backend.bundles.router import router as bundles_router
 from kernex_backend.core import health
 from kernex_backend.core.config import Settings, get_settings
 from kernex_backend.core.errors import install_error_handlers
+from kernex_backend.core.http_metrics import RequestLatency
 from kernex_backend.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from kernex_backend.core.runtime import attach
 from kernex_backend.core.security_headers import SecurityHeadersMiddleware
 from kernex_backend.deployments.router import router as deployments_router
 from kernex_backend.devices.router import router as devices_router
+from kernex_backend.metrics.router import router as metrics_router
+from kernex_backend.metrics.service import MetricsService
 from kernex_backend.mqtt.router import router as mqtt_router
 
 API_PREFIX = "/api/v1"
@@ -33,6 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with composition.running(settings, serve_api=True) as runtime:
+            runtime.get(MetricsService).registry.register(http_registry)
             attach(app, runtime)
             log.info("backend_started", version=__version__, environment=settings.environment)
             yield
@@ -59,7 +64,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         overrides={f"{API_PREFIX}/bundles": settings.storage.max_bundle_bytes},
     )
     app.add_middleware(SecurityHeadersMiddleware, https=settings.api.https)
-    app.add_middleware(RequestContextMiddleware)
+    http_registry = CollectorRegistry(auto_describe=True)
+    latency = RequestLatency(http_registry)
+    app.add_middleware(RequestContextMiddleware, on_finished=latency.observe)
 
     api = APIRouter(prefix=API_PREFIX)
     api.include_router(health.router)
@@ -71,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mqtt_router,
         api_keys_router,
         audit_router,
+        *([metrics_router] if settings.metrics.enabled else []),
     ):
         api.include_router(router)
     app.include_router(api)

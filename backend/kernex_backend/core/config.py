@@ -199,6 +199,19 @@ class NoticeSettings(BaseModel):
     ttl_s: int = Field(default=3600, ge=60, le=86400)
 
 
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (docs/observability.md lists every series)."""
+
+    # GET /metrics on the API, for a key with the read scope (Prometheus: bearer credentials).
+    enabled: bool = True
+    # Also serve /metrics without authentication on this port, in `serve` and `worker` alike
+    # (the worker has no API): bind it where only Prometheus reaches it. None: off.
+    port: int | None = Field(default=None, ge=1, le=65535)
+    bind: str = "127.0.0.1"
+    # Fleet and rollout figures come from PostgreSQL; they are read this often, never per scrape.
+    refresh_interval_s: float = Field(default=15.0, gt=0)
+
+
 class RolloutSettings(BaseModel):
     """The rollout controller (deployments/rollout.py), run by every backend process."""
 
@@ -292,6 +305,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     notice: NoticeSettings = NoticeSettings()
     rollout: RolloutSettings = RolloutSettings()
+    metrics: MetricsSettings = MetricsSettings()
     log: LogSettings = LogSettings()
     migrations_dir: Path = Path(__file__).resolve().parents[3] / "migrations"
 

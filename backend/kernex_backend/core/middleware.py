@@ -7,6 +7,7 @@ and can stop an oversized body while it streams in.
 import re
 import time
 import uuid
+from collections.abc import Callable
 
 import structlog
 from starlette.exceptions import HTTPException
@@ -19,10 +20,14 @@ log = structlog.get_logger("kernex.http")
 
 
 class RequestContextMiddleware:
-    """Binds a request id to the log context, echoes it, and logs one line per request."""
+    """Binds a request id to the log context, echoes it, logs one line per request, and
+    reports each finished request to `on_finished` (the latency metrics)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(
+        self, app: ASGIApp, *, on_finished: Callable[[Scope, int, float], None] | None = None
+    ) -> None:
         self.app = app
+        self._on_finished = on_finished
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -48,14 +53,17 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            elapsed = time.perf_counter() - started
             # The path only: query strings could carry values we must not log.
             log.info(
                 "request",
                 method=scope["method"],
                 path=scope["path"],
                 status=status,
-                duration_ms=round((time.perf_counter() - started) * 1000, 2),
+                duration_ms=round(elapsed * 1000, 2),
             )
+            if self._on_finished is not None:
+                self._on_finished(scope, status, elapsed)
             structlog.contextvars.clear_contextvars()
 
 
