@@ -27,6 +27,7 @@ from kernex_backend.deployments.rollout import RolloutController
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.metrics.service import MetricsService
 from kernex_backend.mqtt import handlers as fleet_state
+from kernex_backend.webhooks.dispatcher import WebhookDispatcher
 from kernex_protocol.manifest import load_trusted_keys
 
 log = structlog.get_logger(__name__)
@@ -103,6 +104,12 @@ async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runti
     metrics.fleet = fleet
     tasks.append(asyncio.create_task(metrics.run(), name="metrics"))
     metrics.serve_port()
+    webhooks = WebhookDispatcher(runtime.engine, settings.webhooks)
+    tasks.append(
+        asyncio.create_task(
+            run_periodically("webhooks", settings.webhooks.interval_s, webhooks.tick)
+        )
+    )
     tasks.append(
         asyncio.create_task(
             run_periodically(
@@ -122,6 +129,7 @@ async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runti
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await webhooks.close()
         if serve_api:
             with contextlib.suppress(Exception):
                 await runtime.get(LastUsedTracker).flush(runtime.engine)

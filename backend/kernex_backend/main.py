@@ -25,6 +25,7 @@ from kernex_backend.devices.router import router as devices_router
 from kernex_backend.metrics.router import router as metrics_router
 from kernex_backend.metrics.service import MetricsService
 from kernex_backend.mqtt.router import router as mqtt_router
+from kernex_backend.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
 log = structlog.get_logger(__name__)
@@ -78,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         mqtt_router,
         api_keys_router,
         audit_router,
+        webhooks_router,
         *([metrics_router] if settings.metrics.enabled else []),
     ):
         api.include_router(router)

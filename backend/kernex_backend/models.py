@@ -8,6 +8,7 @@ from kernex_backend.bundles.models import Bundle
 from kernex_backend.deployments.models import Deployment, DeploymentExecution
 from kernex_backend.devices.models import Device
 from kernex_backend.telemetry.models import Heartbeat
+from kernex_backend.webhooks.models import Webhook, WebhookDelivery, WebhookEvent
 
 metadata = SQLModel.metadata
 
@@ -19,5 +20,8 @@ __all__ = [
     "DeploymentExecution",
     "Device",
     "Heartbeat",
+    "Webhook",
+    "WebhookDelivery",
+    "WebhookEvent",
     "metadata",
 ]

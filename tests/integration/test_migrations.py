@@ -26,6 +26,9 @@ EXPECTED_TABLES = {
     "deployments",
     "devices",
     "heartbeats",
+    "webhook_deliveries",
+    "webhook_events",
+    "webhooks",
 }
 
 

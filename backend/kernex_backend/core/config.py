@@ -212,6 +212,20 @@ class MetricsSettings(BaseModel):
     refresh_interval_s: float = Field(default=15.0, gt=0)
 
 
+class WebhookSettings(BaseModel):
+    """Events out (docs/observability.md)."""
+
+    interval_s: float = Field(default=1.0, gt=0)  # how often the outbox is looked at
+    timeout_s: float = Field(default=10.0, gt=0)
+    max_attempts: int = Field(default=12, ge=1, le=100)  # 12: about a day with the backoff
+    backoff_min_s: float = Field(default=5.0, gt=0)
+    backoff_max_s: float = Field(default=3600.0, gt=0)
+    disable_after_failures: int = Field(default=50, ge=1)
+    # Loopback and link-local targets (the backend's own host, cloud metadata) are refused
+    # unless this is set: for a receiver on the same host in development and tests.
+    allow_private_targets: bool = False
+
+
 class RolloutSettings(BaseModel):
     """The rollout controller (deployments/rollout.py), run by every backend process."""
 
@@ -306,6 +320,7 @@ class Settings(BaseSettings):
     notice: NoticeSettings = NoticeSettings()
     rollout: RolloutSettings = RolloutSettings()
     metrics: MetricsSettings = MetricsSettings()
+    webhooks: WebhookSettings = WebhookSettings()
     log: LogSettings = LogSettings()
     migrations_dir: Path = Path(__file__).resolve().parents[3] / "migrations"
 

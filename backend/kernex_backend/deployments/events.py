@@ -17,15 +17,30 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.deployments.models import Deployment, DeploymentEvent
+from kernex_backend.webhooks import outbox
+from kernex_backend.webhooks.models import EventType
 
 POLL_S = 1.0
 KEEPALIVE_S = 15.0
 BATCH = 500
 
 
+# The rollout events webhooks can subscribe to.
+WEBHOOK_EVENTS = {
+    "started": EventType.DEPLOYMENT_STARTED,
+    "wave_started": EventType.DEPLOYMENT_WAVE_STARTED,
+    "paused": EventType.DEPLOYMENT_PAUSED,
+    "aborted": EventType.DEPLOYMENT_ABORTED,
+    "completed": EventType.DEPLOYMENT_COMPLETED,
+}
+
+
 def record(session: AsyncSession, deployment_id: uuid.UUID, kind: str, **data: Any) -> None:
-    """Add an event to the session (committed with the change it describes)."""
+    """Add an event to the session (committed with the change it describes), and the webhook
+    event it maps to, if any."""
     session.add(DeploymentEvent(deployment_id=deployment_id, kind=kind, data=data))
+    if kind in WEBHOOK_EVENTS:
+        outbox.add(session, WEBHOOK_EVENTS[kind], str(deployment_id), **data)
 
 
 async def since(

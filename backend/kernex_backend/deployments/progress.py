@@ -35,6 +35,8 @@ from kernex_backend.core.write_buffer import WriteBuffer
 from kernex_backend.deployments import rollout
 from kernex_backend.deployments.models import Deployment, DeploymentExecution, ExecutionState
 from kernex_backend.devices.models import Device
+from kernex_backend.webhooks import outbox
+from kernex_backend.webhooks.models import EventType
 from kernex_protocol.payloads import Progress, ProgressState
 
 log = structlog.get_logger(__name__)
@@ -197,6 +199,16 @@ class ProgressIngest:
                     finished_deployments.add(key[0])
                     error = progress.error.code.value if progress.error else None
                     done.finished.append((key[1], key[0], state, error))
+                    if state in (ExecutionState.FAILED, ExecutionState.ROLLED_BACK):
+                        outbox.add(
+                            session,
+                            EventType.EXECUTION_FAILED,
+                            key[1],
+                            deployment_id=str(key[0]),
+                            device_id=key[1],
+                            state=state.value,
+                            error=error,
+                        )
             session.add(execution)
         await session.flush()
         if versions:

@@ -28,6 +28,8 @@ from kernex_backend.devices import broker_access
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.schemas import CertificateRequest
 from kernex_backend.devices.service import DeviceDecommissioned, DeviceNotFound
+from kernex_backend.webhooks import outbox
+from kernex_backend.webhooks.models import EventType
 from kernex_provision import broker as broker_files
 from kernex_provision.authority import AuthorityError, CertificateAuthority, pem
 from kernex_provision.certificates import (
@@ -152,6 +154,13 @@ async def issue(
             object_id=device_id,
             details={"device_type": request.device_type, "via": "certificate"},
         )
+        outbox.add(
+            session,
+            EventType.DEVICE_REGISTERED,
+            device_id,
+            device_id=device_id,
+            device_type=request.device_type,
+        )
     elif device.status == DeviceStatus.DECOMMISSIONED:
         raise DeviceDecommissioned(f"device {device_id!r} is decommissioned")
 
@@ -260,6 +269,15 @@ async def revoke(
             "cut_off": cut_off,
             "broker_reloaded": reloaded,
         },
+    )
+    outbox.add(
+        session,
+        EventType.DEVICE_REVOKED,
+        device_id,
+        device_id=device_id,
+        serials=serials,
+        reason=reason,
+        cut_off=cut_off,
     )
     await session.commit()
     return Revocation(device_id, serials, cut_off, reloaded)

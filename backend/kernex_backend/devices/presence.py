@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.messaging import TrafficCounters
+from kernex_backend.webhooks import outbox
+from kernex_backend.webhooks.models import EventType
 from kernex_protocol.payloads import Presence
 
 log = structlog.get_logger(__name__)
@@ -82,6 +84,16 @@ class PresenceTracker:
         async with self._engine.begin() as conn:
             applied = (await conn.execute(_APPLY, params)).first() is not None
             known = applied or (await conn.execute(_KNOWN, params)).first() is not None
+            if applied:
+                kind = EventType.DEVICE_ONLINE if presence.online else EventType.DEVICE_OFFLINE
+                await outbox.emit(
+                    conn,
+                    kind,
+                    device_id,
+                    device_id=device_id,
+                    session=presence.session,
+                    reason=None if presence.online else presence.reason,
+                )
         if applied:
             self._stats.count("presence.applied")
             log.info(
@@ -100,6 +112,10 @@ class PresenceTracker:
         now = utc_now()
         async with self._engine.begin() as conn:
             rows = (await conn.execute(_SWEEP, {"now": now, "cutoff": now - offline_after})).all()
+            for (device_id,) in rows:
+                await outbox.emit(
+                    conn, EventType.DEVICE_OFFLINE, device_id, device_id=device_id, reason="silent"
+                )
         for (device_id,) in rows:
             log.info("device_silent_offline", device_id=device_id)
         return len(rows)

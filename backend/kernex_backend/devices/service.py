@@ -13,6 +13,8 @@ from kernex_backend.core.errors import Conflict, NotFound
 from kernex_backend.core.pagination import Page, paginate
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.schemas import DeviceCreate, DeviceUpdate
+from kernex_backend.webhooks import outbox
+from kernex_backend.webhooks.models import EventType
 
 
 class DeviceNotFound(NotFound):
@@ -81,6 +83,13 @@ async def register(*, session: AsyncSession, data: DeviceCreate, actor: str) -> 
         object_type="device",
         object_id=device.id,
         details={"device_type": device.device_type, "name": device.name, "tags": device.tags},
+    )
+    outbox.add(
+        session,
+        EventType.DEVICE_REGISTERED,
+        device.id,
+        device_id=device.id,
+        device_type=device.device_type,
     )
     try:
         await session.commit()
