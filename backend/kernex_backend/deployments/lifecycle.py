@@ -50,6 +50,6 @@ async def time_out_silent(
         for deployment_id in sorted({deployment for _, deployment in ended}):
             await rollout.settle(session, deployment_id, now=now)
         await session.commit()
-    for device_id, _ in ended:
-        log.info("execution_timed_out", device_id=device_id)
+    for device_id, deployment_id in ended:
+        log.info("execution_timed_out", device_id=device_id, deployment_id=str(deployment_id))
     return [device_id for device_id, _ in ended]

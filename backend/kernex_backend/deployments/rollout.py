@@ -362,7 +362,11 @@ class RolloutController:
             try:
                 await self.on_withdrawn(result.withdraw)
             except Exception:  # committed; the reconciler withdraws the notices later
-                log.warning("withdraw_deferred", devices=len(result.withdraw))
+                log.warning(
+                    "withdraw_deferred",
+                    deployment_id=str(deployment_id),
+                    devices=len(result.withdraw),
+                )
         return result
 
     async def _step_locked(
