@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := protocol/kernex_protocol backend/kernex_backend provisioning/kernex_provision device-agent/kernex_agent simulator/kernex_sim devstack/kernex_devstack
 
-.PHONY: bootstrap demo test compose-test check lint format
+.PHONY: bootstrap demo test compose-test dashboards check lint format
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -20,6 +20,10 @@ test: bootstrap
 # docker-compose.yml up with deploy/docker/compose.local.yml, checked, and taken down.
 compose-test: bootstrap
 	KERNEX_COMPOSE_TEST=1 $(BIN)/python -m pytest tests/compose -p no:cacheprovider $(PYTEST_ARGS)
+
+# Regenerate the Grafana dashboards from deploy/grafana/kernex_dashboards.py (commit the JSON).
+dashboards: bootstrap
+	$(BIN)/python deploy/grafana/kernex_dashboards.py
 
 check: bootstrap
 	$(BIN)/ruff check .

@@ -6,7 +6,7 @@ set -eu
 cd "$(dirname "$0")/../.."
 umask 022
 install -d -m 0700 secrets
-for name in postgres_password s3_access_key s3_secret_key; do
+for name in postgres_password s3_access_key s3_secret_key grafana_admin_password; do
   if [ ! -s "secrets/$name" ]; then
     case "$name" in
       s3_access_key) value="kernex-$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')" ;;

@@ -18,7 +18,7 @@ from kernex_devstack.ports import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILES = ["docker-compose.yml", "deploy/docker/compose.local.yml"]
-LONG_RUNNING = ["postgres", "minio", "mosquitto", "backend", "agent"]
+LONG_RUNNING = ["postgres", "minio", "mosquitto", "backend", "agent", "prometheus"]
 ONE_SHOT = ["provision", "migrate", "enrol-agent"]
 AGENT_ID = "container-001"
 
@@ -73,11 +73,12 @@ class ComposeStack:
     env: dict[str, str]
     api_port: int
     mqtt_port: int
+    prometheus_port: int
     release_keys: Path
 
     @classmethod
     def create(cls, release_keys: Path, base_image: str) -> "ComposeStack":
-        api_port, mqtt_port, s3_port = free_port(), free_port(), free_port()
+        api_port, mqtt_port, s3_port, prometheus_port = (free_port() for _ in range(4))
         project = f"kernex-ct-{uuid.uuid4().hex[:8]}"
         env = {
             **os.environ,
@@ -85,10 +86,11 @@ class ComposeStack:
             "KERNEX_API_PORT": str(api_port),
             "KERNEX_MQTT_PORT": str(mqtt_port),
             "KERNEX_S3_PORT": str(s3_port),
+            "KERNEX_PROMETHEUS_PORT": str(prometheus_port),
             "KERNEX_RELEASE_KEYS_DIR": str(release_keys),
             "KERNEX_BASE_IMAGE": base_image,
         }
-        return cls(project, env, api_port, mqtt_port, release_keys)
+        return cls(project, env, api_port, mqtt_port, prometheus_port, release_keys)
 
     def compose(self, *args: str, timeout: float = 600) -> str:
         files = [part for name in COMPOSE_FILES for part in ("-f", name)]

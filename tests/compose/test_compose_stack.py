@@ -134,6 +134,20 @@ def test_agent_container_is_online_over_mtls(
     assert device["cert_serial"]
 
 
+def test_prometheus_scrapes_the_backend_and_loads_the_alert_rules(stack: ComposeStack) -> None:
+    base = f"http://localhost:{stack.prometheus_port}/api/v1"
+
+    def value(expr: str) -> float:
+        result = httpx.get(f"{base}/query", params={"query": expr}, timeout=10).json()
+        return float(result["data"]["result"][0]["value"][1]) if result["data"]["result"] else 0
+
+    eventually(lambda: value('up{job="kernex"}') == 1, 90, "the backend scraped")
+    eventually(lambda: value("kernex:devices_active:max") >= 1, 90, "the agent counted active")
+    assert value("kernex_mqtt_bridge_connected") == 1
+    groups = httpx.get(f"{base}/rules", timeout=10).json()["data"]["groups"]
+    assert {"kernex-recording", "kernex-alerts"} <= {g["name"] for g in groups}
+
+
 def test_signed_bundle_deployed_to_the_agent_container_succeeds(
     stack: ComposeStack, ca_file: Path, token: str, release_key: tuple[Ed25519PrivateKey, Path]
 ) -> None:

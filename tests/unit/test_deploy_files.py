@@ -29,6 +29,8 @@ def test_expected_services() -> None:
         "backend",
         "enrol-agent",
         "agent",
+        "prometheus",
+        "grafana",
     }
     assert "name" not in COMPOSE  # docker-compose 1.29 refuses the top-level key
 
@@ -39,7 +41,7 @@ def test_images_are_pinned(name: str) -> None:
     assert ":" in image and not image.endswith(":latest"), f"{name}: pin the image ({image!r})"
 
 
-@pytest.mark.parametrize("name", ["postgres", "minio"])
+@pytest.mark.parametrize("name", ["postgres", "minio", "prometheus", "grafana"])
 def test_long_running_dependencies_have_health_checks(name: str) -> None:
     test = SERVICES[name]["healthcheck"]["test"]
     joined = " ".join(test)
@@ -58,7 +60,12 @@ def test_one_shot_jobs_gate_their_dependents() -> None:
 
 def test_secrets_are_files_without_defaults() -> None:
     secrets = COMPOSE["secrets"]
-    assert set(secrets) == {"postgres_password", "s3_access_key", "s3_secret_key"}
+    assert set(secrets) == {
+        "postgres_password",
+        "s3_access_key",
+        "s3_secret_key",
+        "grafana_admin_password",
+    }
     assert all(spec["file"].startswith("./secrets/") for spec in secrets.values())
     backend = SERVICES["backend"]["environment"]
     assert backend["KERNEX_DATABASE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
