@@ -453,6 +453,8 @@ class Agent:
                     agent_version=AGENT_VERSION,
                     installed_version=self.installer.current_version(),
                     metrics=metrics,
+                    update_state=self.runner.state.value,
+                    last_error=self.reporter.last_error,
                 )
                 self.transport.publish(Channel.HEARTBEAT, beat.to_payload())
                 self.sent["heartbeat"] += 1

@@ -63,6 +63,8 @@ class ProgressReporter:
         self._transport = transport
         self._seq = PersistentCounter(state_dir / "progress-seq")
         self._outcome_path = state_dir / "last-outcome.json"
+        # The error code of the last outcome reported (None after a success), for heartbeats.
+        self.last_error: str | None = None
         self._superseded_by = superseded_by
         self._connected = connected
         self.sent: Counter[str] = Counter()  # what was published, for the simulator's reports
@@ -133,6 +135,7 @@ class ProgressReporter:
             "progress": payload.decode(),
         }
         write_atomic(self._outcome_path, json.dumps(outcome).encode())
+        self.last_error = None if message.error is None else message.error.code.value
         log.info(
             "update.outcome",
             extra={

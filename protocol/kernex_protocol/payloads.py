@@ -190,6 +190,17 @@ def _device_id(document: dict[str, Any]) -> str:
     return value
 
 
+_NAME_RE = re.compile(r"[a-z][a-z_]{0,31}")
+
+
+def _name(d: dict[str, Any], key: str) -> str | None:
+    """An optional lower_snake_case name of at most 32 characters (a state, an error code)."""
+    value = _typed(d, key, str, optional=True)
+    if value is not None and not _NAME_RE.fullmatch(value):
+        raise PayloadInvalid(f"{key} must be a lower_snake_case name of at most 32 characters")
+    return value
+
+
 def _short_text(value: str | None, limit: int = 64) -> str | None:
     return None if value is None else value[:limit]
 
@@ -255,6 +266,10 @@ class Heartbeat:
     agent_version: str
     installed_version: str | None = None
     metrics: dict[str, int] = field(default_factory=dict)  # integers: see docs/protocol.md
+    # The agent's own health: the update state it is in ("idle" between updates) and the error
+    # code of its last update outcome (None after a success). Both lower_snake_case names.
+    update_state: str | None = None
+    last_error: str | None = None
 
     def to_payload(self) -> bytes:
         """The wire form."""
@@ -267,6 +282,8 @@ class Heartbeat:
                 "agent_version": self.agent_version,
                 "installed_version": self.installed_version,
                 "metrics": self.metrics,
+                "update_state": self.update_state,
+                "last_error": self.last_error,
             }
         )
 
@@ -291,6 +308,8 @@ class Heartbeat:
             agent_version=_typed(d, "agent_version", str)[:64],
             installed_version=_short_text(_typed(d, "installed_version", str, optional=True)),
             metrics=metrics,
+            update_state=_name(d, "update_state"),
+            last_error=_name(d, "last_error"),
         )
 
 

@@ -50,6 +50,15 @@ EXAMPLES = [
         agent_version="0.1.0",
         metrics={"load1_milli": 250},
     ),
+    Heartbeat(
+        seq=4,
+        session=7,
+        sent_at="2026-11-28T00:00:00+00:00",
+        uptime_s=99,
+        agent_version="0.1.0",
+        update_state="downloading",
+        last_error="health_check_failed",
+    ),
     Progress("dep-1", ProgressState.DOWNLOADING, seq=4, sent_at="t", version="1.2.3", percent=40),
     Progress(
         "dep-1",
@@ -213,3 +222,20 @@ def test_rollback_approval_signature_and_shape() -> None:
     document["approval"]["kind"] = "upgrade"
     with pytest.raises(ManifestInvalid, match="kind"):
         SignedRollback.from_document(document)
+
+
+@pytest.mark.parametrize("bad", ["Idle", "x" * 33, "rm -rf", "", "idle\u0000"])
+def test_heartbeat_health_names_are_checked(bad: str) -> None:
+    raw = json.dumps(
+        {
+            "v": 1,
+            "seq": 1,
+            "session": 1,
+            "sent_at": "t",
+            "uptime_s": 1,
+            "agent_version": "a",
+            "update_state": bad,
+        }
+    ).encode()
+    with pytest.raises(PayloadInvalid, match="update_state"):
+        Heartbeat.parse(raw)

@@ -188,4 +188,6 @@ def _row_metrics(heartbeat: Heartbeat) -> dict[str, object]:
         "sent_at": heartbeat.sent_at,
         "installed_version": heartbeat.installed_version,
         "agent_version": heartbeat.agent_version,
+        "update_state": heartbeat.update_state,
+        "last_error": heartbeat.last_error,
     }

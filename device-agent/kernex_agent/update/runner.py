@@ -59,11 +59,14 @@ class UpdateRunner:
         self._on_enter = on_enter
         self._passes_through = passes_through
         self._pause_after_error_s = pause_after_error_s
+        # The state of the update in progress (IDLE between updates), for heartbeats.
+        self.state = State.IDLE
 
     def _enter(self, current: UpdateRecord, state: State) -> UpdateRecord:
         attempt = current.attempt + 1 if state == current.state else 1
         record = replace(current, state=state, attempt=attempt, store_count=current.store_count + 1)
         self._store.save(record)  # before any work in the new state
+        self.state = state
         return record
 
     def begin(self, deployment: dict[str, Any]) -> UpdateRecord:
@@ -132,6 +135,7 @@ class UpdateRunner:
             if following == State.IDLE:
                 record = UpdateRecord()
                 self._store.save(record)
+                self.state = State.IDLE
             else:
                 record = self._enter(record, following)
         return record

@@ -55,6 +55,7 @@ def test_presence_sessions_heartbeats_and_clean_shutdown(
     assert beats[0]["session"] == 1 and beats[0]["v"] == 1
     assert {"load1_milli", "mem_available_kib", "disk_free_kib"} <= set(beats[0]["metrics"])
     assert beats[0]["uptime_s"] > 0 and beats[0]["agent_version"]
+    assert beats[0]["update_state"] == "idle" and "last_error" not in beats[0]
 
     # SIGTERM: exit 0 and a retained goodbye of the same session (no Last Will needed).
     assert device.agent.terminate() == 0

@@ -140,6 +140,14 @@ def test_failing_health_check_rolls_back(
     assert running_version(device.install_root) == "1.0.0"
     assert not (device.install_root / "versions" / "1.1.0").exists()
     assert not (device.install_root / "previous").exists()
+    # Its heartbeats now say it is idle again and what went wrong last.
+    seen = len(backend_side.heartbeats)
+    deadline = time.monotonic() + 10
+    while len(backend_side.heartbeats) <= seen + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    latest = [h for d, h in backend_side.heartbeats if d == device.device_id][-1]
+    assert latest["update_state"] == "idle"
+    assert latest["last_error"] == "health_check_failed"
 
 
 def _member(name: str, kind: bytes = tarfile.REGTYPE, linkname: str = "") -> tarfile.TarInfo:

@@ -2,10 +2,12 @@
 ordering, timeouts, and the bridge's handling of bad traffic."""
 
 import asyncio
+import dataclasses
 import datetime as dt
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from fastapi import FastAPI
@@ -107,6 +109,18 @@ async def test_heartbeats_stored_once_newest_wins_and_strangers_refused(
     # A new session starts its sequence again from 0: newer, so stored.
     await ingest.write([received("hb-1", beat(0, session=2))])
     assert await heartbeat_rows(engine, "hb-1") == [0, 0, 1, 2]
+
+
+async def test_agent_health_in_heartbeats_is_visible_per_device(
+    app: FastAPI, engine: AsyncEngine, client: httpx.AsyncClient, read_headers: dict[str, str]
+) -> None:
+    await add_devices(engine, "hb-health")
+    ingest = HeartbeatIngest(engine, TrafficCounters(), batch_size=10, interval_s=0.1, capacity=10)
+    health = dataclasses.replace(beat(0), update_state="installing", last_error="digest_mismatch")
+    await ingest.write([received("hb-health", health)])
+    answer = await client.get("/api/v1/devices/hb-health/heartbeats", headers=read_headers)
+    metrics = answer.json()["data"][0]["metrics"]
+    assert (metrics["update_state"], metrics["last_error"]) == ("installing", "digest_mismatch")
 
 
 async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
