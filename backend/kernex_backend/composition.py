@@ -15,7 +15,12 @@ import structlog
 from kernex_backend import jobs
 from kernex_backend.api_keys.last_used import LastUsedTracker
 from kernex_backend.api_keys.verifier import ApiKeyVerifier
-from kernex_backend.bundles.storage import BundleStorage, StorageError, create_storage
+from kernex_backend.bundles.storage import (
+    BundleStorage,
+    S3Storage,
+    StorageError,
+    create_storage,
+)
 from kernex_backend.bundles.upload import TrustedReleaseKeys
 from kernex_backend.core.access import KeyVerifier
 from kernex_backend.core.background import run_periodically
@@ -49,7 +54,8 @@ def build_runtime(settings: Settings) -> Runtime:
     pki = Pki.from_settings(settings.pki)
     if pki is not None:
         runtime.provide(Pki, pki)
-    runtime.provide(MetricsService, MetricsService(settings.metrics, engine, pki))
+    storage_stats = storage.stats if isinstance(storage, S3Storage) else None
+    runtime.provide(MetricsService, MetricsService(settings.metrics, engine, pki, storage_stats))
     runtime.provide(
         RolloutController,
         RolloutController(

@@ -242,6 +242,25 @@ def health() -> Dashboard:
                 12,
                 ("kernex_mqtt_bridge_connected", "{{instance}}"),
             ),
+            _series(
+                "Object store: mean call time",
+                28,
+                0,
+                (
+                    "sum by (operation) (rate(kernex_storage_operation_duration_seconds_sum[5m]))"
+                    " / sum by (operation) "
+                    "(rate(kernex_storage_operation_duration_seconds_count[5m]))",
+                    "{{operation}}",
+                ),
+                unit="s",
+            ),
+            _series(
+                "Object store errors /s and ingest lag",
+                28,
+                12,
+                (_rate_by("operation", "kernex_storage_errors_total"), "errors {{operation}}"),
+                ("max(kernex_ingest_lag_seconds)", "heartbeat lag (s)"),
+            ),
         ],
     ).auto_panel_ids()
 

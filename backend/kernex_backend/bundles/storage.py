@@ -12,9 +12,11 @@ import datetime as dt
 import hashlib
 import hmac
 import os
+import time
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Protocol, TypeVar
 from urllib.parse import urlencode
@@ -26,6 +28,7 @@ from fastapi import Depends
 from minio import Minio
 from minio.commonconfig import CopySource
 from minio.error import S3Error
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from kernex_backend.core.config import StorageSettings
 from kernex_backend.core.runtime import component
@@ -118,6 +121,23 @@ class _SyncReader:
         return out
 
 
+@dataclass
+class StorageStats:
+    """Calls to the object store by operation: how many, how long in all, how many failed
+    (exported as kernex_storage_operation_duration_seconds and kernex_storage_errors_total)."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    seconds: defaultdict[str, float] = field(default_factory=lambda: defaultdict(float))
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def observe(self, operation: str, seconds: float, *, failed: bool) -> None:
+        """Record one call."""
+        self.calls[operation] += 1
+        self.seconds[operation] += seconds
+        if failed:
+            self.errors[operation] += 1
+
+
 def s3_client(settings: StorageSettings) -> Minio:
     """A minio SDK client for the configured store (bundles, and backups beside them)."""
     return Minio(
@@ -140,6 +160,7 @@ class S3Storage:
         # a hop to a worker thread costs several times the signing itself, so once the region
         # is known (configured, or learnt by the first call) URLs are signed inline.
         self._presign_inline = region_known
+        self.stats = StorageStats()
 
     @classmethod
     def from_settings(cls, settings: StorageSettings) -> "S3Storage":
@@ -147,15 +168,22 @@ class S3Storage:
         client = s3_client(settings)
         return cls(client, settings.bucket, region_known=settings.region is not None)
 
-    async def _call(self, fn: Callable[[], T]) -> T:
+    async def _call(self, fn: Callable[[], T], operation: str) -> T:
+        started = time.perf_counter()
+        failed = True
         try:
-            return await anyio.to_thread.run_sync(fn)
+            result = await anyio.to_thread.run_sync(fn)
+            failed = False
+            return result
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchObject"):
+                failed = False  # an answer, not a failure of the store
                 raise ObjectMissing(exc.code) from None
             raise StorageError(f"object store error: {exc.code}") from None
-        except OSError as exc:
+        except (OSError, Urllib3Error) as exc:  # urllib3 gives up with MaxRetryError
             raise StorageError(f"object store unreachable: {type(exc).__name__}") from None
+        finally:
+            self.stats.observe(operation, time.perf_counter() - started, failed=failed)
 
     async def ensure_ready(self) -> None:
         def create() -> None:
@@ -163,10 +191,10 @@ class S3Storage:
                 with contextlib.suppress(S3Error):  # a concurrent replica may have made it
                     self._client.make_bucket(self._bucket)
 
-        await self._call(create)
+        await self._call(create, "ensure_bucket")
 
     async def check(self) -> None:
-        await self._call(lambda: self._client.bucket_exists(self._bucket))
+        await self._call(lambda: self._client.bucket_exists(self._bucket), "check")
 
     async def write_temporary(self, chunks: AsyncIterator[bytes], size: int) -> str:
         key = f"{UPLOAD_PREFIX}{uuid.uuid4().hex}"
@@ -179,7 +207,8 @@ class S3Storage:
                 length=size,
                 part_size=_S3_PART_SIZE,
                 num_parallel_uploads=1,  # one part in memory at a time
-            )
+            ),
+            "put",
         )
         return key
 
@@ -188,17 +217,18 @@ class S3Storage:
             await self._call(
                 lambda: self._client.copy_object(
                     self._bucket, key, CopySource(self._bucket, temporary_key)
-                )
+                ),
+                "copy",
             )
         await self.delete(temporary_key)
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(ObjectMissing):
-            await self._call(lambda: self._client.remove_object(self._bucket, key))
+            await self._call(lambda: self._client.remove_object(self._bucket, key), "delete")
 
     async def exists(self, key: str) -> bool:
         try:
-            await self._call(lambda: self._client.stat_object(self._bucket, key))
+            await self._call(lambda: self._client.stat_object(self._bucket, key), "stat")
         except ObjectMissing:
             return False
         return True
@@ -207,7 +237,8 @@ class S3Storage:
         self, key: str, offset: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
         response = await self._call(
-            lambda: self._client.get_object(self._bucket, key, offset=offset, length=length or 0)
+            lambda: self._client.get_object(self._bucket, key, offset=offset, length=length or 0),
+            "get",
         )
         stream = response.stream(_CHUNK)
         try:
@@ -225,7 +256,7 @@ class S3Storage:
 
         if self._presign_inline:
             return DownloadUrl(presign(), expires_at)
-        url = await self._call(presign)
+        url = await self._call(presign, "presign")
         self._presign_inline = True  # the SDK has cached the bucket's region
         return DownloadUrl(url, expires_at)
 

@@ -7,10 +7,16 @@ and bounded label values (channels, reasons, states), never a device or deployme
 import time
 from collections.abc import Callable, Iterator
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kernex_backend.bundles.storage import StorageStats
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
 from kernex_backend.devices.models import DeviceStatus
 from kernex_backend.metrics.snapshot import FleetSnapshot
@@ -54,15 +60,38 @@ class KernexCollector(Collector):
         snapshot: Callable[[], FleetSnapshot],
         fleet: Callable[[], FleetState | None],
         engine: AsyncEngine,
+        storage: StorageStats | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._fleet = fleet
         self._engine = engine
+        self._storage = storage
 
     def collect(self) -> Iterator[Metric]:
         yield from self._traffic()
         yield from self._fleet_from_database(self._snapshot())
         yield from self._pool()
+        yield from self._object_store()
+
+    def _object_store(self) -> Iterator[Metric]:
+        if self._storage is None:
+            return
+        stats = self._storage
+        duration = SummaryMetricFamily(
+            "kernex_storage_operation_duration_seconds",
+            "Object store calls by operation (count and total seconds).",
+            labels=["operation"],
+        )
+        errors = CounterMetricFamily(
+            "kernex_storage_errors",
+            "Object store calls that failed (unreachable, refused), by operation.",
+            labels=["operation"],
+        )
+        for operation in sorted(stats.calls):
+            duration.add_metric([operation], stats.calls[operation], stats.seconds[operation])
+            errors.add_metric([operation], stats.errors[operation])
+        yield duration
+        yield errors
 
     def _traffic(self) -> Iterator[Metric]:
         fleet = self._fleet()
@@ -82,6 +111,12 @@ class KernexCollector(Collector):
         backlog.add_metric(["heartbeat"], fleet.heartbeats.backlog)
         backlog.add_metric(["progress"], fleet.progress.backlog)
         yield backlog
+        lag = GaugeMetricFamily(
+            "kernex_ingest_lag_seconds",
+            "From receiving the oldest heartbeat of the last batch written to storing it.",
+        )
+        lag.add_metric([], fleet.heartbeats.lag_s)
+        yield lag
         problems = GaugeMetricFamily(
             "kernex_ingest_problems", "Things keeping device traffic from flowing now."
         )

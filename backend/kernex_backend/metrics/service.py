@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from kernex_backend.bundles.storage import StorageStats
 from kernex_backend.core.config import MetricsSettings
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.metrics import snapshot
@@ -22,7 +23,13 @@ log = structlog.get_logger(__name__)
 class MetricsService:
     """Owns the registry; `fleet` is set once the bridge runs (None without one)."""
 
-    def __init__(self, settings: MetricsSettings, engine: AsyncEngine, pki: Pki | None) -> None:
+    def __init__(
+        self,
+        settings: MetricsSettings,
+        engine: AsyncEngine,
+        pki: Pki | None,
+        storage: StorageStats | None = None,
+    ) -> None:
         self.settings = settings
         self.registry = CollectorRegistry(auto_describe=True)
         self.fleet: FleetState | None = None
@@ -31,7 +38,10 @@ class MetricsService:
         self._snapshot = snapshot.FleetSnapshot()
         self.registry.register(
             KernexCollector(
-                snapshot=lambda: self._snapshot, fleet=lambda: self.fleet, engine=engine
+                snapshot=lambda: self._snapshot,
+                fleet=lambda: self.fleet,
+                engine=engine,
+                storage=storage,
             )
         )
         self._server: tuple[WSGIServer, threading.Thread] | None = None

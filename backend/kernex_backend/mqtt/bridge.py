@@ -176,6 +176,7 @@ class MqttBridge:
                 await client.subscribe(topic, qos=CHANNELS[channel].qos)
             self._client = client
             self.connected.set()
+            self.stats.count("bridge.connects")
             self._disconnected_at = None
             log.info("mqtt_connected", host=settings.host, group=settings.share_group)
             if self.on_connected is not None:

@@ -132,6 +132,8 @@ class HeartbeatIngest:
             capacity=capacity,
             describe=lambda received: received.device_id,
         )
+        # Seconds between receiving the oldest heartbeat of the last batch and storing it.
+        self.lag_s = 0.0
 
     @property
     def backlog(self) -> int:
@@ -175,6 +177,7 @@ class HeartbeatIngest:
         }
         async with connection.begin():
             stored, refused, _ = (await connection.execute(_INGEST, params)).one()
+        self.lag_s = (utc_now() - min(r.received_at for r in batch)).total_seconds()
         self._stats.count("heartbeats.stored", stored)
         self._stats.count("heartbeats.refused_unknown_device", refused)
         self._stats.count("heartbeats.duplicates", len(batch) - stored - refused)
