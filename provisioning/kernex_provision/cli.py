@@ -273,8 +273,12 @@ def broker_config(
     templates: Annotated[
         Path, typer.Option(help="the broker-config folder")
     ] = broker_files.TEMPLATES_DIR,
+    broker: Annotated[
+        str, typer.Option(help="mosquitto (one node) or emqx (the clustered path)")
+    ] = "mosquitto",
 ) -> None:
-    """Render mosquitto.conf and the ACL, and install the CA chain and CRL, into --out."""
+    """Render the broker configuration and the ACL, and install the CA chain and CRL, into
+    --out: mosquitto.conf and acl, or (--broker emqx) emqx.conf and acl.conf."""
     authority = CertificateAuthority(ca)
     layout = broker_files.BrokerLayout(out.resolve())  # Mosquitto resolves paths from its cwd
     if not layout.server_cert.exists() or not layout.server_key.exists():
@@ -283,6 +287,21 @@ def broker_config(
         )
     layout.data_dir.mkdir(parents=True, exist_ok=True)
     broker_files.install_ca_files(authority, layout)
+    if broker == "emqx":
+        from kernex_provision.emqx import render_emqx
+
+        conf, _ = render_emqx(
+            layout,
+            port=port,
+            bind_address=bind,
+            blocked=authority.blocked_identities(),
+            service_identities=broker_files.acl_identities(authority, service_identity),
+            templates_dir=templates,
+        )
+        typer.echo(f"EMQX configuration written to {conf} (see docs/security.md, EMQX)")
+        return
+    if broker != "mosquitto":
+        raise ValueError("--broker is mosquitto or emqx")
     broker_files.render_config(
         layout, port=port, bind_address=bind, run_as=run_as, templates_dir=templates
     )
