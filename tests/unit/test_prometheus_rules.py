@@ -1,6 +1,7 @@
 """The alert rules are valid, and every alert has a promtool unit test that makes it fire
 (promtool is Debian's `prometheus` package, installed by `make bootstrap`)."""
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -45,3 +46,15 @@ def test_every_alert_is_unit_tested_firing_and_documented() -> None:
 def test_promtool_unit_tests_pass() -> None:
     tested = promtool("test", "rules", str(TESTS))
     assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_every_alert_has_a_runbook_and_the_checklist_names_real_alerts() -> None:
+    runbooks = REPO / "docs" / "runbooks"
+    assert {a for a in alerts() if not (runbooks / f"{a}.md").is_file()} == set()
+    index = (runbooks / "README.md").read_text()
+    assert all(f"({a}.md)" in index for a in alerts())
+
+    named = set(
+        re.findall(r"`(Kernex[A-Za-z]+)`", (REPO / "docs" / "launch-checklist.md").read_text())
+    )
+    assert named and named <= alerts(), named - alerts()
