@@ -48,11 +48,13 @@ async def test_retention_keeps_used_and_installed_bundles(
     recent = await release("2.1.0")
 
     async with create_sessionmaker(engine)() as session:
+        # Paused, not running: the app's rollout controller completes a running deployment
+        # that has no executions on its next tick (every second), which made this test race.
         session.add(
             Deployment(
                 name="live",
                 bundle_id=uuid.UUID(old_deploying["id"]),
-                status=DeploymentStatus.RUNNING,
+                status=DeploymentStatus.PAUSED,
                 created_by="t",
             )
         )
