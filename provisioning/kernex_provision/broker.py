@@ -72,7 +72,8 @@ class BrokerLayout:
         return self.directory / "mosquitto.pid"
 
 
-def _template(templates_dir: Path, name: str) -> Template:
+def load_template(templates_dir: Path, name: str) -> Template:
+    """A broker template; a clear error when the folder lacks it."""
     path = templates_dir / name
     if not path.is_file():
         raise FileNotFoundError(f"template {path} not found; pass the broker-config folder")
@@ -94,7 +95,7 @@ def render_acl(
         for name in services
     )
     blocks = "".join(f"user {validate_device_id(name)}\ntopic deny #\n\n" for name in blocked)
-    text = _template(templates_dir, ACL_TEMPLATE).substitute(
+    text = load_template(templates_dir, ACL_TEMPLATE).substitute(
         service_identities=grants, blocked_identities=blocks
     )
     write_public(layout.acl, text.encode())
@@ -134,7 +135,7 @@ def render_config(
     templates_dir: Path = TEMPLATES_DIR,
 ) -> None:
     """Write mosquitto.conf for this layout."""
-    text = _template(templates_dir, CONF_TEMPLATE).substitute(
+    text = load_template(templates_dir, CONF_TEMPLATE).substitute(
         user_line=f"user {run_as}" if run_as else "",
         port=port,
         bind_address=bind_address,

@@ -9,18 +9,13 @@ client through its REST API. That companion is not built yet.
 """
 
 from pathlib import Path
-from string import Template
 
 from kernex_protocol.ids import validate_device_id
 from kernex_provision.authority import write_public
-from kernex_provision.broker import MAX_PACKET_SIZE, TEMPLATES_DIR, BrokerLayout
+from kernex_provision.broker import MAX_PACKET_SIZE, TEMPLATES_DIR, BrokerLayout, load_template
 
 EMQX_CONF = "emqx.conf"
 EMQX_ACL = "acl.conf"
-
-
-def _template(templates_dir: Path, name: str) -> Template:
-    return Template((templates_dir / name).read_text())
 
 
 def render_emqx(
@@ -45,13 +40,13 @@ def render_emqx(
     )
     write_public(
         acl,
-        _template(templates_dir, "emqx-acl.conf.template")
+        load_template(templates_dir, "emqx-acl.conf.template")
         .substitute(blocked_identities=blocks, service_identities=grants)
         .encode(),
     )
     write_public(
         conf,
-        _template(templates_dir, "emqx.conf.template")
+        load_template(templates_dir, "emqx.conf.template")
         .substitute(
             bind_address=bind_address,
             port=port,
