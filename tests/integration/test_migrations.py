@@ -149,3 +149,32 @@ async def test_partition_maintenance_runs_once_across_replicas(database_url: str
         assert held.ran and not skipped.ran
     finally:
         await engine.dispose()
+
+
+async def test_concurrent_upgrades_run_one_after_another(empty_database_url: str) -> None:
+    """The migration Job and several pods' init steps may all migrate at once: the advisory lock
+    makes the first upgrade and the others wait, then find the schema at head."""
+    import asyncio
+
+    holder = create_engine(make_settings(empty_database_url))
+    engines = [create_engine(make_settings(empty_database_url)) for _ in range(3)]
+    try:
+        async with holder.begin() as conn:
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"),
+                {"key": migrations.MIGRATION_LOCK_KEY},
+            )
+            runs = [
+                asyncio.create_task(migrations.upgrade(engine, MIGRATIONS_DIR))
+                for engine in engines
+            ]
+            await asyncio.sleep(1.0)
+            assert not any(run.done() for run in runs), "an upgrade ran past a held lock"
+        await asyncio.gather(*runs)
+        head = await migrations.current_revision(engines[0])
+        assert head is not None
+        async with engines[0].connect() as conn:
+            assert await conn.run_sync(_tables) == EXPECTED_TABLES
+    finally:
+        for engine in (holder, *engines):
+            await engine.dispose()

@@ -6,12 +6,18 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Daily heartbeat partitions are managed at run time (telemetry/partitions.py), not by
 # migrations, so autogenerate must not propose dropping them.
 _RUNTIME_MANAGED_TABLE = re.compile(r"^heartbeats_p\d{8}$")
+
+# Every process that migrates takes this transaction-scoped advisory lock first, so the
+# migration Job and the init steps of several pods starting at once run one after another: the
+# first upgrades, the others find the schema at head and do nothing.
+MIGRATION_LOCK_KEY = 0x4B45524E4558  # "KERNEX"
 
 
 def include_object(
@@ -61,6 +67,7 @@ async def _run(engine: AsyncEngine, migrations_dir: Path, action: str, revision:
         getattr(command, action)(config, revision)
 
     async with engine.begin() as conn:
+        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         await conn.run_sync(run)
 
 
