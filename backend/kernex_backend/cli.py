@@ -51,11 +51,40 @@ def serve(
     )
 
 
+# How often a worker's event loop marks itself alive, and how old a mark the probe accepts.
+LIVENESS_INTERVAL_S = 5.0
+LIVENESS_MAX_AGE_S = 60.0
+
+
+def _probe_liveness_file(path: Path, max_age_s: float) -> None:
+    import time
+
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError as exc:
+        typer.echo(f"unhealthy: no liveness mark at {path}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    if age > max_age_s:
+        typer.echo(
+            f"unhealthy: {path} last marked {age:.0f} s ago (limit {max_age_s:.0f})", err=True
+        )
+        raise typer.Exit(1)
+    typer.echo(f"healthy: {path} marked {age:.0f} s ago")
+
+
 @app.command()
 def probe(
     path: Annotated[str, typer.Option(help="what to ask the local server")] = "/api/v1/health",
+    liveness_file: Annotated[
+        Path | None,
+        typer.Option(help="check a worker's liveness mark (`worker --liveness-file`) instead"),
+    ] = None,
+    max_age_s: Annotated[
+        float, typer.Option(help="with --liveness-file: the oldest mark that counts as alive")
+    ] = LIVENESS_MAX_AGE_S,
 ) -> None:
-    """Exit 0 if the API served on this host answers 200 (for a container HEALTHCHECK).
+    """Exit 0 if the API served on this host answers 200 (for a container HEALTHCHECK), or,
+    with --liveness-file, if a worker's event loop marked itself alive recently.
 
     Talks to 127.0.0.1 on the configured port, over HTTPS when TLS is configured (without
     verifying the certificate: this checks our own process, not the network path)."""
@@ -63,6 +92,9 @@ def probe(
     import urllib.error
     import urllib.request
 
+    if liveness_file is not None:
+        _probe_liveness_file(liveness_file, max_age_s)
+        return
     api = _settings().api
     scheme = "https" if api.tls_cert_file else "http"
     context = None
@@ -85,7 +117,14 @@ def probe(
     typer.echo(f"healthy: {url} answered 200")
 
 
-async def _work(settings: Settings) -> None:
+async def _mark_alive(path: Path) -> None:
+    """Touch `path` from the event loop itself: a loop that is stuck stops touching it."""
+    while True:
+        path.touch()  # noqa: ASYNC240 - in the loop on purpose; a tmpfs touch takes microseconds
+        await asyncio.sleep(LIVENESS_INTERVAL_S)
+
+
+async def _work(settings: Settings, liveness_file: Path | None) -> None:
     import signal
 
     from kernex_backend import composition
@@ -96,17 +135,27 @@ async def _work(settings: Settings) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with composition.running(settings, serve_api=False):
         typer.echo(f"worker running (share group {settings.mqtt.share_group}); Ctrl-C stops it")
-        await stop.wait()
+        marker = asyncio.create_task(_mark_alive(liveness_file)) if liveness_file else None
+        try:
+            await stop.wait()
+        finally:
+            if marker is not None:
+                marker.cancel()
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    liveness_file: Annotated[
+        Path | None,
+        typer.Option(help="touch this file every few seconds (for `probe --liveness-file`)"),
+    ] = None,
+) -> None:
     """Run the MQTT bridge and fleet-state jobs without the API (scale them separately)."""
     settings = _settings()
     if not settings.mqtt.enabled:
         typer.echo("configuration error: the worker needs KERNEX_MQTT__ENABLED=true", err=True)
         raise typer.Exit(2)
-    asyncio.run(_work(settings))
+    asyncio.run(_work(settings, liveness_file))
 
 
 @app.command()

@@ -56,8 +56,11 @@ def deployment_watcher(broker: EmbeddedBroker, name: str, folder: Path) -> Probe
 class BackendProcess:
     """`kernex-backend serve` or `worker`, with its log in a file."""
 
-    def __init__(self, command: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self, command: str, env: dict[str, str], log_path: Path, args: tuple[str, ...] = ()
+    ) -> None:
         self.command = command
+        self.args = args
         self.env = env
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
@@ -65,7 +68,10 @@ class BackendProcess:
     def start(self) -> "BackendProcess":
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                [str(BIN / "kernex-backend"), self.command], env=self.env, stdout=log, stderr=log
+                [str(BIN / "kernex-backend"), self.command, *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=log,
             )
         return self
 
@@ -149,9 +155,9 @@ class Fleet:
         ).stdout.strip()
         return api
 
-    def start_worker(self, identity: str) -> BackendProcess:
+    def start_worker(self, identity: str, *args: str) -> BackendProcess:
         env = {**self.base_env, **service_identity(self.broker, identity, self.root / identity)}
-        worker = BackendProcess("worker", env, self.root / f"{identity}.log").start()
+        worker = BackendProcess("worker", env, self.root / f"{identity}.log", args).start()
         self.processes.append(worker)
         return worker
 

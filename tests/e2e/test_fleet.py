@@ -2,6 +2,9 @@
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
 import time
 import uuid
 
@@ -9,7 +12,7 @@ import httpx
 import pytest
 
 from kernex_devstack.broker import EmbeddedBroker
-from tests.e2e.fleet import Fleet, deployment_watcher, eventually, logs_of
+from tests.e2e.fleet import BIN, Fleet, deployment_watcher, eventually, logs_of
 from tests.integration.agent.harness import DEVICE_TYPE, running_version
 
 pytestmark = pytest.mark.e2e
@@ -173,3 +176,25 @@ def test_a_new_deployment_is_notified_at_once_and_in_full(
         fetched = httpx.get(url, timeout=10)
         assert fetched.status_code == 200
         assert hashlib.sha256(fetched.content).hexdigest() == bundle["sha256"]
+
+
+def test_worker_liveness_probe_fails_while_its_event_loop_is_stuck(fleet: Fleet) -> None:
+    """The Kubernetes liveness probe of a bridge worker: `probe --liveness-file` passes while
+    the worker's loop marks the file, fails once the process stops running (SIGSTOP, as a loop
+    stuck in a blocking call would), and passes again when it runs."""
+    mark = fleet.root / "worker-alive"
+    worker = fleet.start_worker("kernex-backend-live", "--liveness-file", str(mark))
+    probe = [str(BIN / "kernex-backend"), "probe", "--liveness-file", str(mark), "--max-age-s", "8"]
+
+    def healthy() -> bool:
+        result = subprocess.run(probe, capture_output=True, text=True, check=False)
+        return result.returncode == 0
+
+    eventually(healthy, timeout=30, what="worker marked alive", explain=worker.log)
+    assert worker.process is not None
+    os.kill(worker.process.pid, signal.SIGSTOP)
+    try:
+        eventually(lambda: not healthy(), timeout=20, what="probe fails on a stuck worker")
+    finally:
+        os.kill(worker.process.pid, signal.SIGCONT)
+    eventually(healthy, timeout=20, what="probe passes again")
