@@ -7,7 +7,7 @@
 # re-rendered ACL grants the new identities and the broker reloads it within a second.
 set -eu
 umask 027
-pki=/pki
+pki=${KERNEX_PKI_DIR:-/pki}  # the tests run it on a folder of their own
 ca=$pki/ca
 broker=$pki/broker
 if [ ! -f "$ca/issuing-ca.key" ]; then
@@ -29,7 +29,8 @@ if [ ! -f "$pki/notice/notice.key" ]; then
   kernex-provision notice-key --ca "$ca" --out "$pki/notice"
 fi
 # Re-rendered every run, so template changes and new identities take effect.
-kernex-provision broker-config --ca "$ca" --out "$broker" --port 8883 --bind 0.0.0.0
+kernex-provision broker-config --ca "$ca" --out "$broker" --port "${KERNEX_BROKER_PORT:-8883}" \
+  --bind "${KERNEX_BROKER_BIND:-0.0.0.0}"
 # Mosquitto (uid 1883, group 10001) reads its key and config through the group; the backend
 # rewrites the CRL and ACL in place on every revocation.
 chmod 0750 "$broker" && chmod 0640 "$broker/server.key"
