@@ -21,13 +21,12 @@ from kernex_devstack.process import ensure_traversable
 from kernex_protocol.topics import Channel, topic_for
 from kernex_provision.authority import (
     CertificateAuthority,
-    CertificateKind,
     pem,
     write_private_key,
     write_public,
 )
 from kernex_provision.broker import BrokerLayout, publish_revocations
-from kernex_provision.certificates import new_key
+from kernex_provision.certificates import CertificateKind, new_key
 from tests.integration.mqtt_client import Identity, Probe, connect
 
 pytestmark = pytest.mark.integration
