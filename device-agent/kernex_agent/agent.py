@@ -9,7 +9,6 @@ cancels the current one if it has not reached INSTALLING, and is considered next
 
 import asyncio
 import datetime as dt
-import importlib.metadata
 import logging
 import random
 import secrets
@@ -20,6 +19,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+import kernex_agent
 from kernex_agent import liveness
 from kernex_agent.config import AgentConfig
 from kernex_agent.counter import PersistentCounter
@@ -34,11 +34,17 @@ from kernex_agent.notices import (
     load_installed,
 )
 from kernex_agent.reporting import ProgressReporter, utc_now_text
+from kernex_agent.self_update import AgentProbe, mark_connected
 from kernex_agent.telemetry import system_metrics, system_uptime_s
 from kernex_agent.transport import MqttTransport, Network
 from kernex_agent.update.download import HttpDownloader, TransferLimits
 from kernex_agent.update.health import CommandHealthCheck
-from kernex_agent.update.installer import DirectoryInstaller, Installer, UnpackLimits
+from kernex_agent.update.installer import (
+    AgentTreeInstaller,
+    DirectoryInstaller,
+    Installer,
+    UnpackLimits,
+)
 from kernex_agent.update.machine import TERMINAL, State
 from kernex_agent.update.runner import UpdateRunner
 from kernex_agent.update.states import AgentStopping, UpdateStates
@@ -59,10 +65,9 @@ from kernex_protocol.topics import Channel
 
 log = logging.getLogger("kernex_agent")
 
-try:
-    AGENT_VERSION = importlib.metadata.version("kernex-agent")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree
-    AGENT_VERSION = "0.0.0"
+# The version of the code that runs: after a self-update that is the committed release's
+# code, whatever the installed distribution's metadata says.
+AGENT_VERSION = kernex_agent.__version__
 
 
 def _utc_now() -> dt.datetime:
@@ -92,6 +97,7 @@ class Agent:
         installer: Installer | None = None,
         health_check: Callable[[], bool] | None = None,
         network: Network | None = None,
+        config_file: Path | None = None,
     ) -> None:
         """`installer` and `health_check` default to the configured ones; `faults` is called
         with each state entered (the power-cut tests and the simulator). `network` runs the
@@ -120,6 +126,7 @@ class Agent:
             sessions=PersistentCounter(update.state_dir / "session"),
             birth=self._birth,
             on_message=self._from_network_thread,
+            on_connected=self._on_connected,
             network=network,
         )
         self.reporter = ProgressReporter(
@@ -130,6 +137,20 @@ class Agent:
         )
         # What this agent sent, for the simulator's reports.
         self.sent = self.reporter.sent
+        self.agent_installer: Installer | None = None
+        agent_health: Callable[[], bool] | None = None
+        if update.agent_root is not None and network is None:
+            self.agent_installer = AgentTreeInstaller(
+                update.agent_root,
+                keep_versions=update.keep_versions,
+                limits=UnpackLimits(max_bytes=update.max_unpacked_bytes),
+            )
+            agent_health = AgentProbe(
+                agent_root=update.agent_root,
+                config_file=config_file,
+                transport=self.transport,
+                timeout_s=update.agent_probe_timeout_s,
+            )
         self.states = UpdateStates(
             update,
             installer=self.installer,
@@ -145,6 +166,8 @@ class Agent:
             ),
             reporter=self.reporter,
             deployments=self,
+            agent_installer=self.agent_installer,
+            agent_health_check=agent_health,
         )
         self.runner = UpdateRunner(
             self.store,
@@ -161,6 +184,7 @@ class Agent:
         # When each (deployment, attempt) with a start delay was first heard (monotonic).
         self._delays: dict[tuple[str, int], float] = {}
         self._stopping = False
+        self._restart = asyncio.Event()  # a new agent was committed: exit so it can start
         self.malformed_messages = 0
 
     # --- life cycle ----------------------------------------------------------------------
@@ -180,8 +204,9 @@ class Agent:
             asyncio.create_task(self._liveness(), name="liveness"),
         ]
         stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        clean = stop.is_set()
+        restart = asyncio.create_task(self._restart.wait())
+        await asyncio.wait([stopped, restart, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        clean = stop.is_set() or self._restart.is_set()
         self._stopping = True
         for task in tasks:
             task.cancel()
@@ -191,9 +216,24 @@ class Agent:
             ):
                 log.error("agent.task_failed", exc_info=result)
         stopped.cancel()
+        restart.cancel()
         await asyncio.to_thread(self.transport.stop)
         log.info("agent.stopped", extra={"clean": clean})
         return clean
+
+    @property
+    def restart_requested(self) -> bool:
+        """Whether the agent stopped to restart into a newly committed agent."""
+        return self._restart.is_set()
+
+    def _on_connected(self) -> None:
+        mark_connected(self.config.update.state_dir)
+
+    async def _run_update(self) -> None:
+        await self.runner.run()
+        if self.states.restart_requested:
+            log.info("agent.restarting_into_new_version")
+            self._restart.set()
 
     @property
     def stopping(self) -> bool:
@@ -292,7 +332,7 @@ class Agent:
             await self._recover_from_damaged_record()
         elif interrupted.state != State.IDLE:
             log.info("update.resuming", extra={"state": interrupted.state.value})
-            await self.runner.run()
+            await self._run_update()
         while True:
             await self.inbox.changed.wait()
             self.inbox.changed.clear()
@@ -366,7 +406,7 @@ class Agent:
             extra={"deployment_id": notice.deployment_id, "version": notice.manifest.version},
         )
         self.runner.begin({"id": notice.deployment_id, "notice": raw.decode()})
-        await self.runner.run()
+        await self._run_update()
 
     async def _start_delay(self, notice: Notice) -> tuple[bytes, Notice] | None:
         """Wait the notice's jitter delay, counted from when this attempt was first heard (a
@@ -402,10 +442,13 @@ class Agent:
         without a restart."""
         update, release = self.config.update, self.config.release
         age = update.max_release_age_days
+        products = update.products
+        if self.agent_installer is not None and products:
+            products = (*products, update.agent_product)
         return NoticePolicy(
             device_id=self.config.device_id,
             device_type=self.config.device_type,
-            products=update.products,
+            products=products,
             release_keys=_keys(release.trusted_keys_dir),
             notice_keys=_keys(release.notice_keys_dir),
             max_bundle_bytes=update.max_bundle_bytes,
@@ -415,7 +458,13 @@ class Agent:
 
     def _installed(self, notice: Notice) -> Installed | None:
         """What runs: as recorded at the last commit; an install from before that record
-        existed is taken to be of the notice's product."""
+        existed is taken to be of the notice's product. The agent's own version is the code
+        that runs."""
+        if (
+            self.agent_installer is not None
+            and notice.manifest.name == self.config.update.agent_product
+        ):
+            return Installed(notice.manifest.name, AGENT_VERSION)
         recorded = load_installed(self.states.installed_path)
         if recorded is not None:
             return recorded

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from kernex_agent import liveness, logs
 from kernex_agent.agent import AGENT_VERSION, Agent
-from kernex_agent.config import ConfigError, load_config
+from kernex_agent.config import AgentConfig, ConfigError, load_config
 from kernex_agent.faults import CrashOnce
+from kernex_agent.self_update import RESTART_EXIT_CODE, connect_probe, execute_from, launch_target
 from kernex_agent.update.machine import State
 
 # Fault injection for the power-cut tests only: the agent dies once, right after entering the
@@ -30,6 +31,22 @@ async def _serve(agent: Agent) -> bool:
     return await agent.run(stop)
 
 
+def _probe(args: argparse.Namespace, config: AgentConfig) -> int | None:
+    """The one-shot checks (--health, --connect-probe): their exit status, or None to run."""
+    if args.health:
+        healthy, reason = liveness.check(config.update.state_dir)
+        print(f"kernex-agent: {reason}")
+        return 0 if healthy else 1
+    if args.connect_probe:
+        try:
+            ok, detail = connect_probe(config)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        print(f"kernex-agent {AGENT_VERSION}: {detail}")
+        return 0 if ok else 1
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a configuration problem)."""
     parser = argparse.ArgumentParser(prog="kernex-agent", description=__doc__)
@@ -44,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="exit 0 if the running agent's liveness mark is fresh, 1 if not (for HEALTHCHECK)",
     )
+    parser.add_argument(
+        "--connect-probe",
+        action="store_true",
+        help="connect as the device, subscribe to its notices and exit 0 if granted "
+        "(a new agent proving itself during a self-update)",
+    )
     parser.add_argument("--version", action="version", version=f"kernex-agent {AGENT_VERSION}")
     args = parser.parse_args(argv)
     try:
@@ -51,15 +74,18 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"kernex-agent: configuration error: {exc}", file=sys.stderr)
         return 2
-    if args.health:
-        healthy, reason = liveness.check(config.update.state_dir)
-        print(f"kernex-agent: {reason}")
-        return 0 if healthy else 1
+    status = _probe(args, config)
+    if status is not None:
+        return status
+    if not args.check_config:
+        tree = launch_target(config)
+        if tree is not None:
+            execute_from(tree, sys.argv[1:] if argv is None else argv)  # does not return
     logs.configure(config.log.level, config.log.format)
     crash_in = os.environ.get(FAULT_ENV)
     faults = CrashOnce(State(crash_in), config.update.state_dir) if crash_in else None
     try:
-        agent = Agent(config, faults=faults)
+        agent = Agent(config, faults=faults, config_file=args.config.resolve())
     except (OSError, ssl.SSLError, ValueError) as exc:
         # Unreadable certificate, key or CA files: nothing will work until they are fixed.
         print(f"kernex-agent: cannot start: {exc}", file=sys.stderr)
@@ -68,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kernex-agent: configuration of {config.device_id} is valid")
         return 0
     # Not 0 when a task of the agent ended by itself: the service manager restarts it, and the
-    # update loop guard counts that start.
-    return 0 if asyncio.run(_serve(agent)) else 1
+    # update loop guard counts that start. After committing a new agent: start me again.
+    clean = asyncio.run(_serve(agent))
+    if agent.restart_requested:
+        return RESTART_EXIT_CODE
+    return 0 if clean else 1
 
 
 if __name__ == "__main__":

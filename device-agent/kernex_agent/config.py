@@ -87,6 +87,12 @@ class UpdateConfig:
     max_release_age_days: float = 365.0
     # A notice whose expiry lies further ahead than this is refused (the backend's are short).
     max_notice_ttl_s: float = 7 * 86400.0
+    # Self-update (kernex_agent/self_update.py): releases named `agent_product` install the
+    # agent's own code under `agent_root`; unset, the agent never replaces itself.
+    agent_root: Path | None = None
+    agent_product: str = "kernex-agent"
+    # How long the new agent may take to prove it connects (its health check).
+    agent_probe_timeout_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +164,8 @@ def _to_command(value: Any) -> tuple[str, ...]:
 def _convert(value: Any, kind: Any, name: str, base: Path) -> Any:
     """Coerce a TOML or environment value to the field's type, resolving relative paths."""
     try:
+        if kind == Path | None:
+            kind = Path
         if kind is Path:
             path = Path(os.path.expanduser(str(value)))
             return path if path.is_absolute() else (base / path)
@@ -234,6 +242,9 @@ def load_config(path: Path, environ: Mapping[str, str] | None = None) -> AgentCo
         raise ConfigError("mqtt.reconnect_min_s must be positive and at most reconnect_max_s")
     if config.update.keep_versions < 1:
         raise ConfigError("update.keep_versions must be at least 1")
+    agent_root = config.update.agent_root
+    if agent_root is not None and agent_root.resolve() == config.update.install_root.resolve():
+        raise ConfigError("update.agent_root must differ from update.install_root")
     return config
 
 
@@ -247,7 +258,9 @@ def _build_paths_relative(document: dict[str, Any], base: Path) -> dict[str, Any
             hints = get_type_hints(section)
             out[key] = {
                 name: (
-                    _convert(item, Path, f"{key}.{name}", base) if hints.get(name) is Path else item
+                    _convert(item, Path, f"{key}.{name}", base)
+                    if hints.get(name) in (Path, Path | None)
+                    else item
                 )
                 for name, item in value.items()
             }

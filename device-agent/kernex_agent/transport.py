@@ -24,6 +24,7 @@ import logging
 import re
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -145,6 +146,8 @@ class MqttTransport:
         self._on_connected_cb = on_connected
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._stopping = threading.Event()
+        self._paused = threading.Event()
+        self._wake = threading.Event()
         self.connected = threading.Event()
         self._connack_failure: ConnectionOutcome | None = None
         self._last_socket_error = ""
@@ -207,6 +210,25 @@ class MqttTransport:
         elif self._thread is not None:
             self._thread.join(timeout)
 
+    def pause(self, *, timeout: float = 10.0) -> bool:
+        """Disconnect cleanly and stay away until resume(): the broker allows one connection
+        per device, and a self-update's probe needs it for a moment. True once disconnected.
+        Only for a transport with its own thread (the simulator's shared network never pauses).
+        """
+        if self._network is not None:
+            raise RuntimeError("a transport on a shared network cannot pause")
+        self._paused.set()
+        self._client.disconnect()  # a clean DISCONNECT: the broker drops the Last Will
+        deadline = time.monotonic() + timeout
+        while self.connected.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return not self.connected.is_set()
+
+    def resume(self) -> None:
+        """Reconnect after pause()."""
+        self._paused.clear()
+        self._wake.set()
+
     def publish(self, channel: Channel, payload: bytes) -> mqtt.MQTTMessageInfo:
         """Publish on one of this device's channels, with the channel's QoS and retain flag."""
         spec = CHANNELS[channel]
@@ -229,6 +251,10 @@ class MqttTransport:
         assert hasattr(self._client, "_thread"), "paho-mqtt changed: review the line below"
         self._client._thread = threading.current_thread()
         while not self._stopping.is_set():
+            if self._paused.is_set():
+                self._wake.wait(0.5)
+                self._wake.clear()
+                continue
             outcome = self.open_connection()
             if outcome is None:
                 while not self._stopping.is_set():
@@ -237,6 +263,9 @@ class MqttTransport:
                 outcome = self.connection_ended()
             if self._stopping.is_set():
                 break
+            if self._paused.is_set():
+                log.info("mqtt.paused")
+                continue
             self._stopping.wait(self.retry_delay(outcome))
 
     # --- the steps of a connection's life, for this thread or a Network ----------------------

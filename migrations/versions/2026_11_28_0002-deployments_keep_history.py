@@ -19,6 +19,10 @@ down_revision: str | None = "20261128_0001"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
+# contract: the foreign key is replaced in place (dropped and re-created with ON DELETE SET
+# NULL) in one transaction; a backend of the version before still writes a bundle into every
+# deployment, which the new schema accepts, so it runs on beside it. Written before
+# docs/upgrades.md.
 FK = "fk_deployments_bundle_id_bundles"
 
 

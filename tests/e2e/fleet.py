@@ -209,10 +209,13 @@ class Fleet:
         self.agents.append(agent)
         return agent
 
-    def upload(self, version: str, **archive: Any) -> dict[str, Any]:
-        """Sign and upload a bundle of the test application through the API."""
-        content = app_archive(version, **archive)
-        manifest = ReleaseManifest.for_bytes("app", version, DEVICE_TYPE, content)
+    def upload(
+        self, version: str, *, product: str = "app", content: bytes | None = None, **archive: Any
+    ) -> dict[str, Any]:
+        """Sign and upload a release through the API: `content`, or the test application."""
+        if content is None:
+            content = app_archive(version, **archive)
+        manifest = ReleaseManifest.for_bytes(product, version, DEVICE_TYPE, content)
         signed = sign(manifest, self.release_key)
         with self.api as api:
             response = api.post(

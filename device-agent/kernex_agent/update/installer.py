@@ -162,3 +162,15 @@ class DirectoryInstaller:
         if self.versions.is_dir():
             for leftover in self.versions.glob(".*.staging"):
                 remove_tree(leftover)
+
+
+class AgentTreeInstaller(DirectoryInstaller):
+    """The agent's own tree (self_update.py). Having nothing installed here is a working state,
+    the agent installed with the device runs, so rolling back the first release empties the tree
+    rather than keep the release that failed."""
+
+    def rollback(self, version: str) -> None:
+        if self._target(self.previous) is None and self.current_version() == version:
+            self.current.unlink()
+            fsync_directory(self.root)
+        super().rollback(version)

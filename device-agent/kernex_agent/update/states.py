@@ -102,10 +102,18 @@ class UpdateStates:
         reporter: Reporter,
         deployments: Deployments,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        agent_installer: Installer | None = None,
+        agent_health_check: Callable[[], bool] | None = None,
     ) -> None:
+        """`agent_installer` and `agent_health_check` serve releases of the agent itself
+        (`config.agent_product`; self_update.py); without them such releases are not special."""
         self.config = config
         self.installer = installer
         self.health_check = health_check
+        self.agent_installer = agent_installer
+        self.agent_health_check = agent_health_check
+        # Set when a new agent was committed and reported: the agent should restart into it.
+        self.restart_requested = False
         self.downloader = downloader
         self.reporter = reporter
         self.deployments = deployments
@@ -128,6 +136,17 @@ class UpdateStates:
         for state in TERMINAL:
             table[state] = self.finished
         return table
+
+    def _is_agent(self, notice: Notice) -> bool:
+        return (
+            self.agent_installer is not None and notice.manifest.name == self.config.agent_product
+        )
+
+    def _installer_for(self, notice: Notice) -> Installer:
+        if self._is_agent(notice):
+            assert self.agent_installer is not None
+            return self.agent_installer
+        return self.installer
 
     def _check_stopping(self) -> None:
         if self.deployments.stopping:
@@ -257,11 +276,12 @@ class UpdateStates:
         """Unpack into a new version directory and switch `current` to it."""
         self._check_stopping()
         notice = notice_of(record)
+        installer = self._installer_for(notice)
         bundle = self.paths.partial(notice.deployment_id)
-        if not bundle.exists() and self.installer.current_version() == notice.manifest.version:
+        if not bundle.exists() and installer.current_version() == notice.manifest.version:
             return Event.SUCCESS  # switched before a crash, download already cleaned
         try:
-            await asyncio.to_thread(self.installer.install, bundle, notice.manifest.version)
+            await asyncio.to_thread(installer.install, bundle, notice.manifest.version)
         except InstallRefused as exc:
             return Failed(ErrorCode.INSTALL_FAILED, str(exc))
         except OSError as exc:
@@ -271,8 +291,14 @@ class UpdateStates:
         return Event.SUCCESS
 
     async def health_checking(self, record: UpdateRecord) -> Event | Failed:
-        """Run the configured health command against the new version."""
+        """Run the configured health command against the new version; for a new agent, prove
+        that it starts and connects."""
         self._check_stopping()
+        if self._is_agent(notice_of(record)):
+            assert self.agent_health_check is not None
+            if not await asyncio.to_thread(self.agent_health_check):
+                return Failed(ErrorCode.HEALTH_CHECK_FAILED, "the new agent did not connect")
+            return Event.SUCCESS
         healthy = await asyncio.to_thread(self.health_check)
         if not healthy:
             return Failed(ErrorCode.HEALTH_CHECK_FAILED, "the health command failed or timed out")
@@ -280,16 +306,20 @@ class UpdateStates:
 
     async def committing(self, record: UpdateRecord) -> Event | Failed:
         """Keep the new version; drop the way back and versions beyond the retention; record
-        which product and version now run (versions are ordered per product)."""
-        event = await self._settle(record, self.installer.commit, ErrorCode.COMMIT_FAILED)
-        if event == Event.SUCCESS:
-            manifest = notice_of(record).manifest
+        which product and version now run (versions are ordered per product; the agent's own
+        version is the code that runs)."""
+        notice = notice_of(record)
+        installer = self._installer_for(notice)
+        event = await self._settle(record, installer.commit, ErrorCode.COMMIT_FAILED)
+        if event == Event.SUCCESS and not self._is_agent(notice):
+            manifest = notice.manifest
             save_installed(self.installed_path, Installed(manifest.name, manifest.version))
         return event
 
     async def rolling_back(self, record: UpdateRecord) -> Event | Failed:
         """Return to the version that ran before."""
-        return await self._settle(record, self.installer.rollback, ErrorCode.ROLLBACK_FAILED)
+        installer = self._installer_for(notice_of(record))
+        return await self._settle(record, installer.rollback, ErrorCode.ROLLBACK_FAILED)
 
     async def _settle(
         self, record: UpdateRecord, action: Callable[[str], None], code: ErrorCode
@@ -314,7 +344,11 @@ class UpdateStates:
         self._urls.pop(notice.deployment_id, None)
         self._without_url.discard(notice.deployment_id)
         await asyncio.to_thread(self.installer.cleanup)
+        if self.agent_installer is not None:
+            await asyncio.to_thread(self.agent_installer.cleanup)
         if await self.reporter.final(record):
+            if record.state == State.COMMITTED and self._is_agent(notice):
+                self.restart_requested = True  # also after a crash between commit and here
             return Event.SUCCESS
         self._check_stopping()
         await self._retry_later(record)
