@@ -118,11 +118,13 @@ def publish_revocations(
     """Copy the current CRL and re-render the ACL's blocked identities into the broker dir:
     the revoked ones, and `also_blocked` (devices quarantined for a while, still certified)."""
     write_public(layout.crl, (authority.directory / CRL).read_bytes())
-    render_acl(
-        layout,
-        blocked=sorted(set(authority.blocked_identities()) | set(also_blocked)),
-        service_identities=acl_identities(authority),
-    )
+    blocked = sorted(set(authority.blocked_identities()) | set(also_blocked))
+    render_acl(layout, blocked=blocked, service_identities=acl_identities(authority))
+    if (layout.directory / "emqx.conf").exists():
+        # Rendered for EMQX: its ACL too, which `kernex-provision emqx-sync` pushes to EMQX.
+        from kernex_provision.emqx import render_emqx_acl  # emqx.py builds on this module
+
+        render_emqx_acl(layout, blocked=blocked, service_identities=acl_identities(authority))
 
 
 def render_config(

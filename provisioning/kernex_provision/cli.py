@@ -414,6 +414,35 @@ def broker_run(
     raise typer.Exit(main_loop(broker_files.BrokerLayout(broker_dir.resolve()), mosquitto))
 
 
+@app.command("emqx-sync")
+@_friendly_errors
+def emqx_sync(
+    broker_dir: Annotated[Path, typer.Option(help="the broker directory (acl.conf for EMQX)")],
+    api: Annotated[str, typer.Option(help="EMQX's management API, e.g. http://emqx:18083")],
+    api_key_file: Annotated[
+        Path, typer.Option(help="file holding the EMQX API key and secret as KEY:SECRET")
+    ],
+) -> None:
+    """Keep EMQX in step with the rendered ACL: push its rules and kick every newly revoked or
+    quarantined device within a second of the backend writing them (the EMQX side of revocation)."""
+    import signal
+    import threading
+
+    from kernex_provision.emqx_sync import EmqxApi, EmqxSync
+
+    key, sep, secret = api_key_file.read_text().strip().partition(":")
+    if not sep or not key or not secret:
+        raise ValueError(f"{api_key_file} must hold KEY:SECRET")
+    acl = broker_dir.resolve() / "acl.conf"
+    if not acl.is_file():
+        raise ValueError(f"no acl.conf in {broker_dir}: run `broker-config --broker emqx` first")
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    sync = EmqxSync(acl, EmqxApi(api, key, secret), say=lambda m: typer.echo(m, err=True))
+    sync.run(should_stop=stop.is_set)
+
+
 def main() -> None:
     """Console script entry point."""
     app()

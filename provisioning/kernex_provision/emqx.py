@@ -4,8 +4,8 @@ model as the Mosquitto files (broker.py), in EMQX's HOCON and Erlang-term ACL fo
 What differs from Mosquitto (docs/security.md): EMQX checks CRLs through the CRL Distribution
 Point in client certificates, which ours do not carry, so a revoked device is refused by the
 ACL (denied everything, and disconnected on its next attempt by `deny_action = disconnect`)
-rather than at the handshake; and EMQX must be told to reload the file source and to kick the
-client through its REST API. That companion is not built yet.
+rather than at the handshake; and EMQX must be given the new rules and told to kick the client
+through its REST API: emqx_sync.py (`kernex-provision emqx-sync`) does that.
 """
 
 from pathlib import Path
@@ -18,18 +18,15 @@ EMQX_CONF = "emqx.conf"
 EMQX_ACL = "acl.conf"
 
 
-def render_emqx(
+def render_emqx_acl(
     layout: BrokerLayout,
     *,
-    port: int,
-    bind_address: str,
     blocked: list[str],
     service_identities: list[str],
     templates_dir: Path = TEMPLATES_DIR,
-) -> tuple[Path, Path]:
-    """Write emqx.conf and acl.conf into the broker directory; returns their paths."""
+) -> Path:
+    """Write acl.conf (on rendering, and again on every revocation); returns its path."""
     acl = layout.directory / EMQX_ACL
-    conf = layout.directory / EMQX_CONF
     blocks = "".join(
         f'{{deny, {{user, "{validate_device_id(name)}"}}, all, ["#"]}}.\n'
         for name in sorted(set(blocked))
@@ -44,6 +41,23 @@ def render_emqx(
         .substitute(blocked_identities=blocks, service_identities=grants)
         .encode(),
     )
+    return acl
+
+
+def render_emqx(
+    layout: BrokerLayout,
+    *,
+    port: int,
+    bind_address: str,
+    blocked: list[str],
+    service_identities: list[str],
+    templates_dir: Path = TEMPLATES_DIR,
+) -> tuple[Path, Path]:
+    """Write emqx.conf and acl.conf into the broker directory; returns their paths."""
+    acl = render_emqx_acl(
+        layout, blocked=blocked, service_identities=service_identities, templates_dir=templates_dir
+    )
+    conf = layout.directory / EMQX_CONF
     write_public(
         conf,
         load_template(templates_dir, "emqx.conf.template")
