@@ -19,6 +19,7 @@ import pytest
 
 from kernex_provision.broker import BrokerLayout, publish_revocations
 from kernex_provision.emqx_sync import blocked_identities
+from tests.unit.test_broker_runner import wait_for
 from tests.unit.test_emqx_config import rendered
 
 BIN = Path(sys.executable).parent
@@ -68,15 +69,6 @@ def emqx_api() -> Iterator[StandIn]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-def wait_for(check: object, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.05)
-    raise AssertionError("not reached in time")
 
 
 def test_pushes_rules_and_kicks_a_revoked_device(tmp_path: Path, emqx_api: StandIn) -> None:
