@@ -119,6 +119,16 @@ async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runti
     tasks.append(
         asyncio.create_task(
             run_periodically(
+                "webhook_prune",
+                settings.webhooks.prune_interval_s,
+                webhooks.prune,
+                run_first=False,  # nothing is old at start-up
+            )
+        )
+    )
+    tasks.append(
+        asyncio.create_task(
+            run_periodically(
                 "rollout",
                 settings.rollout.interval_s,
                 controller.tick,

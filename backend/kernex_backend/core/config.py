@@ -221,6 +221,10 @@ class WebhookSettings(BaseModel):
     backoff_min_s: float = Field(default=5.0, gt=0)
     backoff_max_s: float = Field(default=3600.0, gt=0)
     disable_after_failures: int = Field(default=50, ge=1)
+    # The outbox is pruned every prune_interval_s: events that no webhook wanted at once, and
+    # events older than retention_days whose deliveries all finished (the delivery log with them).
+    retention_days: int = Field(default=30, ge=1, le=3650)
+    prune_interval_s: float = Field(default=3600.0, gt=0)
     # Loopback and link-local targets (the backend's own host, cloud metadata) are refused
     # unless this is set: for a receiver on the same host in development and tests.
     allow_private_targets: bool = False

@@ -56,6 +56,30 @@ _CLAIM = sa.text(
 )
 
 
+PRUNE_BATCH = 5000
+# Written for every domain event (registrations, revocations, rollout events) whether or not
+# anyone subscribes, so what fan-out found no webhook for goes at once; the rest, with its
+# delivery log, after retention_days once nothing about it is still pending.
+_PRUNE = sa.text(
+    """
+    DELETE FROM webhook_events WHERE id IN (
+        SELECT e.id FROM webhook_events e
+        WHERE e.fanned_out AND (
+            NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)
+            OR (
+                e.created_at < now() - make_interval(days => :days)
+                AND NOT EXISTS (
+                    SELECT 1 FROM webhook_deliveries d
+                    WHERE d.event_id = e.id AND d.state = 'pending'
+                )
+            )
+        )
+        ORDER BY e.id LIMIT :batch
+    )
+    """
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Claimed:
     """A delivery this replica holds the lease on."""
@@ -106,6 +130,21 @@ class WebhookDispatcher:
     async def close(self) -> None:
         """Close the HTTP client."""
         await self._client.aclose()
+
+    async def prune(self) -> int:
+        """Delete what the outbox no longer needs, in batches; returns how many events went."""
+        total = 0
+        while True:
+            async with self._engine.begin() as conn:
+                result = await conn.execute(
+                    _PRUNE, {"days": self._settings.retention_days, "batch": PRUNE_BATCH}
+                )
+            total += result.rowcount
+            if result.rowcount < PRUNE_BATCH:
+                break
+        if total:
+            log.info("webhook_outbox_pruned", events=total)
+        return total
 
     async def tick(self) -> int:
         """Fan out new events and deliver what is due; returns how many were attempted."""

@@ -82,6 +82,8 @@ class WebhookDelivery(SQLModel, table=True):
             postgresql_where=sa.text("state = 'pending'"),
         ),
         sa.Index("ix_webhook_deliveries_webhook_id_id", "webhook_id", "id"),
+        # Pruning asks, for each old event, whether a delivery of it is still pending.
+        sa.Index("ix_webhook_deliveries_event_id", "event_id"),
     )
 
     id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)

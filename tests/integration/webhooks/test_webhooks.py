@@ -201,3 +201,72 @@ async def test_a_target_that_keeps_failing_is_disabled_until_enabled_again(
     again = await client.patch(url, json={"enabled": True}, headers=admin_headers)
     assert again.json()["enabled"] and again.json()["consecutive_failures"] == 0
     await wait_until(lambda: [r.body["subject"] for r in receiver.received] == ["lost-1"])
+
+
+async def test_outbox_keeps_only_what_is_still_needed(
+    app: Any, client: httpx.AsyncClient, admin_headers: dict[str, str], receiver: Receiver
+) -> None:
+    """Events nobody subscribed to are pruned at once; delivered ones after retention_days, with
+    their delivery log; an old event whose delivery is still pending stays."""
+    import sqlalchemy as sa
+
+    from kernex_backend.core.config import WebhookSettings
+    from kernex_backend.webhooks.dispatcher import WebhookDispatcher
+
+    engine = runtime_of(app).engine
+    await subscribe(client, admin_headers, receiver, "device.registered")
+    for name in ("kept-1", "kept-2"):
+        created = await client.post(
+            "/api/v1/devices", json={"id": name, "device_type": "gw"}, headers=admin_headers
+        )
+        assert created.status_code == 201
+    await wait_until(lambda: len(receiver.received) == 2)
+
+    async def rows(sql: str) -> list[Any]:
+        async with engine.connect() as conn:
+            return list((await conn.execute(sa.text(sql))).all())
+
+    # Events of types nobody wants, as the ORM path writes them whatever the subscriptions.
+    async with engine.begin() as conn:
+        for subject in ("d-1", "d-2", "d-3"):
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO webhook_events (event_id, event_type, subject, data, fanned_out,"
+                    " created_at) VALUES (gen_random_uuid(), 'deployment.started', :s, '{}',"
+                    " false, now())"
+                ),
+                {"s": subject},
+            )
+
+    async def settled() -> bool:
+        pending = await rows("SELECT 1 FROM webhook_events WHERE NOT fanned_out")
+        return not pending
+
+    for _ in range(100):
+        if await settled():
+            break
+        await asyncio.sleep(0.1)
+    prune = WebhookDispatcher(engine, WebhookSettings(retention_days=1)).prune
+    unwanted = await rows(
+        "SELECT id FROM webhook_events e WHERE NOT EXISTS "
+        "(SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id)"
+    )
+    assert len(unwanted) == 3
+    assert await prune() == 3
+    assert len(await rows("SELECT id FROM webhook_events")) == 2  # the two delivered ones
+
+    # Age both; one delivery goes back to pending (its webhook was disabled, say).
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text("UPDATE webhook_events SET created_at = now() - interval '2 days'")
+        )
+        await conn.execute(
+            sa.text(
+                "UPDATE webhook_deliveries SET state = 'pending', next_attempt_at = now() "
+                "+ interval '1 day' WHERE id = (SELECT min(id) FROM webhook_deliveries)"
+            )
+        )
+    assert await prune() == 1
+    left = await rows("SELECT d.state FROM webhook_deliveries d")
+    assert [state for (state,) in left] == ["pending"]
+    assert len(await rows("SELECT id FROM webhook_events")) == 1
