@@ -3,7 +3,7 @@
 
 VENV := .venv
 BIN := $(VENV)/bin
-PACKAGES := protocol/kernex_protocol backend/kernex_backend provisioning/kernex_provision device-agent/kernex_agent simulator/kernex_sim devstack/kernex_devstack
+PACKAGES := protocol/kernex_protocol backend/kernex_backend provisioning/kernex_provision device-agent/kernex_agent simulator/kernex_sim devstack/kernex_devstack cli/kernex_cli
 
 .PHONY: bootstrap demo test compose-test dashboards check lint format
 

@@ -39,12 +39,7 @@ from kernex_agent.telemetry import system_metrics, system_uptime_s
 from kernex_agent.transport import MqttTransport, Network
 from kernex_agent.update.download import HttpDownloader, TransferLimits
 from kernex_agent.update.health import CommandHealthCheck
-from kernex_agent.update.installer import (
-    AgentTreeInstaller,
-    DirectoryInstaller,
-    Installer,
-    UnpackLimits,
-)
+from kernex_agent.update.installer import DirectoryInstaller, Installer, UnpackLimits
 from kernex_agent.update.machine import TERMINAL, State
 from kernex_agent.update.runner import UpdateRunner
 from kernex_agent.update.states import AgentStopping, UpdateStates
@@ -140,7 +135,7 @@ class Agent:
         self.agent_installer: Installer | None = None
         agent_health: Callable[[], bool] | None = None
         if update.agent_root is not None and network is None:
-            self.agent_installer = AgentTreeInstaller(
+            self.agent_installer = DirectoryInstaller(
                 update.agent_root,
                 keep_versions=update.keep_versions,
                 limits=UnpackLimits(max_bytes=update.max_unpacked_bytes),

@@ -2,9 +2,9 @@
 
 import uuid
 from datetime import datetime
-from typing import Any, Self
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from kernex_backend.core.text import DeviceId, Label, Slug, TagKey, TagValue
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
@@ -136,6 +136,9 @@ class WaveProgress(BaseModel):
     success_percent: float
 
 
+FAILURE_STATES = (ExecutionState.FAILED, ExecutionState.ROLLED_BACK, ExecutionState.TIMED_OUT)
+
+
 class DeploymentDetail(DeploymentPublic):
     """A deployment with its progress: counts per state and per wave, and a finish estimate."""
 
@@ -143,6 +146,21 @@ class DeploymentDetail(DeploymentPublic):
     waves: list[WaveProgress]
     estimated_finish_at: datetime | None
     rollback_deployment_id: uuid.UUID | None
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="How it went, at a glance: `status` says whether it runs, this whether it "
+        "worked. `failed` when no device succeeded and some failed, rolled back or timed out; "
+        "`partial` when some did; `succeeded` when none did; `none` when nothing ended yet."
+    )
+    @property
+    def outcome(self) -> Literal["failed", "partial", "succeeded", "none"]:
+        failures = sum(self.execution_counts.get(state, 0) for state in FAILURE_STATES)
+        successes = self.execution_counts.get(ExecutionState.SUCCEEDED, 0)
+        if failures and not successes:
+            return "failed"
+        if failures:
+            return "partial"
+        return "succeeded" if successes else "none"
 
 
 class DeploymentsPublic(BaseModel):

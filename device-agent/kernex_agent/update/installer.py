@@ -84,6 +84,10 @@ def _point(link: Path, target: str) -> None:
     fsync_directory(link.parent)
 
 
+# What `previous` points to when nothing was installed before (no version starts with a dot).
+NOTHING = ".nothing"
+
+
 class DirectoryInstaller:
     """Versions side by side under `root`, selected by the `current` symlink."""
 
@@ -122,13 +126,18 @@ class DirectoryInstaller:
                 raise
             os.replace(staging, final)
             fsync_directory(self.versions)
-        if running is not None:
-            _point(self.previous, f"versions/{running}")
+        # `previous` names the way back; on a first install that is "nothing installed".
+        _point(self.previous, f"versions/{running if running is not None else NOTHING}")
         _point(self.current, f"versions/{version}")
 
     def rollback(self, version: str) -> None:
         before = self._target(self.previous)
-        if before is not None and self.current_version() == version:
+        if before == NOTHING and self.current_version() == version:
+            # A first install that failed: back to nothing selected, not the failed version
+            # (which would also pass for the running one and refuse an older fix as a downgrade).
+            self.current.unlink()
+            fsync_directory(self.root)
+        elif before is not None and self.current_version() == version:
             _point(self.current, f"versions/{before}")
         self.previous.unlink(missing_ok=True)
         if self.current_version() != version:
@@ -139,7 +148,7 @@ class DirectoryInstaller:
         if before is None or running is None:
             return None
         self.rollback(running)
-        return before
+        return None if before == NOTHING else before
 
     def commit(self, version: str) -> None:
         self.previous.unlink(missing_ok=True)
@@ -162,15 +171,3 @@ class DirectoryInstaller:
         if self.versions.is_dir():
             for leftover in self.versions.glob(".*.staging"):
                 remove_tree(leftover)
-
-
-class AgentTreeInstaller(DirectoryInstaller):
-    """The agent's own tree (self_update.py). Having nothing installed here is a working state,
-    the agent installed with the device runs, so rolling back the first release empties the tree
-    rather than keep the release that failed."""
-
-    def rollback(self, version: str) -> None:
-        if self._target(self.previous) is None and self.current_version() == version:
-            self.current.unlink()
-            fsync_directory(self.root)
-        super().rollback(version)

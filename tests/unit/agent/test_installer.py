@@ -64,6 +64,24 @@ def test_install_switch_rollback_commit(tmp_path: Path) -> None:
     assert {p.name for p in installer.versions.iterdir()} == {"2.0.0", "3.0.0"}  # keep 2
 
 
+def test_a_failed_first_install_leaves_nothing_selected(tmp_path: Path) -> None:
+    """Nothing ran before, so nothing runs after: not the version that failed its health check
+    (which would also count as installed and refuse an older fix as a downgrade)."""
+    installer = DirectoryInstaller(tmp_path / "app")
+    v1 = make_bundle(tmp_path / "v1.tgz", {"VERSION": b"1"})
+    installer.install(v1, "1.0.0")
+    assert installer.current_version() == "1.0.0"
+    installer.rollback("1.0.0")
+    installer.rollback("1.0.0")  # idempotent
+    assert installer.current_version() is None
+    assert not (installer.versions / "1.0.0").exists()
+    assert not installer.previous.exists()
+    # An interrupted first install whose record was lost is undone the same way.
+    installer.install(v1, "1.0.0")
+    assert installer.recover() is None
+    assert installer.current_version() is None
+
+
 def _link(name: str, target: str, kind: bytes = tarfile.SYMTYPE) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind

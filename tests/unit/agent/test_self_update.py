@@ -7,7 +7,7 @@ import pytest
 
 from kernex_agent import self_update
 from kernex_agent.config import AgentConfig, ConfigError, load_config
-from kernex_agent.update.installer import AgentTreeInstaller
+from kernex_agent.update.installer import DirectoryInstaller
 from tests.unit.agent.test_config import write
 from tests.unit.agent.test_installer import make_bundle
 
@@ -41,7 +41,7 @@ def test_launches_the_committed_agent_until_it_fails_to_connect_three_times(
 ) -> None:
     config = config_with_tree
     assert self_update.launch_target(config) is None  # nothing installed yet
-    tree = AgentTreeInstaller(tmp_path / "agent")
+    tree = DirectoryInstaller(tmp_path / "agent")
     tree.install(agent_release(tmp_path, "2.0.0"), "2.0.0")
     tree.commit("2.0.0")
     config.update.state_dir.mkdir(parents=True)
@@ -68,7 +68,7 @@ def test_launches_the_committed_agent_until_it_fails_to_connect_three_times(
 
 
 def test_rolling_back_the_first_agent_release_empties_the_tree(tmp_path: Path) -> None:
-    tree = AgentTreeInstaller(tmp_path / "agent")
+    tree = DirectoryInstaller(tmp_path / "agent")
     tree.install(agent_release(tmp_path, "2.0.0"), "2.0.0")
     assert self_update.agent_tree(tmp_path / "agent") is not None
     tree.rollback("2.0.0")
@@ -78,7 +78,7 @@ def test_rolling_back_the_first_agent_release_empties_the_tree(tmp_path: Path) -
 
 
 def test_rolling_back_a_later_release_returns_to_the_previous_one(tmp_path: Path) -> None:
-    tree = AgentTreeInstaller(tmp_path / "agent")
+    tree = DirectoryInstaller(tmp_path / "agent")
     tree.install(agent_release(tmp_path, "2.0.0"), "2.0.0")
     tree.commit("2.0.0")
     tree.install(agent_release(tmp_path, "3.0.0"), "3.0.0")
