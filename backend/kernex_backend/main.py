@@ -25,6 +25,7 @@ from kernex_backend.devices.router import router as devices_router
 from kernex_backend.metrics.router import router as metrics_router
 from kernex_backend.metrics.service import MetricsService
 from kernex_backend.mqtt.router import router as mqtt_router
+from kernex_backend.ui.app import mount_dashboard
 from kernex_backend.webhooks.router import router as webhooks_router
 
 API_PREFIX = "/api/v1"
@@ -84,4 +85,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ):
         api.include_router(router)
     app.include_router(api)
+    mount_dashboard(app)
     return app

@@ -167,22 +167,45 @@ async def _ensure_database(pg: EmbeddedPostgres, name: str) -> None:
         await conn.close()
 
 
+class DemoError(Exception):
+    """Something the demo cannot get past by itself: one line that says what to do."""
+
+
+def _kit_is_live(kit: Path, stack: DemoStack) -> bool:
+    """Whether the kit's certificate is still valid (not revoked through the API, not expired)."""
+    try:
+        certificate = x509.load_pem_x509_certificate((kit / "device.crt").read_bytes())
+    except (OSError, ValueError):
+        return False
+    return stack.broker.authority.is_live(certificate.serial_number)
+
+
 async def _provision_samples(client: httpx.AsyncClient, stack: DemoStack) -> None:
-    """Register each sample device by signing a CSR made "on the device"; write its kit."""
+    """Register each sample device by signing a CSR made "on the device"; write its kit. A kit
+    from an earlier run is reused while its certificate is live, and replaced when it was revoked
+    (say, by trying `POST /devices/{id}/revoke`)."""
     for device in SAMPLE_DEVICES:
         device_id = str(device["id"])
         kit = stack.devices_dir / device_id
         if (kit / "device.crt").exists():
-            _refresh_kit(kit, stack, device)
-            continue  # provisioned by an earlier run
+            if _kit_is_live(kit, stack):
+                _refresh_kit(kit, stack, device)
+                continue  # provisioned by an earlier run
+            _say(f"demo: {device_id}'s certificate was revoked or expired; issuing a new one")
+            shutil.rmtree(kit)
         key = new_key()
         csr = make_csr(key, device_id).public_bytes(serialization.Encoding.PEM).decode()
         response = await client.post(
             f"/api/v1/devices/{device_id}/certificate",
             json={"csr": csr, "device_type": device["device_type"], "name": device["name"]},
         )
+        if response.status_code == 409:
+            raise DemoError(
+                f"sample device {device_id} was decommissioned and cannot come back; "
+                f"to start the demo afresh: rm -rf {stack.state_dir}"
+            )
         if response.status_code != 201:
-            raise RuntimeError(f"provisioning {device_id} failed: {response.text}")
+            raise DemoError(f"provisioning {device_id} failed: {response.text}")
         write_kit(
             kit,
             stack.broker.authority,
@@ -263,7 +286,7 @@ async def _upload_sample_bundle(client: httpx.AsyncClient, stack: DemoStack) -> 
         headers={"Kernex-Release": signed.to_json(), "Content-Type": "application/octet-stream"},
     )
     if response.status_code != 201:
-        raise RuntimeError(f"uploading the sample bundle failed: {response.text}")
+        raise DemoError(f"uploading the sample bundle failed: {response.text}")
     _say(f"demo: {SAMPLE_BUNDLE} {version} signed by release key {signed.key_id}, uploaded")
     bundle: dict[str, Any] = response.json()
     return bundle
@@ -278,7 +301,10 @@ async def _wait_online(client: httpx.AsyncClient, timeout_s: float = 30.0) -> No
             _say(f"demo: {len(online)} agents online over mTLS: {', '.join(sorted(online))}")
             return
         await asyncio.sleep(0.3)
-    raise RuntimeError("the sample agents did not come online; see .kernex/agents/*.log")
+    raise DemoError(
+        "the sample agents did not come online; see .kernex/agents/*.log (or start afresh: "
+        "rm -rf .kernex)"
+    )
 
 
 async def _roll_out(client: httpx.AsyncClient, bundle: dict[str, Any]) -> str:
@@ -295,7 +321,7 @@ async def _roll_out(client: httpx.AsyncClient, bundle: dict[str, Any]) -> str:
         },
     )
     if created.status_code != 201:
-        raise RuntimeError(f"the rollout could not start: {created.text}")
+        raise DemoError(f"the rollout could not start: {created.text}")
     deployment = created.json()["id"]
     _say(
         f"demo: rolling out {bundle['version']} to {', '.join(gateways)} (deployment {deployment})"
@@ -315,8 +341,8 @@ async def _roll_out(client: httpx.AsyncClient, bundle: dict[str, Any]) -> str:
         if detail["status"] != "running":
             counts = {k: v for k, v in detail["execution_counts"].items() if v}
             summary = ", ".join(f"{v} {k}" for k, v in counts.items())
-            _say(f"demo: rollout {detail['status']}: {summary}")
-            return f"{bundle['version']} rolled out: {summary}"
+            _say(f"demo: rollout {detail['status']}, outcome {detail['outcome']}: {summary}")
+            return f"{bundle['version']}: {detail['outcome']} ({summary})"
         await asyncio.sleep(0.3)
     return f"{bundle['version']} still rolling out (see the API)"
 
@@ -329,10 +355,18 @@ class Story:
     token: str
     bundle: str
     bad_release: str
+    next_version: str  # a version higher than any uploaded, for the user's own bundle
+
+
+def _next_patch(version: str) -> str:
+    """'1.0.4' -> '1.0.104': above what the demo itself uploads for a good while."""
+    major, minor, patch = version.split(".")[:3]
+    return f"{major}.{minor}.{int(patch) + 100}"
 
 
 def _banner(stack: DemoStack, story: Story) -> None:
     broker, first = stack.broker, SAMPLE_DEVICES[0]["id"]
+    release_key = stack.release_dir / "release.key"
     auth = f'-H "Authorization: Bearer {story.token}"'
     api = f"{story.base_url}/api/v1"
     lines = [
@@ -340,6 +374,7 @@ def _banner(stack: DemoStack, story: Story) -> None:
         " Kernex is running",
         f"   API:        {api}",
         f"   API docs:   {story.base_url}/docs",
+        f"   dashboard:  {story.base_url}/ui/  (sign in with the admin API key below)",
         f"   database:   {stack.database}",
         f"   S3 store:   SeaweedFS on {stack.s3.endpoint} (bucket kernex-bundles)",
         f"   broker:     Mosquitto, mTLS on {broker.host}:{broker.port}",
@@ -361,6 +396,22 @@ def _banner(stack: DemoStack, story: Story) -> None:
         f"   curl -s {auth} {api}/devices/{first}/heartbeats?limit=3",
         f"   curl -s {auth} {api}/audit-events",
         f"   tail -f {stack.state_dir / 'agents' / (str(first) + '.log')}",
+        "",
+        " The kernex command line (cli/README.md):",
+        f"   .venv/bin/kernex login --url {story.base_url} --api-key {story.token}",
+        "   .venv/bin/kernex devices ls",
+        "   .venv/bin/kernex deployments ls",
+        "",
+        " Ship your own version to the gateways:",
+        "   the agents run `sh current/bin/hello` as the health check: your tar.gz must hold an",
+        "   executable bin/hello that exits 0, or the update is rolled back. Sign it with the",
+        f"   demo release key {release_key}:",
+        f"   .venv/bin/kernex-release sign my-app.tar.gz --key {release_key} \\",
+        f"       --name {SAMPLE_BUNDLE} --version {story.next_version} --device-type gateway",
+        "   .venv/bin/kernex bundles upload my-app.tar.gz",
+        f"   .venv/bin/kernex deploy {SAMPLE_BUNDLE}@{story.next_version} \\",
+        "       --to site=hall-a --waves 1,100%",
+        "   .venv/bin/kernex deployments watch <the id it prints>",
         "",
         " Stop with Ctrl-C.",
         "=" * 78,
@@ -417,7 +468,8 @@ def _serve(stack: DemoStack, settings: Settings, token: str) -> None:
                 token=token,
                 processes=stack.agents,
             )
-        _banner(stack, Story(base_url, token, rollout, bad_release))
+        next_version = _next_patch(bundle["version"])
+        _banner(stack, Story(base_url, token, rollout, bad_release, next_version))
         await task
 
     # uvicorn shuts down gracefully, then re-raises the signal that stopped it.
@@ -455,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         _serve(stack, settings, token)
         _say("demo: stopped")
         return 0
+    except (DemoError, RuntimeError) as exc:  # RuntimeError: a service that would not start
+        _say(f"demo: {exc}")
+        return 1
     finally:
         stack.stop()
 

@@ -131,7 +131,8 @@ def _validation_errors(errors: Sequence[Any]) -> list[dict[str, Any]]:
     ]
 
 
-async def _handle_kernex_error(request: Request, exc: Exception) -> JSONResponse:
+async def handle_kernex_error(request: Request, exc: Exception) -> JSONResponse:
+    """A KernexError as problem+json (also used by the dashboard for non-page paths)."""
     assert isinstance(exc, KernexError)
     return problem_response(
         exc.status,
@@ -197,7 +198,7 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     """Register the problem+json handlers on `app`."""
-    app.add_exception_handler(KernexError, _handle_kernex_error)
+    app.add_exception_handler(KernexError, handle_kernex_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
     app.add_exception_handler(Exception, _handle_unexpected)

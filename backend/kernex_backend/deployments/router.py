@@ -4,7 +4,6 @@ and control it: pause, resume, approve the next wave, retry failed devices, canc
 import uuid
 from typing import Annotated, Any
 
-import structlog
 from fastapi import APIRouter, Depends, Header
 from fastapi.responses import StreamingResponse
 
@@ -13,7 +12,7 @@ from kernex_backend.core.access import ReadAccess, WriteAccess
 from kernex_backend.core.errors import BadRequest
 from kernex_backend.core.pagination import PageDep
 from kernex_backend.core.runtime import RuntimeDep, SessionDep, component, optional_component
-from kernex_backend.deployments import events, service
+from kernex_backend.deployments import actions, events, service
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
 from kernex_backend.deployments.notices import NoticeService
 from kernex_backend.deployments.rollout import RolloutController
@@ -36,20 +35,10 @@ ControllerDep = Annotated[RolloutController, Depends(component(RolloutController
 ReleaseKeysDep = Annotated[TrustedReleaseKeys, Depends(component(TrustedReleaseKeys))]
 
 router = APIRouter(prefix="/deployments", tags=["deployments"])
-log = structlog.get_logger(__name__)
 
 _Responses = dict[int | str, dict[str, Any]]
 _NOT_FOUND: _Responses = {404: {"description": "No deployment has that id"}}
 _CONFLICT: _Responses = {409: {"description": "The deployment's state does not allow this"}}
-
-
-async def _withdraw(notices: NoticeService | None, devices: list[str]) -> None:
-    if notices is None or not devices:
-        return
-    try:
-        await notices.refresh_devices(devices)
-    except Exception:  # the reconciler withdraws them; the change itself is committed
-        log.warning("notice_withdraw_deferred", devices=len(devices))
 
 
 @router.post(
@@ -74,11 +63,14 @@ async def create_deployment(
 ) -> DeploymentDetail:
     """Deploy a signed bundle to explicit devices or a selector under a rollout policy; the
     first wave's devices get their notices within seconds."""
-    deployment, superseded = await service.create(
-        session=session, request=body, actor=principal.actor, release_keys=keys.keys
+    deployment = await actions.create(
+        session=session,
+        request=body,
+        actor=principal.actor,
+        release_keys=keys.keys,
+        notices=notices,
+        controller=controller,
     )
-    await _withdraw(notices, superseded)
-    await controller.step(deployment.id)  # admit the first wave now, not at the next tick
     return await service.detail(session=session, deployment_id=deployment.id)
 
 
@@ -105,10 +97,9 @@ async def cancel_deployment(
 ) -> DeploymentDetail:
     """Cancel (again: no change): devices that have not started installing stop; the others
     finish or roll back. A completed or aborted deployment answers 409."""
-    devices = await service.cancel(
-        session=session, deployment_id=deployment_id, actor=principal.actor
+    await actions.cancel(
+        session=session, deployment_id=deployment_id, actor=principal.actor, notices=notices
     )
-    await _withdraw(notices, devices)
     return await service.detail(session=session, deployment_id=deployment_id)
 
 
@@ -133,8 +124,9 @@ async def resume_deployment(
     principal: WriteAccess,
 ) -> DeploymentDetail:
     """Continue a paused deployment (a running one: no change)."""
-    await service.resume(session=session, deployment_id=deployment_id, actor=principal.actor)
-    await controller.step(deployment_id)
+    await actions.resume(
+        session=session, deployment_id=deployment_id, actor=principal.actor, controller=controller
+    )
     return await service.detail(session=session, deployment_id=deployment_id)
 
 
@@ -150,13 +142,13 @@ async def approve_wave(
 ) -> DeploymentDetail:
     """Approve the next wave (it starts once the current one met its threshold and soaked);
     with `override_threshold` it starts even though the current wave fell short."""
-    await service.approve(
+    await actions.approve(
         session=session,
         deployment_id=deployment_id,
         actor=principal.actor,
         override_threshold=body.override_threshold if body else False,
+        controller=controller,
     )
-    await controller.step(deployment_id)
     return await service.detail(session=session, deployment_id=deployment_id)
 
 
@@ -171,13 +163,13 @@ async def retry_failed(
     body: RetryRequest | None = None,
 ) -> DeploymentDetail:
     """Notify the failed devices again now (failed, timed out and rolled back by default)."""
-    await service.retry(
+    await actions.retry(
         session=session,
         deployment_id=deployment_id,
         actor=principal.actor,
         states=(body or RetryRequest()).states,
+        controller=controller,
     )
-    await controller.step(deployment_id)
     return await service.detail(session=session, deployment_id=deployment_id)
 
 

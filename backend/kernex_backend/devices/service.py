@@ -1,10 +1,11 @@
 """Device registration, inventory queries and lifecycle."""
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col
+from sqlmodel import col, or_
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.audit import service as audit
@@ -47,6 +48,7 @@ class DeviceFilters:
     device_type: str | None = None
     version: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    search: str | None = None  # a substring of the ID or the name (the dashboard's search box)
 
     def conditions(self) -> list[Any]:
         """SQL conditions for these filters."""
@@ -61,6 +63,14 @@ class DeviceFilters:
             conditions.append(col(Device.current_version) == self.version)
         if self.tags:
             conditions.append(col(Device.tags).contains(self.tags))  # jsonb @>, uses the GIN index
+        if self.search:
+            pattern = "%" + re.sub(r"([%_\\])", r"\\\1", self.search) + "%"
+            conditions.append(
+                or_(
+                    col(Device.id).ilike(pattern, escape="\\"),
+                    col(Device.name).ilike(pattern, escape="\\"),
+                )
+            )
         return conditions
 
 

@@ -1,0 +1,161 @@
+"""The dashboard in a real browser (Debian's Chromium, headless, driven by Playwright) against a
+real backend with real agents: sign in, the fleet, a device, a deployment created with its
+preview and watched to the end without reloading, pause, resume and cancel; a read key sees no
+write buttons and is refused by the server when it posts anyway; sign out. Screenshots go to
+.build/screenshots/."""
+
+import re
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright, expect
+
+from tests.e2e.fleet import Fleet, eventually
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+SHOTS = REPO / ".build" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=["--no-sandbox"]
+        )
+        yield launched
+        await launched.close()
+
+
+async def sign_in(page: Page, base: str, key: str) -> None:
+    await page.goto(f"{base}/ui/")
+    await expect(page).to_have_url(re.compile(r"/ui/login$"))
+    await page.get_by_label("API key").fill(key)
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("heading", name="Fleet")).to_be_visible()
+
+
+async def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+async def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser) -> None:
+    fleet.start_api()
+    base = f"http://127.0.0.1:{fleet.port}"
+    agents = [fleet.add_device() for _ in range(2)]
+    ids = sorted(a.device_id for a in agents)  # type: ignore[attr-defined]
+    for agent in agents:
+        agent.start()
+    eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="online")
+    eventually(lambda: all(fleet.device(i)["last_seen_at"] for i in ids), what="heartbeats")
+    bundle = fleet.upload("1.0.0")
+
+    context = await browser.new_context(viewport={"width": 1280, "height": 900})
+    page = await context.new_page()
+    await sign_in(page, base, fleet.token)
+    cookie = next(c for c in await context.cookies() if c["name"] == "kernex_ui")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ui"
+    await expect(page.get_by_test_id("devices-total")).to_have_text("2")
+    await expect(page.get_by_test_id("devices-online")).to_have_text("2")
+    await shot(page, "fleet")
+
+    # A device page: presence, heartbeats, certificate.
+    await page.get_by_role("link", name="Devices").click()
+    await page.get_by_label("Search").fill(ids[0])
+    await page.get_by_role("button", name="Filter").click()
+    await page.get_by_role("link", name=ids[0]).click()
+    await expect(page.get_by_role("heading", name=re.compile(ids[0]))).to_be_visible()
+    await expect(page.get_by_role("heading", name="Recent heartbeats")).to_be_visible()
+    await expect(page.locator("table").first).to_contain_text("agent_version")
+    await expect(page.locator("dl.facts")).to_contain_text("Certificate")
+    await shot(page, "device")
+
+    # A deployment: preview, confirm, then watch it finish without reloading.
+    await page.get_by_role("link", name="Deployments").click()
+    await page.get_by_role("link", name="New deployment").click()
+    await page.get_by_label("Bundle").select_option(bundle["id"])
+    await page.get_by_label("Name").fill("browser rollout")
+    await page.get_by_label("Waves").fill("1,100%")
+    await page.get_by_role("button", name="Preview").click()
+    await expect(page.get_by_test_id("preview")).to_contain_text("2 device(s) would receive it")
+    await page.get_by_role("button", name="Start this deployment").click()
+    await expect(page.get_by_role("heading", name="browser rollout")).to_be_visible()
+    await page.evaluate("window.__marker = 'not reloaded'")
+    await expect(page.get_by_test_id("status")).to_have_text("completed", timeout=60_000)
+    await expect(page.get_by_test_id("outcome")).to_have_text("outcome: succeeded")
+    await expect(page.get_by_test_id("count-succeeded")).to_have_text("2")
+    assert await page.evaluate("window.__marker") == "not reloaded"
+    await shot(page, "deployment")
+
+    # Controls on a deployment that soaks after its first wave.
+    with fleet.api as api:
+        created = api.post(
+            "/deployments",
+            json={
+                "name": "soaking",
+                "bundle_id": fleet.upload("2.0.0")["id"],
+                "device_ids": ids,
+                "strategy": {"waves": [1, "100%"], "soak_s": 3600},
+            },
+        )
+    assert created.status_code == 201, created.text
+    soaking = created.json()["id"]
+    await page.goto(f"{base}/ui/deployments/{soaking}")
+    await page.get_by_role("button", name="Pause").click()
+    await expect(page.get_by_test_id("status")).to_have_text("paused")
+    await page.get_by_role("button", name="Resume").click()
+    await expect(page.get_by_test_id("status")).to_have_text("running")
+
+    # A read key: no write buttons, and the server refuses a forged post.
+    with fleet.api as api:
+        reader = api.post("/api-keys", json={"name": "viewer", "scopes": ["read"]}).json()
+    await page.get_by_role("button", name="Sign out").click()
+    await expect(page).to_have_url(re.compile(r"/ui/login$"))
+    await sign_in(page, base, reader["token"])
+    await expect(page.get_by_text("(read only)")).to_be_visible()
+    await page.goto(f"{base}/ui/deployments/{soaking}")
+    await expect(page.locator("[data-action]")).to_have_count(0)
+    await page.goto(f"{base}/ui/deployments")
+    await expect(page.get_by_role("link", name="New deployment")).to_have_count(0)
+    csrf = await page.locator("form.signout input[name=csrf]").get_attribute("value")
+    refused = await page.request.post(
+        f"{base}/ui/deployments/{soaking}/pause", form={"csrf": csrf or ""}
+    )
+    assert refused.status == 403
+    # A post without the session's token is refused too (what another site could send).
+    forged = await page.request.post(f"{base}/ui/deployments/{soaking}/pause", form={"csrf": "x"})
+    assert forged.status == 403
+    with fleet.api as api:
+        assert api.get(f"/deployments/{soaking}").json()["status"] == "running"
+
+    # Back as the writer: cancel, then sign out for good.
+    await page.get_by_role("button", name="Sign out").click()
+    await sign_in(page, base, fleet.token)
+    await page.goto(f"{base}/ui/deployments/{soaking}")
+    await page.get_by_role("button", name="Cancel").click()
+    await expect(page.get_by_test_id("status")).to_have_text("canceled")
+    await page.get_by_role("button", name="Sign out").click()
+    await page.goto(f"{base}/ui/")
+    await expect(page).to_have_url(re.compile(r"/ui/login$"))
+    # Without the cookie nothing of the fleet is served.
+    async with httpx.AsyncClient() as anonymous:
+        served = await anonymous.get(f"{base}/ui/", follow_redirects=True)
+    assert "devices-total" not in served.text and "Sign in" in served.text
+    await context.close()
+
+
+async def test_wrong_key_is_refused_with_a_clear_message(fleet: Fleet, browser: Browser) -> None:
+    fleet.start_api()
+    page = await browser.new_page()
+    await page.goto(f"http://127.0.0.1:{fleet.port}/ui/login")
+    await page.get_by_label("API key").fill("kx_not_a_key")
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("refused")
+    await shot(page, "login-refused")
+    await page.close()
