@@ -171,7 +171,20 @@ async def issue(
             public_key, kind=CertificateKind.DEVICE, common_name=device_id, days=days
         )
 
-    certificate = await anyio.to_thread.run_sync(sign)
+    # A device whose certificates were all revoked is denied everything by the broker's ACL;
+    # a new certificate lets it back in at once, not at the next unrelated reload.
+    quarantined = await broker_access.quarantined_ids(session)
+
+    def sign_and_readmit() -> x509.Certificate:
+        blocked = pki.broker is not None and device_id in pki.authority.blocked_identities()
+        certificate = sign()
+        if blocked:
+            broker_access.publish(
+                pki.authority, pki.broker, quarantined, reload=pki.settings.broker_reload
+            )
+        return certificate
+
+    certificate = await anyio.to_thread.run_sync(sign_and_readmit)
     serial = f"{certificate.serial_number:x}"
     device.cert_serial = serial
     device.cert_not_after = certificate.not_valid_after_utc

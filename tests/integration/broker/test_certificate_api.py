@@ -229,6 +229,33 @@ async def test_revoking_a_device_cuts_it_off_and_is_audited(
     assert events.json()["data"][0]["details"]["reason"] == "keyCompromise"
 
 
+async def test_a_revoked_device_given_a_new_certificate_is_let_back_in_at_once(
+    client: httpx.AsyncClient,
+    admin_headers: dict[str, str],
+    broker: EmbeddedBroker,
+    mqtt_connect: Connector,
+    tmp_path: Path,
+    backend: Probe,
+) -> None:
+    """Revocation puts the identity on the ACL's deny list; a new certificate takes it off with
+    the same reload, so the device works again without waiting for an unrelated one."""
+    name = unique("back")
+    first = (await provision(client, admin_headers, name, new_key())).json()
+    assert first["serial"]
+    revoked = await client.post(f"/api/v1/devices/{name}/revoke", headers=admin_headers)
+    assert revoked.json()["device_cut_off"] is True
+    key = new_key()
+    again = await provision(client, admin_headers, name, key)
+    assert again.status_code == 201, again.text
+    await asyncio.sleep(0.5)  # the broker's reload
+    device = mqtt_connect(save_identity(tmp_path, broker, name, key, again.json()["certificate"]))
+    assert device.connected.is_set(), device.error
+    device.subscribe(topic_for(name, Channel.DEPLOYMENT))
+    backend.publish(topic_for(name, Channel.DEPLOYMENT), b"welcome back")
+    device.wait_for(topic_for(name, Channel.DEPLOYMENT), b"welcome back")
+    backend.publish(topic_for(name, Channel.DEPLOYMENT), b"", retain=True)
+
+
 async def test_without_a_ca_the_certificate_endpoints_answer_503(database_url: str) -> None:
     from kernex_backend.main import create_app
 
