@@ -64,6 +64,15 @@ async def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser) -> None:
     await expect(page.get_by_test_id("devices-total")).to_have_text("2")
     await expect(page.get_by_test_id("devices-online")).to_have_text("2")
     await shot(page, "fleet")
+    # A tablet in portrait: nothing wider than the screen, the navigation still there.
+    await page.set_viewport_size({"width": 768, "height": 1024})
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 768
+    await expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+    await shot(page, "fleet-tablet")
+    await page.set_viewport_size({"width": 1280, "height": 900})
+    # Keyboard: the first tab stop is the skip link, and it leads to the content.
+    await page.keyboard.press("Tab")
+    assert await page.evaluate("document.activeElement.textContent") == "Skip to content"
 
     # A device page: presence, heartbeats, certificate.
     await page.get_by_role("link", name="Devices").click()
