@@ -18,6 +18,7 @@ from kernex_backend.core.config import Settings, get_settings
 from kernex_backend.core.errors import install_error_handlers
 from kernex_backend.core.http_metrics import RequestLatency
 from kernex_backend.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
+from kernex_backend.core.openapi import install_contract
 from kernex_backend.core.runtime import attach
 from kernex_backend.core.security_headers import SecurityHeadersMiddleware
 from kernex_backend.deployments.router import router as deployments_router
@@ -86,4 +87,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         api.include_router(router)
     app.include_router(api)
     mount_dashboard(app)
+    install_contract(app, page_size_max=settings.api.page_size_max)
     return app
