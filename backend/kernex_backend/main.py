@@ -5,7 +5,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 from prometheus_client import CollectorRegistry
 
 from kernex_backend import __version__, composition
@@ -17,6 +17,7 @@ from kernex_backend.core import health
 from kernex_backend.core.config import Settings, get_settings
 from kernex_backend.core.errors import install_error_handlers
 from kernex_backend.core.http_metrics import RequestLatency
+from kernex_backend.core.input_guard import refuse_nul
 from kernex_backend.core.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from kernex_backend.core.openapi import install_contract
 from kernex_backend.core.runtime import attach
@@ -71,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     latency = RequestLatency(http_registry)
     app.add_middleware(RequestContextMiddleware, on_finished=latency.observe)
 
-    api = APIRouter(prefix=API_PREFIX)
+    api = APIRouter(prefix=API_PREFIX, dependencies=[Depends(refuse_nul)])
     api.include_router(health.router)
     for router in (
         devices_router,

@@ -5,6 +5,7 @@ Services raise subclasses of KernexError; a single handler turns them into
 answered in the same shape, and an unexpected exception becomes a logged 500 that reveals nothing.
 """
 
+import re
 from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
@@ -172,16 +173,32 @@ async def _handle_validation_error(request: Request, exc: Exception) -> JSONResp
 _FRAMEWORK_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
 
 
+def _allowed_methods(request: Request) -> str | None:
+    """Every method the API documents at this path (Starlette names only one route's)."""
+    paths = request.app.openapi().get("paths", {})
+    methods: set[str] = set()
+    for template, operations in paths.items():
+        pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
+        if re.match(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return ", ".join(sorted(methods)) if methods else None
+
+
 async def _handle_http_exception(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     phrase = HTTPStatus(exc.status_code).phrase
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = allowed
     return problem_response(
         exc.status_code,
         _FRAMEWORK_SLUGS.get(exc.status_code, phrase.lower().replace(" ", "-")),
         phrase,
         str(exc.detail),
         instance=request.url.path,
-        headers=dict(exc.headers) if exc.headers else None,
+        headers=headers or None,
     )
 
 

@@ -42,13 +42,15 @@ DESCRIPTIONS = {
     401: "No API key, or an unknown or revoked one",
     403: "The key lacks the scope this operation needs",
     404: "Nothing has that id (or the path does not exist)",
+    409: "The object's state does not allow this (it exists already, is decommissioned, is in "
+    "use, or has finished)",
     413: "The body is larger than the server accepts",
     422: "The input breaks a rule of the schema or of the service; `errors` says where",
     503: "A dependency (the database, the object store or the CA) is unavailable",
 }
 
 
-def _statuses(path: str, operation: dict[str, Any]) -> set[int]:
+def _statuses(path: str, method: str, operation: dict[str, Any]) -> set[int]:
     statuses = {422, 503}
     if operation.get("security"):
         statuses |= {401, 403}
@@ -56,12 +58,20 @@ def _statuses(path: str, operation: dict[str, Any]) -> set[int]:
         statuses |= {400, 413}
     if "{" in path:
         statuses.add(404)
+    if method in ("post", "patch", "put", "delete"):
+        statuses.add(409)
     return statuses
 
 
-def _declare(path: str, operation: dict[str, Any]) -> None:
+def _declare(path: str, method: str, operation: dict[str, Any]) -> None:
+    if "security" in operation:  # an operation's own entries may repeat the router's
+        unique: list[dict[str, Any]] = []
+        for requirement in operation["security"]:
+            if requirement not in unique:
+                unique.append(requirement)
+        operation["security"] = unique
     responses: dict[str, Any] = operation.setdefault("responses", {})
-    for code in _statuses(path, operation):
+    for code in _statuses(path, method, operation):
         responses.setdefault(str(code), {"description": DESCRIPTIONS[code]})
     if responses.get("422", {}).get("description") == "Validation Error":  # FastAPI's default
         responses["422"]["description"] = DESCRIPTIONS[422]
@@ -97,8 +107,8 @@ def install_contract(app: FastAPI, *, page_size_max: int) -> None:
             for name in ("HTTPValidationError", "ValidationError"):
                 schemas.pop(name, None)  # replaced by Problem on every 422
             for path, operations in schema.get("paths", {}).items():
-                for operation in operations.values():
-                    _declare(path, operation)
+                for method, operation in operations.items():
+                    _declare(path, method, operation)
                     _limit_page_size(operation, page_size_max)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -47,11 +47,15 @@ def _public(device: Device) -> DevicePublic:
     return DevicePublic.model_validate(device, from_attributes=True)
 
 
+# key:value with the tag key rules (core/text.py); the value at most 128 characters.
+TAG_FILTER_PATTERN = TAG_KEY_PATTERN.rstrip("$") + r":[^\x00-\x1f\x7f]{0,128}$"
+
+
 def _parse_tags(raw: list[str]) -> dict[str, str]:
     tags: dict[str, str] = {}
     for item in raw:
         key, sep, value = item.partition(":")
-        if not sep or not re.match(TAG_KEY_PATTERN, key):
+        if not sep or not re.fullmatch(TAG_FILTER_PATTERN, item):
             raise InvalidInput(f"tag filter {item[:80]!r} must look like key:value")
         tags[key] = value
     return tags
@@ -75,7 +79,12 @@ async def list_devices(
     device_type: Annotated[str | None, Query(max_length=64)] = None,
     version: Annotated[str | None, Query(max_length=64)] = None,
     tag: Annotated[
-        list[str], Query(max_length=200, description="key:value; repeat to require several")
+        list[str],
+        Query(
+            max_length=16,
+            description="key:value; repeat to require several (at most 16)",
+            json_schema_extra={"items": {"type": "string", "pattern": TAG_FILTER_PATTERN}},
+        ),
     ] = [],  # noqa: B006 - FastAPI copies defaults per request
 ) -> DevicesPublic:
     """List devices, filtered and paginated."""
@@ -142,6 +151,8 @@ async def decommission_device(
     "/{device_id}/certificate",
     status_code=status.HTTP_201_CREATED,
     response_model=CertificatePublic,
+    # The key is optional here: a device renews with a proof instead of a key.
+    openapi_extra={"security": [{"HTTPBearer": []}, {}]},
 )
 async def issue_certificate(
     device_id: DeviceIdPath,

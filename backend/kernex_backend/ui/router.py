@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from kernex_backend.bundles import service as bundles
 from kernex_backend.core.access import VerifierDep
 from kernex_backend.core.errors import Conflict, NotFound
+from kernex_backend.core.input_guard import refuse_nul
 from kernex_backend.core.pagination import Page
 from kernex_backend.core.runtime import SessionDep, SettingsDep
 from kernex_backend.deployments import actions
@@ -37,7 +38,12 @@ from kernex_backend.ui.session import (
 TEMPLATES = Jinja2Templates(directory=Path(__file__).parent / "templates")
 FAILING = (ExecutionState.FAILED, ExecutionState.ROLLED_BACK, ExecutionState.TIMED_OUT)
 
-router = APIRouter(prefix=UI_PATH, include_in_schema=False, default_response_class=HTMLResponse)
+router = APIRouter(
+    prefix=UI_PATH,
+    include_in_schema=False,
+    default_response_class=HTMLResponse,
+    dependencies=[Depends(refuse_nul)],
+)
 
 
 class CsrfRefused(Exception):

@@ -266,6 +266,10 @@ async def test_unknown_route_and_method_are_problems(
     assert missing.headers["content-type"] == PROBLEM
     wrong_method = await client.delete("/api/v1/devices", headers=read_headers)
     assert wrong_method.status_code == 405
+    # Allow names every method the path serves (GET and POST are separate routes here).
+    assert wrong_method.headers["allow"] == "GET, POST"
+    keys = await client.put("/api/v1/api-keys", headers=read_headers)
+    assert keys.status_code == 405 and keys.headers["allow"] == "GET, POST"
     assert wrong_method.headers["content-type"] == PROBLEM
 
 
@@ -279,3 +283,21 @@ async def test_request_id_is_echoed_or_generated(
     )
     assert hostile.headers["x-request-id"] != "evil\nheader"
     assert len(hostile.headers["x-request-id"]) == 32
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/v1/bundles?device_type=gw%00x",
+        "/api/v1/devices?version=1%00",
+        "/api/v1/audit-events?actor=a%00b",
+        "/api/v1/devices?na%00me=1",
+    ],
+)
+async def test_a_nul_anywhere_in_the_query_is_a_422_not_a_server_error(
+    client: httpx.AsyncClient, read_headers: dict[str, str], url: str
+) -> None:
+    response = await client.get(url, headers=read_headers)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == PROBLEM
+    assert "NUL" in response.json()["detail"]
