@@ -47,9 +47,12 @@ async def upload_bundle(
     storage: StorageDep,
     release_keys: ReleaseKeysDep,
     kernex_release: Annotated[
-        str | None,
-        Header(description="the signed release JSON written by `kernex-release sign`"),
-    ] = None,
+        str,
+        Header(
+            description="the signed release JSON written by `kernex-release sign`",
+            max_length=16_384,
+        ),
+    ],
     content_length: Annotated[int | None, Header()] = None,
 ) -> BundlePublic:
     """Upload a bundle as the raw request body, with its signed release manifest in the

@@ -176,10 +176,13 @@ _FRAMEWORK_SLUGS = {404: "not-found", 405: "method-not-allowed", 413: "payload-t
 def _allowed_methods(request: Request) -> str | None:
     """Every method the API documents at this path (Starlette names only one route's)."""
     paths = request.app.openapi().get("paths", {})
+    path = request.url.path
+    if path in paths:  # a literal path wins over a template it also fits (/deployments/preview)
+        return ", ".join(sorted(method.upper() for method in paths[path])) or None
     methods: set[str] = set()
     for template, operations in paths.items():
         pattern = "^" + re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template)) + "$"
-        if re.match(pattern, request.url.path):
+        if re.match(pattern, path):
             methods |= {method.upper() for method in operations}
     return ", ".join(sorted(methods)) if methods else None
 

@@ -6,14 +6,21 @@ so free text refuses both at the edge instead of failing in the database.
 
 from typing import Annotated
 
-from pydantic import AfterValidator, StringConstraints
+from pydantic import AfterValidator, StringConstraints, WithJsonSchema
 
 from kernex_protocol.ids import DEVICE_ID_PATTERN, validate_device_id
 
 _NO_CONTROL_CHARS = r"^[^\x00-\x1f\x7f]*$"
 
 # Device IDs: the protocol's allow-list, with its explanatory error message.
-DeviceId = Annotated[str, AfterValidator(validate_device_id)]
+# The pattern states the rule in the schema; the validator gives the clearer message.
+DeviceId = Annotated[
+    str,
+    AfterValidator(validate_device_id),
+    WithJsonSchema(
+        {"type": "string", "pattern": DEVICE_ID_PATTERN, "minLength": 1, "maxLength": 64}
+    ),
+]
 
 # Identifiers that become topic levels, object keys or filter values.
 Slug = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]

@@ -3,6 +3,7 @@ service change, then the follow-up this process can do at once (withdraw notices
 controller admit the next devices) instead of waiting for the next tick."""
 
 import uuid
+from collections.abc import Sequence
 
 import structlog
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -88,7 +89,7 @@ async def retry(
     session: AsyncSession,
     deployment_id: uuid.UUID,
     actor: str,
-    states: list[ExecutionState],
+    states: Sequence[ExecutionState],
     controller: RolloutController,
 ) -> None:
     """Queue the failed devices again and notify them now."""

@@ -8,6 +8,7 @@ harmless (pause, resume, cancel) and audited.
 import datetime as dt
 import random
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -524,7 +525,7 @@ async def retry(
     session: AsyncSession,
     deployment_id: uuid.UUID,
     actor: str,
-    states: list[ExecutionState],
+    states: Sequence[ExecutionState],
 ) -> int:
     """Queue failed devices for another attempt now; a completed deployment runs again."""
     deployment = await _locked(session, deployment_id)

@@ -270,6 +270,9 @@ async def test_unknown_route_and_method_are_problems(
     assert wrong_method.headers["allow"] == "GET, POST"
     keys = await client.put("/api/v1/api-keys", headers=read_headers)
     assert keys.status_code == 405 and keys.headers["allow"] == "GET, POST"
+    # A literal path is not taken for the template it also fits (/deployments/{id}).
+    preview = await client.put("/api/v1/deployments/preview", headers=read_headers)
+    assert preview.status_code == 405 and preview.headers["allow"] == "POST"
     assert wrong_method.headers["content-type"] == PROBLEM
 
 
