@@ -1,9 +1,10 @@
 """Audit event endpoints (admin only)."""
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime
+from pydantic import AwareDatetime, BeforeValidator
 
 from kernex_backend.audit import service
 from kernex_backend.audit.schemas import AuditEventPublic, AuditEventsPublic
@@ -16,6 +17,16 @@ router = APIRouter(prefix="/audit-events", tags=["audit"])
 ShortText = Annotated[str | None, Query(max_length=128, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
+def _iso_only(value: object) -> object:
+    # pydantic would read "0.5" as a Unix time; the schema promises an RFC 3339 date-time.
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+(\.\d*)?\s*", value):
+        raise ValueError("give an ISO 8601 date-time with its offset, e.g. 2026-12-01T00:00:00Z")
+    return value
+
+
+IsoTime = Annotated[AwareDatetime | None, BeforeValidator(_iso_only)]
+
+
 @router.get("", response_model=AuditEventsPublic)
 async def list_audit_events(
     session: SessionDep,
@@ -25,8 +36,8 @@ async def list_audit_events(
     action: ShortText = None,
     object_type: ShortText = None,
     object_id: ShortText = None,
-    since: AwareDatetime | None = None,
-    until: AwareDatetime | None = None,
+    since: IsoTime = None,
+    until: IsoTime = None,
 ) -> AuditEventsPublic:
     """Audit events, newest first, filtered by any of actor, action, object and time."""
     events, count = await service.list_events(

@@ -15,6 +15,7 @@ from kernex_backend.bundles.upload import TrustedReleaseKeys
 from kernex_backend.core.access import ReadAccess, WriteAccess
 from kernex_backend.core.pagination import PageDep
 from kernex_backend.core.runtime import SessionDep, SettingsDep, component
+from kernex_protocol.manifest import MAX_SIGNED_RELEASE_BYTES
 
 router = APIRouter(prefix="/bundles", tags=["bundles"])
 
@@ -50,7 +51,8 @@ async def upload_bundle(
         str,
         Header(
             description="the signed release JSON written by `kernex-release sign`",
-            max_length=16_384,
+            min_length=1,
+            max_length=MAX_SIGNED_RELEASE_BYTES,
         ),
     ],
     content_length: Annotated[int | None, Header()] = None,

@@ -4,7 +4,7 @@ and control it: pause, resume, approve the next wave, retry failed devices, canc
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.responses import StreamingResponse
 
 from kernex_backend.bundles.upload import TrustedReleaseKeys
@@ -87,6 +87,12 @@ async def preview_deployment(
 ) -> DeploymentPreview:
     """What POST /deployments would do with this body: devices, waves, who is left out and why."""
     return await service.preview(session=session, request=body)
+
+
+@router.api_route("/preview", methods=["GET", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+async def preview_other_methods() -> None:
+    """Without this, GET /deployments/preview would be read as a deployment id ("preview")."""
+    raise HTTPException(status_code=405)  # the handler names the allowed methods
 
 
 @router.post(

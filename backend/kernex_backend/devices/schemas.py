@@ -1,15 +1,31 @@
 """API shapes for devices."""
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
-from kernex_backend.core.text import DeviceId, Label, Slug, TagKey, TagValue
+from kernex_backend.core.text import TAG_KEY_PATTERN, DeviceId, Label, Slug, TagKey, TagValue
 from kernex_backend.devices.models import DeviceStatus
 
 MAX_TAGS = 32
-Tags = dict[TagKey, TagValue]
+# The schema names the key rule with propertyNames (patternProperties alone would let any other
+# key through as far as a client generated from it can tell).
+Tags = Annotated[
+    dict[TagKey, TagValue],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": TAG_KEY_PATTERN},
+            "additionalProperties": {
+                "type": "string",
+                "maxLength": 128,
+                "pattern": r"^[^\x00-\x1f\x7f]*$",
+            },
+            "maxProperties": MAX_TAGS,
+        }
+    ),
+]
 
 
 class DeviceBase(BaseModel):

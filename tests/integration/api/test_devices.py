@@ -271,8 +271,10 @@ async def test_unknown_route_and_method_are_problems(
     keys = await client.put("/api/v1/api-keys", headers=read_headers)
     assert keys.status_code == 405 and keys.headers["allow"] == "GET, POST"
     # A literal path is not taken for the template it also fits (/deployments/{id}).
-    preview = await client.put("/api/v1/deployments/preview", headers=read_headers)
-    assert preview.status_code == 405 and preview.headers["allow"] == "POST"
+    for method in ("GET", "PUT"):
+        preview = await client.request(method, "/api/v1/deployments/preview", headers=read_headers)
+        assert preview.status_code == 405 and preview.headers["allow"] == "POST", method
+
     assert wrong_method.headers["content-type"] == PROBLEM
 
 
@@ -304,3 +306,12 @@ async def test_a_nul_anywhere_in_the_query_is_a_422_not_a_server_error(
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == PROBLEM
     assert "NUL" in response.json()["detail"]
+
+
+async def test_times_must_be_iso_date_times_not_numbers(
+    client: httpx.AsyncClient, admin_headers: dict[str, str]
+) -> None:
+    numeric = await client.get("/api/v1/audit-events?until=0.5", headers=admin_headers)
+    assert numeric.status_code == 422 and "ISO 8601" in numeric.text
+    iso = await client.get("/api/v1/audit-events?until=2030-01-01T00:00:00Z", headers=admin_headers)
+    assert iso.status_code == 200
