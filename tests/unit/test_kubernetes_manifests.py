@@ -5,7 +5,6 @@ network policies, one MQTT identity per bridge worker, migrations before serving
 rules. No cluster is reachable here: nothing in this file applies the manifests."""
 
 import importlib.util
-import json
 import re
 import subprocess
 from collections.abc import Iterator
@@ -19,7 +18,7 @@ import yaml
 from pydantic import BaseModel
 
 from kernex_backend.core.config import Settings
-from tests.unit.deploy_tools import deploy_tool
+from tests.unit.deploy_tools import checkov, deploy_tool
 
 REPO = Path(__file__).resolve().parents[2]
 KUBERNETES = REPO / "deploy" / "kubernetes"
@@ -95,22 +94,11 @@ def test_checkov_finds_nothing_unexplained(overlay: str, tmp_path: Path) -> None
     """Every checkov finding is fixed, or skipped in place with a reason."""
     target = tmp_path / f"{overlay}.yaml"
     target.write_text(rendered(overlay))
-    result = subprocess.run(
-        [deploy_tool("checkov"), "-f", str(target), "--framework", "kubernetes", "-o", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    report = json.loads(result.stdout)
-    failed = [
-        f"{c['check_id']} {c['resource']}: {c['check_name']}"
-        for c in report["results"]["failed_checks"]
-    ]
-    assert failed == [], "\n".join(failed)
-    assert report["summary"]["passed"] > 300
-    for skipped in report["results"]["skipped_checks"]:
-        reason = skipped["check_result"].get("suppress_comment") or ""
-        assert len(reason) > 20, f"{skipped['check_id']} skipped without a reason"
+    report = checkov("-f", str(target), "--framework", "kubernetes")
+    assert report.failed == [], "\n".join(report.failed)
+    assert report.passed > 300
+    for check, reason in report.skip_reasons.items():
+        assert len(reason) > 20, f"{check} skipped without a reason"
 
 
 def test_api_replicas_probes_budget_and_autoscaler() -> None:

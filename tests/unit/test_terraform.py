@@ -5,7 +5,6 @@ there, and checkov has no unexplained finding."""
 
 import json
 import re
-import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from typing import Any
 import hcl2
 import pytest
 
-from tests.unit.deploy_tools import deploy_tool
+from tests.unit.deploy_tools import checkov
 
 REPO = Path(__file__).resolve().parents[2]
 TERRAFORM = REPO / "deploy" / "terraform"
@@ -152,19 +151,8 @@ def test_backend_secret_has_the_files_the_kubernetes_pods_mount() -> None:
 
 
 def test_checkov_finds_nothing_unexplained() -> None:
-    result = subprocess.run(
-        [deploy_tool("checkov"), "-d", str(TERRAFORM), "--framework", "terraform", "-o", "json"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    report = json.loads(result.stdout)
-    failed = [
-        f"{c['check_id']} {c['resource']}: {c['check_name']}"
-        for c in report["results"]["failed_checks"]
-    ]
-    assert failed == [], "\n".join(failed)
-    assert report["summary"]["passed"] > 100
-    for skipped in report["results"]["skipped_checks"]:
-        reason = skipped["check_result"].get("suppress_comment") or ""
-        assert len(reason) > 20, f"{skipped['check_id']} skipped without a reason"
+    report = checkov("-d", str(TERRAFORM), "--framework", "terraform")
+    assert report.failed == [], "\n".join(report.failed)
+    assert report.passed > 100
+    for check, reason in report.skip_reasons.items():
+        assert len(reason) > 20, f"{check} skipped without a reason"
