@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 from kernex_backend.core import migrations
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import create_engine
+from kernex_backend.telemetry import partitions
 from kernex_devstack.broker import SERVICE_IDENTITY, EmbeddedBroker
 from kernex_provision.authority import CertificateAuthority, pem, write_private_key, write_public
 from kernex_provision.certificates import CertificateKind, new_key
@@ -120,14 +121,20 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator["EmbeddedS3"
 
 @pytest.fixture(scope="session")
 def template_database(postgres_admin: PostgresAdmin) -> Iterator[str]:
-    """A database migrated to head, used as the template of each test's database."""
+    """A database prepared as `kernex-backend migrate` leaves it (schema at head, heartbeat
+    partitions for today and the days ahead), used as the template of each test's database.
+
+    Without the partitions a test that stores heartbeats would race the app's own partition
+    job, and lose on a loaded machine."""
     name = f"kernex_template_{uuid.uuid4().hex[:8]}"
 
     async def build() -> None:
         url = await postgres_admin.create(name)
-        engine = create_engine(make_settings(url))
+        settings = make_settings(url)
+        engine = create_engine(settings)
         try:
             await migrations.upgrade(engine, MIGRATIONS_DIR)
+            await partitions.maintain_now(engine, settings.telemetry)
         finally:
             await engine.dispose()
 

@@ -141,8 +141,9 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
     try:
         await asyncio.sleep(1.0)
         assert stats.counts["heartbeats.stored"] == 0 and ingest.backlog == 20  # kept, retried
-        # The database comes back whole: prepared aside (schema, the device, today's
-        # partition), then created from that in one step, so no retry sees it half-made.
+        # The database comes back whole: prepared aside (schema and today's partitions from the
+        # template, then the device), then created from that in one step, so no retry sees it
+        # half-made.
         staging_engine = create_engine(
             make_settings(await postgres_admin.create(staging, template=template_database))
         )
@@ -152,12 +153,6 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
                     "INSERT INTO devices (id, device_type, tags, status, online,"
                     " created_at, updated_at)"
                     " VALUES ('out-1', 'gw', '{}', 'active', false, now(), now())"
-                )
-            )
-            await conn.execute(
-                sa.text(
-                    "CREATE TABLE heartbeats_recover PARTITION OF heartbeats"
-                    " FOR VALUES FROM (now() - interval '1 day') TO (now() + interval '1 day')"
                 )
             )
         await staging_engine.dispose()
