@@ -8,7 +8,6 @@ and its next progress report applied, within 2 s; the backend must stay ready.
 
 import json
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,60 +15,13 @@ from typing import Any
 import pytest
 
 from kernex_protocol.payloads import Heartbeat, Progress, ProgressState
-from kernex_protocol.topics import Channel, topic_for
-from kernex_provision.authority import pem, write_private_key, write_public
-from kernex_provision.certificates import CertificateKind, new_key
+from kernex_protocol.topics import Channel
 from tests.e2e.fleet import Fleet, eventually, logs_of
-from tests.integration.agent.harness import DEVICE_TYPE
-from tests.integration.mqtt_client import Identity, Probe, connect
+from tests.e2e.raw_device import Device
 
 pytestmark = pytest.mark.e2e
 
 VICTIM_DEADLINE_S = 2.0
-
-
-class Device:
-    """A device registered through the API, speaking raw MQTT with its own certificate."""
-
-    def __init__(self, fleet: Fleet, name: str) -> None:
-        self.fleet = fleet
-        self.id = f"{name}-{uuid.uuid4().hex[:8]}"
-        with fleet.api as api:
-            created = api.post("/devices", json={"id": self.id, "device_type": DEVICE_TYPE})
-            assert created.status_code == 201, created.text
-        folder = fleet.root / "raw" / self.id
-        folder.mkdir(parents=True)
-        key = new_key()
-        authority = fleet.broker.authority
-        cert = authority.issue(
-            key.public_key(), kind=CertificateKind.DEVICE, common_name=self.id, days=2
-        )
-        write_private_key(folder / "device.key", key)
-        write_public(folder / "device.crt", pem(cert))
-        write_public(folder / "ca.pem", authority.chain_pem)
-        identity = Identity(
-            self.id, folder / "ca.pem", folder / "device.crt", folder / "device.key"
-        )
-        self.probe: Probe = connect(identity, fleet.broker.host, fleet.broker.port)
-        assert self.probe.connected.is_set(), self.probe.error
-        self.seq = 0
-
-    def topic(self, channel: Channel) -> str:
-        return topic_for(self.id, channel)
-
-    def send(self, channel: Channel, payload: bytes, qos: int = 1) -> None:
-        self.probe.publish(self.topic(channel), payload, qos=qos)
-
-    def heartbeat(self) -> int:
-        self.seq += 1
-        beat = Heartbeat(self.seq, 1, "2026-12-02T00:00:00+00:00", 10, "0.1.0")
-        self.send(Channel.HEARTBEAT, beat.to_payload(), qos=1)
-        return self.seq
-
-    def stored_heartbeats(self) -> list[int]:
-        with self.fleet.api as api:
-            rows = api.get(f"/devices/{self.id}/heartbeats").json()["data"]
-        return [row["sequence"] for row in rows]
 
 
 @pytest.fixture

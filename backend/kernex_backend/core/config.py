@@ -76,6 +76,11 @@ class TelemetrySettings(BaseModel):
     heartbeat_retention_days: int = Field(default=14, ge=1, le=3650)
     partitions_ahead_days: int = Field(default=3, ge=1, le=60)
     maintenance_interval_s: float = Field(default=3600.0, gt=0)
+    # How far back a heartbeat that is not above the device's highest stored one is looked up
+    # as a possible duplicate: a copy redelivered later than this (a worker that stored it and
+    # died before acknowledging, back after so long) is stored again. Longer costs more per
+    # late heartbeat (the device's rows in the window are read).
+    duplicate_horizon_s: float = Field(default=86400.0, ge=60, le=7 * 86400)
 
 
 class PkiSettings(BaseModel):

@@ -38,9 +38,14 @@ class Device(SQLModel, table=True):
     presence_session: int | None = Field(default=None, sa_type=sa.BigInteger)
     # When presence_session was applied: an old claim stops outranking lower sessions.
     presence_at: datetime | None = optional_timestamp_field()
-    # The newest heartbeat stored, as (session, seq): older or repeated ones are not stored again.
+    # The newest heartbeat, as (session, seq): the device's latest fields follow it forward
+    # only. A lower session replaces it after a silence (a claim nothing backed).
     heartbeat_session: int | None = Field(default=None, sa_type=sa.BigInteger)
     heartbeat_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
+    # The highest (session, seq) ever stored; never moves back. A heartbeat above it and above
+    # the newest is certainly not stored yet, so only the others are looked up as duplicates.
+    heartbeat_high_session: int | None = Field(default=None, sa_type=sa.BigInteger)
+    heartbeat_high_seq: int | None = Field(default=None, sa_type=sa.BigInteger)
     current_version: str | None = Field(default=None, max_length=64, index=True)
     agent_version: str | None = Field(default=None, max_length=64)
     cert_serial: str | None = Field(default=None, max_length=64)

@@ -127,6 +127,7 @@ def start(
         interval_s=mqtt.heartbeat_flush_interval_s,
         capacity=mqtt.heartbeat_buffer,
         stale_after_s=mqtt.offline_after_s,
+        duplicate_horizon_s=settings.telemetry.duplicate_horizon_s,
     )
     presence = PresenceTracker(engine, stats, stale_after_s=mqtt.offline_after_s)
     assert settings.notice.key_file is not None  # the settings refuse the bridge without it

@@ -4,9 +4,14 @@ Messages are queued in a bounded `WriteBuffer` (beyond its capacity they are dro
 counted, so a slow or unreachable database cannot exhaust the process) and written every
 `interval_s` or whenever `batch_size` are waiting. One statement per batch inserts the
 heartbeats and updates each device's last_seen_at, versions and online state. Heartbeats from
-unknown or decommissioned devices are refused (counted, not stored), and a heartbeat is stored
-only if it is newer, by (session, seq), than the newest stored for its device: QoS 1 repeats
-and late arrivals are not stored twice. A batch that fails for a transient reason is put back and
+unknown or decommissioned devices are refused (counted, not stored). Every other heartbeat is
+stored once per (device, session, seq), whichever replica receives it and in whatever order:
+a late one (a replica that stalled, a QoS 1 redelivery) is stored too, counted as late, while
+the device's latest fields move forward only. A heartbeat above the device's highest stored
+one is certainly new; the others are looked up within `duplicate_horizon_s` (see
+docs/architecture.md, "Heartbeat ingest"). Replicas lock the batch's device rows in one order
+first, so two writing the same device take turns and neither misses what the other stored.
+A batch that fails for a transient reason is put back and
 retried with backoff, so the ingest recovers on its own when the database returns; a heartbeat the
 database refuses is isolated and dropped without holding up the others (core/write_buffer.py).
 """
@@ -26,6 +31,13 @@ from kernex_protocol.payloads import Heartbeat
 
 log = structlog.get_logger(__name__)
 
+# Taken first, in one order, so that replicas writing heartbeats of the same devices at once
+# take turns per device: the ingest statement after it then sees what the other one stored.
+_LOCK_DEVICES = sa.text(
+    "SELECT 1 FROM devices WHERE id = ANY(CAST(:device_ids AS text[]))"
+    " ORDER BY id FOR NO KEY UPDATE"
+)
+
 _INGEST = sa.text(
     """
     WITH incoming AS (
@@ -37,38 +49,76 @@ _INGEST = sa.text(
         ) AS t(device_id, session, seq, received_at, metrics, installed_version, agent_version)
         ORDER BY device_id, session, seq, received_at
     ),
-    accepted AS (
-        SELECT i.* FROM incoming i JOIN devices d ON d.id = i.device_id
+    known AS (
+        SELECT i.*,
+            d.heartbeat_session AS newest_session, d.heartbeat_seq AS newest_seq,
+            d.last_seen_at,
+            -- Above both the newest and the highest ever stored: certainly not stored yet.
+            (i.session, i.seq)
+                > (coalesce(d.heartbeat_session, -1), coalesce(d.heartbeat_seq, -1))
+            AND (i.session, i.seq)
+                > (coalesce(d.heartbeat_high_session, d.heartbeat_session, -1),
+                   coalesce(d.heartbeat_high_seq, d.heartbeat_seq, -1)) AS above_high
+        FROM incoming i JOIN devices d ON d.id = i.device_id
         WHERE d.status <> 'decommissioned'
-          AND ((i.session, i.seq)
-               > (coalesce(d.heartbeat_session, -1), coalesce(d.heartbeat_seq, -1))
-               -- A lower session after a long silence: the stored one was a claim nothing
-               -- backed (a lie, a restored disk); it must not refuse the device for ever.
-               OR (i.session < d.heartbeat_session
-                   AND d.last_seen_at < i.received_at - CAST(:stale AS interval)))
+    ),
+    fresh AS (
+        -- Late or repeated: stored unless a copy is (rows of an older version have their
+        -- session in metrics only).
+        SELECT k.* FROM known k
+        WHERE k.above_high OR NOT EXISTS (
+            SELECT 1 FROM heartbeats h
+            WHERE h.device_id = k.device_id
+              AND h.received_at >= k.received_at - CAST(:horizon AS interval)
+              AND h.sequence = k.seq
+              AND coalesce(h.session, CAST(h.metrics ->> 'session' AS bigint)) = k.session)
     ),
     inserted AS (
-        INSERT INTO heartbeats (device_id, received_at, sequence, metrics)
-        SELECT device_id, received_at, seq, metrics FROM accepted
+        INSERT INTO heartbeats (device_id, received_at, session, sequence, metrics)
+        SELECT device_id, received_at, session, seq, metrics FROM fresh
         ON CONFLICT DO NOTHING
         RETURNING 1
     ),
+    advancing AS (
+        SELECT f.* FROM fresh f
+        WHERE (f.session, f.seq) > (coalesce(f.newest_session, -1), coalesce(f.newest_seq, -1))
+           -- A lower session after a long silence: the newest was a claim nothing backed (a
+           -- lie, a restored disk); the device's latest fields must not ignore it for ever.
+           OR (f.session < f.newest_session
+               AND f.last_seen_at < f.received_at - CAST(:stale AS interval))
+    ),
     newest AS (
-        SELECT DISTINCT ON (device_id) * FROM accepted
+        SELECT DISTINCT ON (device_id) * FROM advancing
+        ORDER BY device_id, session DESC, seq DESC
+    ),
+    highest AS (
+        SELECT DISTINCT ON (device_id) device_id, session, seq, max(received_at)
+            OVER (PARTITION BY device_id) AS last_received
+        FROM fresh
         ORDER BY device_id, session DESC, seq DESC
     ),
     updated AS (
         UPDATE devices d SET
-            last_seen_at = greatest(d.last_seen_at, n.received_at),
-            heartbeat_session = n.session,
-            heartbeat_seq = n.seq,
+            last_seen_at = greatest(d.last_seen_at, h.last_received),
+            heartbeat_high_session = CASE
+                WHEN (h.session, h.seq) > (coalesce(d.heartbeat_high_session, -1),
+                                           coalesce(d.heartbeat_high_seq, -1))
+                THEN h.session ELSE d.heartbeat_high_session END,
+            heartbeat_high_seq = CASE
+                WHEN (h.session, h.seq) > (coalesce(d.heartbeat_high_session, -1),
+                                           coalesce(d.heartbeat_high_seq, -1))
+                THEN h.seq ELSE d.heartbeat_high_seq END,
+            -- The latest fields move forward only: from the newest advancing heartbeat.
+            heartbeat_session = coalesce(n.session, d.heartbeat_session),
+            heartbeat_seq = CASE WHEN n.device_id IS NULL THEN d.heartbeat_seq ELSE n.seq END,
             current_version = coalesce(n.installed_version, d.current_version),
             agent_version = coalesce(n.agent_version, d.agent_version),
             -- Only a heartbeat of a newer session than the presence held says "online": one
             -- of the same session may have been sent just before that session's goodbye. A
             -- lower session does too once the presence held is stale (nothing heard from its
             -- session for the offline threshold): then it replaces that claim.
-            online = CASE WHEN n.session > coalesce(d.presence_session, -1) THEN true
+            online = CASE WHEN n.device_id IS NULL THEN d.online
+                          WHEN n.session > coalesce(d.presence_session, -1) THEN true
                           WHEN n.session < d.presence_session
                                AND d.presence_at < n.received_at - CAST(:stale AS interval)
                           THEN true
@@ -84,7 +134,8 @@ _INGEST = sa.text(
                 THEN greatest(d.presence_at, n.received_at) ELSE d.presence_at END,
             status = CASE WHEN d.status = 'registered' THEN 'active' ELSE d.status END,
             updated_at = now()
-        FROM newest n WHERE d.id = n.device_id
+        FROM highest h LEFT JOIN newest n ON n.device_id = h.device_id
+        WHERE d.id = h.device_id
         RETURNING 1
     )
     SELECT
@@ -92,7 +143,7 @@ _INGEST = sa.text(
         (SELECT count(*) FROM incoming i WHERE NOT EXISTS (
             SELECT 1 FROM devices d WHERE d.id = i.device_id AND d.status <> 'decommissioned'
         )) AS refused,
-        (SELECT count(*) FROM updated) AS devices
+        (SELECT count(*) FROM fresh) - (SELECT count(*) FROM advancing) AS late
     """
 )
 
@@ -118,12 +169,14 @@ class HeartbeatIngest:
         interval_s: float,
         capacity: int,
         stale_after_s: float = 95.0,
+        duplicate_horizon_s: float = 86400.0,
     ) -> None:
         """`stale_after_s`: how long a device's session claim outranks lower sessions without
         anything heard from it (the offline threshold)."""
         self._engine = engine
         self._stats = stats
         self._stale_after_s = stale_after_s
+        self._duplicate_horizon = dt.timedelta(seconds=duplicate_horizon_s)
         self._buffer: WriteBuffer[Received] = WriteBuffer(
             stats.count,
             name="heartbeats",
@@ -174,12 +227,15 @@ class HeartbeatIngest:
             "installed": [r.heartbeat.installed_version for r in batch],
             "agents": [r.heartbeat.agent_version for r in batch],
             "stale": dt.timedelta(seconds=self._stale_after_s),
+            "horizon": self._duplicate_horizon,
         }
         async with connection.begin():
-            stored, refused, _ = (await connection.execute(_INGEST, params)).one()
+            await connection.execute(_LOCK_DEVICES, {"device_ids": params["device_ids"]})
+            stored, refused, late = (await connection.execute(_INGEST, params)).one()
         self.lag_s = (utc_now() - min(r.received_at for r in batch)).total_seconds()
         self._stats.count("heartbeats.stored", stored)
         self._stats.count("heartbeats.refused_unknown_device", refused)
+        self._stats.count("heartbeats.stored_late", late)
         self._stats.count("heartbeats.duplicates", len(batch) - stored - refused)
 
 

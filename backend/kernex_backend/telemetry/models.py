@@ -25,4 +25,7 @@ class Heartbeat(SQLModel, table=True):
     device_id: str = Field(primary_key=True, max_length=64)
     received_at: datetime = Field(primary_key=True, sa_type=sa.DateTime(timezone=True))
     sequence: int = Field(primary_key=True, sa_type=sa.BigInteger)
+    # With device_id and sequence, what makes a heartbeat unique. Null on rows stored before
+    # the column existed: their session is in metrics["session"].
+    session: int | None = Field(default=None, sa_type=sa.BigInteger)
     metrics: dict[str, Any] = Field(default_factory=dict, sa_type=JSONB, nullable=False)

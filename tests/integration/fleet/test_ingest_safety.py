@@ -139,18 +139,24 @@ async def test_a_lying_session_claim_goes_stale(app: FastAPI, engine: AsyncEngin
     top = INT_LIMITS["session"].high
     await presence.apply("liar-1", Presence(online=False, session=top))  # the lie
     await ingest.write([received("liar-1", beat(5, session=top))])
-    # The real agent, session 7: refused while the claim is fresh...
+    # The real agent, session 7: its heartbeat is stored (every unique one is) but moves
+    # none of the device's latest fields while the claim is fresh...
     await presence.apply("liar-1", Presence(online=True, session=7))
     await ingest.write([received("liar-1", beat(0, session=7))])
     row = await device(engine, "liar-1")
-    assert (row["online"], row["presence_session"]) == (False, top)
-    assert await heartbeat_rows(engine, "liar-1") == [5]
-    # ...and taken once nothing backed the claim for the offline threshold.
+    assert (row["online"], row["presence_session"], row["heartbeat_session"]) == (False, top, top)
+    assert await heartbeat_rows(engine, "liar-1") == [0, 5]
+    assert stats.counts["heartbeats.stored_late"] == 1
+    # ...and they follow it once nothing backed the claim for the offline threshold.
     await asyncio.sleep(1.2)
     await ingest.write([received("liar-1", beat(1, session=7))])
     row = await device(engine, "liar-1")
     assert (row["online"], row["presence_session"], row["heartbeat_session"]) == (True, 7, 7)
-    assert await heartbeat_rows(engine, "liar-1") == [1, 5]
+    assert await heartbeat_rows(engine, "liar-1") == [0, 1, 5]
+    # The claim stays the highest stored: the next one is looked up, found new, and stored.
+    await ingest.write([received("liar-1", beat(2, session=7))])
+    assert await heartbeat_rows(engine, "liar-1") == [0, 1, 2, 5]
+    assert (await device(engine, "liar-1"))["heartbeat_seq"] == 2
     await presence.apply("liar-1", Presence(online=False, session=7, reason="shutdown"))
     assert not (await device(engine, "liar-1"))["online"]
 
