@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PACKAGES := protocol/kernex_protocol backend/kernex_backend provisioning/kernex_provision device-agent/kernex_agent simulator/kernex_sim devstack/kernex_devstack cli/kernex_cli
 
-.PHONY: bootstrap demo test compose-test dashboards check lint format
+.PHONY: bootstrap demo test compose-test dashboards check audit lint format
 
 bootstrap:
 	@./scripts/bootstrap.sh
@@ -30,6 +30,11 @@ check: bootstrap
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy $(PACKAGES) tests migrations/env.py
 	$(BIN)/lint-imports --no-cache --no-logo
+
+# Known vulnerabilities in the pinned Python packages (pip-audit; needs the advisory source,
+# which a package mirror may not serve: see docs/security.md, "Supply chain").
+audit:
+	@./deploy/tools/audit.sh
 
 format: bootstrap
 	$(BIN)/ruff format .

@@ -47,14 +47,8 @@ os.replace(sys.argv[2] + ".tmp", sys.argv[2])
 PY
 fi
 
-if [ ! -x "$tools/checkov/bin/checkov" ] || ! "$tools/checkov/bin/checkov" --version 2>/dev/null | grep -qx "$checkov_version"; then
-  echo "deploy tools: installing checkov $checkov_version (a minute the first time)" >&2
-  rm -rf "$tools/checkov"
-  python3 -m venv "$tools/checkov"
-  "$tools/checkov/bin/pip" install --quiet --disable-pip-version-check \
-    -c "$root/deploy/tools/checkov-constraints.txt" "checkov==$checkov_version" 2>&1 \
-    | grep -vE "is ignored: it is neither a file nor a directory" >&2 || true
-  "$tools/checkov/bin/checkov" --version >/dev/null
-fi
+# shellcheck source=deploy/tools/pinned-venv.sh
+. "$root/deploy/tools/pinned-venv.sh"
+install_pinned_tool "$tools/checkov" checkov "$checkov_version" "$root/deploy/tools/checkov-constraints.txt"
 ln -sf "$tools/checkov/bin/checkov" "$tools/bin/checkov"
 echo "$tools/bin"
