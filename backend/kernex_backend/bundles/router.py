@@ -55,7 +55,9 @@ async def upload_bundle(
             max_length=MAX_SIGNED_RELEASE_BYTES,
         ),
     ],
-    content_length: Annotated[int | None, Header()] = None,
+    # The transport's own header, set by every HTTP client from the body: not an API parameter
+    # (the size limit is the 413 response's).
+    content_length: Annotated[int | None, Header(include_in_schema=False)] = None,
 ) -> BundlePublic:
     """Upload a bundle as the raw request body, with its signed release manifest in the
     `Kernex-Release` header. The body is streamed to storage and hashed on the way; it is

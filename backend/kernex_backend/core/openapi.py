@@ -89,9 +89,26 @@ def _limit_page_size(operation: dict[str, Any], page_size_max: int) -> None:
                     option["maximum"] = page_size_max
 
 
+def _no_null_parameters(operation: dict[str, Any]) -> None:
+    """An optional header, query or path parameter is absent or a string on the wire, never
+    null: drop the `null` branch FastAPI writes for `X | None` (a client would send "null")."""
+    for parameter in operation.get("parameters", []):
+        schema = parameter.get("schema", {})
+        options = schema.get("anyOf")
+        if not options:
+            continue
+        kept = [option for option in options if option.get("type") != "null"]
+        if len(kept) == 1:
+            del schema["anyOf"]
+            schema.update(kept[0])
+        else:
+            schema["anyOf"] = kept
+
+
 def install_contract(app: FastAPI, *, page_size_max: int) -> None:
-    """Generate the document once, with the error responses declared on every operation and
-    the configured page-size limit on every `limit` parameter."""
+    """Generate the document once, with the error responses declared on every operation, no
+    null in any parameter's schema, and the configured page-size limit on every `limit`
+    parameter."""
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
@@ -109,6 +126,7 @@ def install_contract(app: FastAPI, *, page_size_max: int) -> None:
             for path, operations in schema.get("paths", {}).items():
                 for method, operation in operations.items():
                     _declare(path, method, operation)
+                    _no_null_parameters(operation)
                     _limit_page_size(operation, page_size_max)
             app.openapi_schema = schema
         return app.openapi_schema

@@ -27,6 +27,11 @@ Slug = Annotated[str, StringConstraints(pattern=DEVICE_ID_PATTERN)]
 
 # One line of human text.
 Label = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=_NO_CONTROL_CHARS)]
+# The same, where the column holds 64 (a Field(max_length=...) beside Label would not narrow it:
+# the annotation's own constraint wins, in the schema and in validation).
+ShortLabel = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=_NO_CONTROL_CHARS)
+]
 
 TAG_KEY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,62}$"
 TagKey = Annotated[str, StringConstraints(pattern=TAG_KEY_PATTERN)]

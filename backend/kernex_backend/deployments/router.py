@@ -9,7 +9,6 @@ from fastapi.responses import StreamingResponse
 
 from kernex_backend.bundles.upload import TrustedReleaseKeys
 from kernex_backend.core.access import ReadAccess, WriteAccess
-from kernex_backend.core.errors import BadRequest
 from kernex_backend.core.pagination import PageDep
 from kernex_backend.core.runtime import RuntimeDep, SessionDep, component, optional_component
 from kernex_backend.deployments import actions, events, service
@@ -211,7 +210,6 @@ async def get_deployment(
     response_class=StreamingResponse,
     responses={
         200: {"content": {"text/event-stream": {}}, "description": "Server-Sent Events"},
-        400: {"description": "Last-Event-ID is not a number"},
         **_NOT_FOUND,
     },
 )
@@ -220,17 +218,14 @@ async def deployment_events(
     runtime: RuntimeDep,
     session: SessionDep,
     _: ReadAccess,
-    last_event_id: Annotated[str | None, Header(max_length=20)] = None,
+    # The id of the last event received: a number (422 otherwise, as for any invalid input).
+    last_event_id: Annotated[str | None, Header(pattern=r"^[0-9]{1,18}$")] = None,
 ) -> StreamingResponse:
     """The deployment's changes as Server-Sent Events (created, admitted, wave_started,
     progress, paused, aborted, completed, ...); send `Last-Event-ID` to resume. The stream
     ends once the deployment is finished."""
     await service.get(session=session, deployment_id=deployment_id)
-    after = 0
-    if last_event_id:
-        if not last_event_id.isdigit():
-            raise BadRequest("Last-Event-ID must be the id of an event (a number)")
-        after = int(last_event_id)
+    after = int(last_event_id) if last_event_id else 0
     return StreamingResponse(
         events.stream(runtime.sessionmaker, deployment_id, after),
         media_type="text/event-stream",

@@ -5,7 +5,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from kernex_backend.core.text import Label
+from kernex_backend.core.text import ShortLabel
 from kernex_backend.webhooks.models import DeliveryState, EventType
 
 URL_PATTERN = r"^https?://[^\s/$.?#][^\s]*$"
@@ -16,7 +16,7 @@ class WebhookCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Label = Field(max_length=64)
+    name: ShortLabel
     url: str = Field(max_length=2048, pattern=URL_PATTERN)
     event_types: list[EventType] = Field(min_length=1, max_length=len(EventType))
     secret: str | None = Field(default=None, min_length=32, max_length=128)
@@ -27,7 +27,7 @@ class WebhookUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Label | None = Field(default=None, max_length=64)
+    name: ShortLabel | None = None
     url: str | None = Field(default=None, max_length=2048, pattern=URL_PATTERN)
     event_types: list[EventType] | None = Field(default=None, min_length=1)
     enabled: bool | None = None

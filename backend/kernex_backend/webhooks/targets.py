@@ -25,19 +25,23 @@ def _refused(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 async def check_target(url: str, *, allow_private: bool) -> None:
     """Raise TargetRefused unless `url` may receive webhooks."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        port = parts.port
+    except ValueError as exc:  # an unbalanced "[", a port out of range or not a number
+        raise TargetRefused(f"the URL does not parse: {exc}") from None
     if parts.scheme not in ("http", "https"):
         raise TargetRefused("the URL must be http:// or https://")
     if parts.username or parts.password:
         raise TargetRefused("credentials in the URL are not allowed: sign with the secret")
-    host = parts.hostname
     if not host:
         raise TargetRefused("the URL has no host")
     if allow_private:
         return
     try:
         infos = await asyncio.to_thread(
-            socket.getaddrinfo, host, parts.port or 443, proto=socket.IPPROTO_TCP
+            socket.getaddrinfo, host, port or 443, proto=socket.IPPROTO_TCP
         )
     except (socket.gaierror, UnicodeError) as exc:
         raise TargetRefused(f"the host {host} does not resolve ({exc})") from None

@@ -174,8 +174,11 @@ async def test_controls_progress_and_events(
     )
     rest = [f for f in resumed_stream.text.split("\n\n") if f.startswith("id: ")]
     assert rest == frames[3:]
-    bad = await client.get(f"{url}/events", headers={**read_headers, "Last-Event-ID": "x"})
-    assert bad.status_code == 400
+    # "²" (as Latin-1 bytes) is a digit to str.isdigit, no number to int(): it was a 500.
+    for bad_id in (b"x", "²".encode("latin-1"), b"1" * 19):
+        headers = [(k.encode(), v.encode()) for k, v in read_headers.items()]
+        bad = await client.get(f"{url}/events", headers=[*headers, (b"Last-Event-ID", bad_id)])
+        assert bad.status_code == 422, (bad_id, bad.text)
 
 
 async def test_openapi_declares_the_rollout_contract(client: httpx.AsyncClient) -> None:

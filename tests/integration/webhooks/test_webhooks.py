@@ -108,6 +108,8 @@ async def test_api_is_admin_only_and_never_shows_the_secret_again(
         ("http://[::1]/hook", "loopback"),
         ("http://localhost/hook", "loopback"),
         ("http://user:pw@example.invalid/hook", "credentials"),
+        ("https://\u0104[x/hook", "does not parse"),  # found by schemathesis: was a 500
+        ("http://example.invalid:99999/hook", "does not parse"),
     ],
 )
 async def test_targets_that_reach_our_own_host_are_refused(
