@@ -32,6 +32,8 @@ from tests.integration.mqtt_client import Identity, Probe, connect
 if TYPE_CHECKING:
     from kernex_devstack.s3 import EmbeddedS3
 
+pytest_plugins = ["tests.reliability"]
+
 REPO = Path(__file__).resolve().parents[1]
 MIGRATIONS_DIR = REPO / "migrations"
 

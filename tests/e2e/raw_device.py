@@ -2,6 +2,10 @@
 that need to send exactly what they choose (hostile traffic, heartbeats in a given order)."""
 
 import uuid
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import MQTTProtocolVersion
 
 from kernex_protocol.payloads import Heartbeat
 from kernex_protocol.topics import Channel, topic_for
@@ -15,7 +19,9 @@ from tests.integration.mqtt_client import Identity, Probe, connect
 class Device:
     """A device registered through the API, speaking raw MQTT with its own certificate."""
 
-    def __init__(self, fleet: Fleet, name: str) -> None:
+    def __init__(
+        self, fleet: Fleet, name: str, protocol: MQTTProtocolVersion = mqtt.MQTTv311
+    ) -> None:
         self.fleet = fleet
         self.id = f"{name}-{uuid.uuid4().hex[:8]}"
         with fleet.api as api:
@@ -31,12 +37,16 @@ class Device:
         write_private_key(folder / "device.key", key)
         write_public(folder / "device.crt", pem(cert))
         write_public(folder / "ca.pem", authority.chain_pem)
-        identity = Identity(
+        self.identity = Identity(
             self.id, folder / "ca.pem", folder / "device.crt", folder / "device.key"
         )
-        self.probe: Probe = connect(identity, fleet.broker.host, fleet.broker.port)
+        self.probe: Probe = self.connect(protocol=protocol)
         assert self.probe.connected.is_set(), self.probe.error
         self.seq = 0
+
+    def connect(self, **options: Any) -> Probe:
+        """A new connection with this device's certificate (`options` as for `connect`)."""
+        return connect(self.identity, self.fleet.broker.host, self.fleet.broker.port, **options)
 
     def topic(self, channel: Channel) -> str:
         return topic_for(self.id, channel)

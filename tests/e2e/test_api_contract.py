@@ -8,6 +8,7 @@ import os
 import subprocess
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,7 +23,14 @@ MAX_EXAMPLES = 25  # per operation and phase: over 1,000 cases in all
 MIN_CASES = 1000
 
 
-def test_schemathesis_finds_no_failure_in_at_least_1000_cases(fleet: Fleet, tmp_path: Path) -> None:
+@pytest.mark.reliability(
+    "Bad input",
+    "the REST API under schemathesis: every check; coverage, fuzzing and stateful phases",
+    "no failure: no 5xx, every status and body as documented",
+)
+def test_schemathesis_finds_no_failure_in_at_least_1000_cases(
+    fleet: Fleet, tmp_path: Path, figures: dict[str, Any]
+) -> None:
     fleet.base_env.update(
         {
             "KERNEX_PKI__CA_DIR": str(fleet.broker.ca_dir),
@@ -98,3 +106,6 @@ def test_schemathesis_finds_no_failure_in_at_least_1000_cases(fleet: Fleet, tmp_
     assert run["operations"]["tested"] == run["operations"]["total"], run["operations"]
     for phase in ("coverage", "fuzzing", "stateful"):
         assert run["phases"][phase]["status"] == "success", run["phases"]
+    figures["operations"] = run["operations"]["tested"]
+    figures["cases"] = run["test_cases"]["generated"]
+    figures["failures"] = run["test_cases"]["unique_failures"]

@@ -54,6 +54,11 @@ def test_device_online_update_and_offline_through_the_api(fleet: Fleet) -> None:
     eventually(lambda: not fleet.device(device_id)["online"], timeout=10, what="offline")
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "a device offline past its download URL's expiry",
+    "completes when back",
+)
 def test_offline_device_completes_when_back_even_after_its_url_expired(fleet: Fleet) -> None:
     fleet.base_env["KERNEX_STORAGE__URL_EXPIRY_S"] = "5"
     fleet.start_api()
@@ -73,6 +78,11 @@ def test_offline_device_completes_when_back_even_after_its_url_expired(fleet: Fl
     assert running_version(agent.install_root) == "2.0.0"
 
 
+@pytest.mark.reliability(
+    "Scale-out",
+    "two backend replicas sharing device traffic",
+    "each device notified once; every execution succeeds",
+)
 def test_two_replicas_share_device_traffic_and_notify_each_device_once(
     fleet: Fleet, broker: EmbeddedBroker
 ) -> None:
@@ -113,6 +123,11 @@ def test_two_replicas_share_device_traffic_and_notify_each_device_once(
     assert published >= 1
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "the broker restarted without its retained store",
+    "every live notice published again; the rollout completes",
+)
 def test_broker_losing_its_retained_store_gets_every_notice_back(
     fleet: Fleet, broker: EmbeddedBroker
 ) -> None:
@@ -178,6 +193,11 @@ def test_a_new_deployment_is_notified_at_once_and_in_full(
         assert hashlib.sha256(fetched.content).hexdigest() == bundle["sha256"]
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "a bridge worker whose event loop is stuck",
+    "its liveness probe fails, and passes again once it runs",
+)
 def test_worker_liveness_probe_fails_while_its_event_loop_is_stuck(fleet: Fleet) -> None:
     """The Kubernetes liveness probe of a bridge worker: `probe --liveness-file` passes while
     the worker's loop marks the file, fails once the process stops running (SIGSTOP, as a loop

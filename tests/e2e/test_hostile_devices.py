@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from kernex_protocol.payloads import Heartbeat, Progress, ProgressState
 from kernex_protocol.topics import Channel
@@ -52,8 +55,9 @@ def notified_victim(fleet: Fleet, explain: Any) -> tuple[Device, str]:
     return victim, deployment_id
 
 
-def victim_is_served(victim: Device, deployment_id: str, explain: Any) -> None:
-    """The victim's next heartbeat is stored and its next progress report applied, in 2 s."""
+def victim_is_served(victim: Device, deployment_id: str, explain: Any) -> float:
+    """The victim's next heartbeat is stored and its next progress report applied, in 2 s.
+    Returns how long the heartbeat took to be stored."""
     seq = victim.heartbeat()
     report_seq = victim.seq * 10
     victim.send(
@@ -71,6 +75,7 @@ def victim_is_served(victim: Device, deployment_id: str, explain: Any) -> None:
     row = next(r for r in rows if r["device_id"] == victim.id)
     assert row["state"] == "downloading"
     assert row["progress"] == victim.seq % 100, "the progress report was not applied"
+    return took
 
 
 HOSTILE_MESSAGES: list[tuple[Channel, bytes]] = [
@@ -106,6 +111,13 @@ HOSTILE_MESSAGES: list[tuple[Channel, bytes]] = [
 ]
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "oversized, malformed, deeply nested, invalid UTF-8, NUL, out-of-range and wrong-version"
+    " device payloads",
+    "each dropped and counted; a victim device's next heartbeat stored and progress applied"
+    " within 2 s; the backend ready",
+)
 def test_no_message_stops_anyone_elses_traffic(backend: Fleet, tmp_path: Path) -> None:
     fleet = backend
     explain = logs_of(*fleet.processes)
@@ -134,7 +146,14 @@ def test_no_message_stops_anyone_elses_traffic(backend: Fleet, tmp_path: Path) -
     assert len(drops) == len(offender["dropped"]), drops  # one per reason
 
 
-def test_a_flooding_device_is_budgeted_and_quarantined(backend: Fleet) -> None:
+@pytest.mark.reliability(
+    "Hostile devices",
+    "a heartbeat and URL-request flood from one device",
+    "budgeted, counted and quarantined at the broker; the victim served within 2 s",
+)
+def test_a_flooding_device_is_budgeted_and_quarantined(
+    backend: Fleet, figures: dict[str, Any]
+) -> None:
     fleet = backend
     explain = logs_of(*fleet.processes)
     victim, deployment_id = notified_victim(fleet, explain)
@@ -144,15 +163,18 @@ def test_a_flooding_device_is_budgeted_and_quarantined(backend: Fleet) -> None:
     flood_until = time.monotonic() + 4
     sent = 0
     next_victim = time.monotonic()
+    victim_waits: list[float] = []
     while time.monotonic() < flood_until:
         for _ in range(200):
             flooder.probe.client.publish(topic, beat, qos=0)
         sent += 200
         if time.monotonic() >= next_victim:
-            victim_is_served(victim, deployment_id, explain)
+            victim_waits.append(victim_is_served(victim, deployment_id, explain))
             next_victim = time.monotonic() + 1
         time.sleep(0.01)
     assert sent > 2000
+    figures["flood messages sent"] = sent
+    figures["victim heartbeat stored within, worst (s)"] = max(victim_waits)
     device = eventually(
         lambda: (d := fleet.device(flooder.id))["quarantined_until"] and d,
         10,
@@ -185,3 +207,72 @@ def test_a_flooding_device_is_budgeted_and_quarantined(backend: Fleet) -> None:
     flooder.seq = 100
     seq = flooder.heartbeat()
     eventually(lambda: seq in flooder.stored_heartbeats(), 10, "the released device heard", explain)
+
+
+def user_properties(packet: int, count: int, value_size: int) -> Properties:
+    properties = Properties(packet)  # type: ignore[no-untyped-call]
+    properties.UserProperty = [(f"k{i}", "v" * value_size) for i in range(count)]
+    return properties
+
+
+def alias(number: int) -> Properties:
+    properties = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    properties.TopicAlias = number
+    return properties
+
+
+@pytest.mark.reliability(
+    "Hostile devices",
+    "MQTT v5 user-property and topic-alias abuse",
+    "packets over the size limit and invalid aliases cut off by the broker; an alias never"
+    " leads to another device's topic; the victim served within 2 s",
+)
+def test_mqtt5_properties_and_topic_aliases_cannot_be_abused(
+    backend: Fleet, figures: dict[str, Any]
+) -> None:
+    fleet = backend
+    explain = logs_of(*fleet.processes)
+    victim, deployment_id = notified_victim(fleet, explain)
+    attacker = Device(fleet, "v5", protocol=mqtt.MQTTv5)
+    own = attacker.topic(Channel.HEARTBEAT)
+    foreign = victim.topic(Channel.HEARTBEAT)
+
+    # Many user properties within the packet limit: delivered like any heartbeat, harmless.
+    beat = Heartbeat(1, 1, "t", 1, "0.1.0").to_payload()
+    many = user_properties(PacketTypes.PUBLISH, 800, 8)
+    attacker.probe.client.publish(own, beat, qos=1, properties=many).wait_for_publish(5)
+    eventually(lambda: 1 in attacker.stored_heartbeats(), 10, "the attacker's heartbeat", explain)
+    victim_is_served(victim, deployment_id, explain)
+
+    # An alias set on a foreign topic, then used alone: the broker checks the resolved topic.
+    forged = Heartbeat(999_001, 1, "t", 1, "0.1.0").to_payload()
+    attacker.probe.client.publish(foreign, forged, qos=1, properties=alias(1))
+    attacker.probe.client.publish("", forged, qos=1, properties=alias(1))
+    # An alias of its own topic, then re-pointed at the foreign one: the same.
+    attacker.probe.client.publish(own, beat, qos=1, properties=alias(2))
+    attacker.probe.client.publish(foreign, forged, qos=1, properties=alias(2))
+    attacker.probe.client.publish("", forged, qos=1, properties=alias(2))
+    waits = [victim_is_served(victim, deployment_id, explain)]
+    assert 999_001 not in victim.stored_heartbeats(), "an alias led to another device's topic"
+
+    # An alias above the broker's maximum is a protocol error: disconnected.
+    attacker.probe.client.publish(own, beat, qos=0, properties=alias(65535))
+    assert attacker.probe.disconnected.wait(5), "an alias above the maximum was accepted"
+    attacker.probe.close()
+
+    # User properties past the packet size limit, on a PUBLISH and on a CONNECT.
+    again = attacker.connect(protocol=mqtt.MQTTv5)
+    assert again.connected.wait(5), again.error
+    oversized = user_properties(PacketTypes.PUBLISH, 3000, 16)
+    again.client.publish(own, beat, qos=0, properties=oversized)
+    assert again.disconnected.wait(5), "a PUBLISH over the packet limit was accepted"
+    again.close()
+    crowded = attacker.connect(
+        protocol=mqtt.MQTTv5,
+        connect_properties=user_properties(PacketTypes.CONNECT, 10_000, 16),
+    )
+    assert not crowded.connected.wait(2), "a CONNECT over the packet limit was accepted"
+    crowded.close()
+    waits.append(victim_is_served(victim, deployment_id, explain))
+    figures["victim heartbeat stored within, worst (s)"] = max(waits)
+    figures["user properties on the refused CONNECT"] = 10_000

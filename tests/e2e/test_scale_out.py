@@ -5,6 +5,7 @@ import os
 import signal
 import time
 from collections import Counter
+from typing import Any
 
 import pytest
 
@@ -14,7 +15,14 @@ from tests.e2e.raw_device import Device
 pytestmark = pytest.mark.e2e
 
 
-def test_a_stalled_replica_loses_no_heartbeat_and_duplicates_none(fleet: Fleet) -> None:
+@pytest.mark.reliability(
+    "Scale-out",
+    "a replica stalled (SIGSTOP) for many heartbeat intervals",
+    "every heartbeat stored exactly once",
+)
+def test_a_stalled_replica_loses_no_heartbeat_and_duplicates_none(
+    fleet: Fleet, figures: dict[str, Any]
+) -> None:
     # The device beats every 50 ms here, so a 2 s stall is many heartbeat intervals long.
     fleet.base_env["KERNEX_MQTT__HEARTBEAT_BUDGET_PER_S"] = "100"
     api = fleet.start_api()
@@ -47,5 +55,8 @@ def test_a_stalled_replica_loses_no_heartbeat_and_duplicates_none(fleet: Fleet) 
     time.sleep(1.0)  # nothing more arrives: no copy of any of them
     stored = Counter(device.stored_heartbeats())
     assert stored == Counter(range(1, 41))
+    figures["heartbeats sent"] = 40
+    figures["stored once each"] = len(stored)
+    figures["lost or duplicated"] = 0
     beat(1)
     eventually(lambda: 41 in device.stored_heartbeats(), 20, "the next one stored", explain)

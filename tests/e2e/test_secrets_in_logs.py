@@ -6,6 +6,7 @@ secret the run used."""
 import re
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
@@ -53,8 +54,13 @@ def test_the_leak_search_finds_what_it_looks_for() -> None:
     assert leaks({"c.log": "nothing here"}, {"token": "s3cr3t"}) == []
 
 
+@pytest.mark.reliability(
+    "Secrets",
+    "every key, token and password of a whole run searched for in every log, at DEBUG",
+    "none found",
+)
 def test_no_secret_used_in_a_whole_run_is_logged(
-    fleet: Fleet, s3_server: EmbeddedS3, database_url: str, tmp_path: Path
+    fleet: Fleet, s3_server: EmbeddedS3, database_url: str, tmp_path: Path, figures: dict[str, Any]
 ) -> None:
     fleet.base_env.update(
         {
@@ -150,3 +156,5 @@ def test_no_secret_used_in_a_whole_run_is_logged(
     named = leaks(logs, {"the device ID": device_id, "the deployment ID": deployment})
     assert {line.split(" in ")[1] for line in named} == set(logs), named
     assert leaks(logs, secrets) == []
+    figures["secrets searched for"] = len(secrets)
+    figures["log lines searched"] = sum(text.count("\n") for text in logs.values())

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+from paho.mqtt.properties import Properties
 
 
 @dataclass
@@ -82,14 +83,22 @@ class Probe:
 
 
 def connect(
-    identity: Identity, host: str, port: int, *, client_id: str | None = None, timeout: float = 5.0
+    identity: Identity,
+    host: str,
+    port: int,
+    *,
+    client_id: str | None = None,
+    timeout: float = 5.0,
+    protocol: MQTTProtocolVersion = mqtt.MQTTv311,
+    connect_properties: Properties | None = None,
 ) -> Probe:
-    """Connect and wait for CONNACK; a refused handshake leaves `connected` unset, `error` set."""
+    """Connect and wait for CONNACK; a refused handshake leaves `connected` unset, `error` set.
+    MQTT 3.1.1 unless `protocol` says 5 (then `connect_properties` go with the CONNECT)."""
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=client_id if client_id is not None else identity.name,
-        protocol=mqtt.MQTTv311,
-        clean_session=True,
+        protocol=protocol,
+        clean_session=None if protocol == mqtt.MQTTv5 else True,
     )
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(identity.ca_file))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -113,7 +122,7 @@ def connect(
     client.on_disconnect = on_disconnect
     client.on_message = on_message
     try:
-        client.connect(host, port, keepalive=30)
+        client.connect(host, port, keepalive=30, properties=connect_properties)
     except (ssl.SSLError, OSError) as exc:
         probe.error = f"{type(exc).__name__}: {exc}"
         return probe

@@ -35,6 +35,11 @@ def rejected(backend: BackendStandIn, device: Device, deployment: str) -> ErrorC
     return progress[0].error.code
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "a notice signed with an unknown key, or with a bad signature",
+    "rejected before any download",
+)
 def test_unknown_key_and_bad_signature_are_rejected_without_download(
     device: Device, bundles: BundleStore, backend_side: BackendStandIn
 ) -> None:
@@ -62,6 +67,11 @@ def test_unknown_key_and_bad_signature_are_rejected_without_download(
     assert running_version(device.install_root) is None
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "a replayed (expired) notice, or one for another device type",
+    "rejected",
+)
 def test_wrong_device_type_and_expired_notice_are_rejected(
     device: Device, bundles: BundleStore, backend_side: BackendStandIn
 ) -> None:
@@ -73,6 +83,11 @@ def test_wrong_device_type_and_expired_notice_are_rejected(
     assert rejected(backend_side, device, expired) == ErrorCode.NOTICE_EXPIRED
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "a notice addressed to another device",
+    "rejected",
+)
 def test_notice_for_another_device_is_rejected(
     device: Device, bundles: BundleStore, backend_side: BackendStandIn
 ) -> None:
@@ -85,6 +100,11 @@ def test_notice_for_another_device_is_rejected(
     assert rejected(backend_side, device, "dep-misrouted") == ErrorCode.WRONG_DEVICE
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "a downgrade without a signed rollback approval",
+    "refused",
+)
 def test_downgrade_needs_a_signed_rollback_approval(
     device: Device, bundles: BundleStore, backend_side: BackendStandIn
 ) -> None:
@@ -137,6 +157,11 @@ def test_repeated_notice_is_idempotent_and_installed_version_is_reported(
     assert [p.state for p in progress] == [ProgressState.ALREADY_INSTALLED]
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "a malformed notice",
+    "dropped; the agent carries on",
+)
 def test_malformed_notice_is_dropped_and_the_agent_carries_on(
     device: Device, bundles: BundleStore, backend_side: BackendStandIn
 ) -> None:

@@ -49,6 +49,11 @@ def test_notice_without_url_asks_for_one(
     assert len(backend_side.url_requests) == 1
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "the agent killed mid-download",
+    "resumes from its offset and completes",
+)
 def test_killed_mid_download_resumes_from_its_offset(
     make_device: DeviceFactory, bundles: BundleStore, backend_side: BackendStandIn
 ) -> None:
@@ -82,6 +87,11 @@ CRASH_POINTS = [
 ]
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "a power cut in every update state",
+    "a complete version and a terminal execution state",
+)
 @pytest.mark.parametrize("state", CRASH_POINTS, ids=[s.value for s in CRASH_POINTS])
 def test_power_cut_in_every_state_leaves_a_complete_version(
     state: State, make_device: DeviceFactory, bundles: BundleStore, backend_side: BackendStandIn
@@ -105,6 +115,11 @@ def test_power_cut_in_every_state_leaves_a_complete_version(
     device.agent.wait_log("update.resuming", state=state.value)
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "a power cut while rolling back",
+    "back on the previous version",
+)
 @pytest.mark.parametrize("state", [State.ROLLING_BACK, State.ROLLED_BACK], ids=str)
 def test_power_cut_while_rolling_back_still_returns_to_the_old_version(
     state: State, make_device: DeviceFactory, bundles: BundleStore, backend_side: BackendStandIn
@@ -165,6 +180,11 @@ HOSTILE = {
 }
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "archive tricks: traversal, absolute paths, links out, device nodes",
+    "nothing written outside staging; the running version untouched",
+)
 @pytest.mark.parametrize("attack", HOSTILE, ids=list(HOSTILE))
 def test_hostile_archive_writes_nothing_outside_staging(
     attack: str, make_device: DeviceFactory, bundles: BundleStore, backend_side: BackendStandIn

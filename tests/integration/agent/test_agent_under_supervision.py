@@ -134,6 +134,11 @@ HOSTILE = {
 }
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "hostile bundles: hard links, header and decompression bombs",
+    "refused and reported; the agent never restarts",
+)
 def test_hostile_bundles_end_reported_without_a_restart(
     supervised: tuple[Device, Supervised], bundles: BundleStore, backend_side: BackendStandIn
 ) -> None:
@@ -162,6 +167,11 @@ def test_hostile_bundles_end_reported_without_a_restart(
     [b"", b'{"schema": 1, "state": "instal', b"\x00" * 64, b'{"schema": 1, "state": "teleport"}'],
     ids=["empty", "half-written", "zeros", "unknown-state"],
 )
+@pytest.mark.reliability(
+    "Faults",
+    "the agent's state file truncated or half-written",
+    "the agent starts and reports",
+)
 def test_a_damaged_update_record_is_survived(
     supervised: tuple[Device, Supervised],
     bundles: BundleStore,
@@ -181,6 +191,11 @@ def test_a_damaged_update_record_is_survived(
     assert list(device.agent.state_dir.glob("update.json.damaged-*"))
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "the state file damaged mid-install",
+    "the install undone, the old version running, reported",
+)
 def test_a_damaged_record_mid_install_is_undone_and_reported(
     supervised: tuple[Device, Supervised], bundles: BundleStore, backend_side: BackendStandIn
 ) -> None:

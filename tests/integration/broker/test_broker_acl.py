@@ -7,6 +7,8 @@ barrier is in, the dropped message would already have been seen.
 
 import uuid
 
+import pytest
+
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.topics import Channel, topic_for
 from tests.conftest import Connector, IdentityFactory
@@ -57,6 +59,11 @@ def test_device_uses_its_own_topics_and_finds_its_retained_notice(
     backend.publish(notice, b"", retain=True)  # clear the retained notice
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "publishing on another device's topics",
+    "nothing reaches them; the publisher's session is unaffected for others",
+)
 def test_cross_device_publish_is_dropped(
     issue: IdentityFactory, mqtt_connect: Connector, backend: Probe
 ) -> None:
@@ -84,6 +91,11 @@ def test_cross_device_publish_is_dropped(
     assert_nothing_retained(backend, topic_for(b_name, Channel.DEPLOYMENT))
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "wildcard, foreign and $SYS subscriptions",
+    "no foreign or broker message delivered",
+)
 def test_cross_device_and_wildcard_subscriptions_get_nothing_foreign(
     issue: IdentityFactory, mqtt_connect: Connector, backend: Probe
 ) -> None:
@@ -108,6 +120,11 @@ def test_cross_device_and_wildcard_subscriptions_get_nothing_foreign(
     assert not any(m.topic.startswith("$SYS") for m in a.drain(wait=0.3))
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "writing its own downlink (notice) topic",
+    "the retained notice unchanged",
+)
 def test_device_cannot_write_its_own_deployment_topic(
     issue: IdentityFactory, mqtt_connect: Connector, backend: Probe
 ) -> None:
@@ -124,6 +141,11 @@ def test_device_cannot_write_its_own_deployment_topic(
     assert_nothing_retained(backend, notice)
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "connecting under another device's client id",
+    "refused; the other device stays connected",
+)
 def test_device_cannot_take_another_devices_client_id(
     issue: IdentityFactory, mqtt_connect: Connector, backend: Probe, broker: EmbeddedBroker
 ) -> None:

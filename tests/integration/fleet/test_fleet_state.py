@@ -123,6 +123,11 @@ async def test_agent_health_in_heartbeats_is_visible_per_device(
     assert (metrics["update_state"], metrics["last_error"]) == ("installing", "digest_mismatch")
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "the database unreachable under heartbeat ingest",
+    "recovers without a restart; loss bounded by the buffer and counted",
+)
 async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
     database_url: str, postgres_admin: Any, template_database: str, app: FastAPI
 ) -> None:
@@ -375,6 +380,11 @@ async def _noop(device_ids: list[str]) -> None:
     return None
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "foreign topics and unparsable messages at the bridge",
+    "dropped and counted; the consumer keeps going",
+)
 async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
     seen: list[tuple[str, object]] = []
 

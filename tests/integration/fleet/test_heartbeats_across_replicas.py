@@ -36,6 +36,11 @@ async def copies(engine: AsyncEngine, device_id: str) -> dict[tuple[int, int], i
         return {(s, q): n for s, q, n in rows}
 
 
+@pytest.mark.reliability(
+    "Scale-out",
+    "heartbeats interleaved between replicas, one behind",
+    "every heartbeat stored once; latest fields move forward only",
+)
 async def test_interleaved_replicas_store_every_heartbeat_once_and_move_forward(
     app: FastAPI, engine: AsyncEngine
 ) -> None:
@@ -71,6 +76,11 @@ async def test_interleaved_replicas_store_every_heartbeat_once_and_move_forward(
     assert set((await copies(engine, "split-1")).values()) == {1}
 
 
+@pytest.mark.reliability(
+    "Scale-out",
+    "two replicas writing the same heartbeats at once",
+    "one copy of each",
+)
 async def test_replicas_writing_the_same_heartbeats_at_once_store_one_copy(
     app: FastAPI, engine: AsyncEngine
 ) -> None:

@@ -53,6 +53,11 @@ async def run_until(run: Any, done: Any, limit_s: float = 10.0) -> None:
         await asyncio.gather(task, return_exceptions=True)
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "heartbeats the database refuses",
+    "isolated and dropped; the rest of the batch stored",
+)
 async def test_poison_heartbeats_are_isolated_and_the_rest_stored(
     app: FastAPI, engine: AsyncEngine
 ) -> None:
@@ -88,6 +93,11 @@ async def _noop(device_ids: list[str]) -> None:
     return None
 
 
+@pytest.mark.reliability(
+    "Bad input",
+    "a progress report the database refuses",
+    "isolated; the others applied",
+)
 async def test_a_poison_progress_report_is_isolated(app: FastAPI, engine: AsyncEngine) -> None:
     good = await make_execution(engine, "pg-ok")
     bad = await make_execution(engine, "pg-bad")
@@ -129,6 +139,11 @@ async def test_the_limits_table_agrees_with_the_schema(app: FastAPI, engine: Asy
             assert maximum is None or length <= maximum, f"{name} allows more than {column}"
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "a device lying about its session",
+    "its claim goes stale; the real agent's heartbeats stored",
+)
 async def test_a_lying_session_claim_goes_stale(app: FastAPI, engine: AsyncEngine) -> None:
     await add_devices(engine, "liar-1")
     stats = TrafficCounters()
@@ -183,6 +198,11 @@ async def unreachable_fleet(
         yield application
 
 
+@pytest.mark.reliability(
+    "Faults",
+    "the broker unreachable",
+    "readiness says so; nothing crashes",
+)
 async def test_ready_says_no_while_device_traffic_cannot_flow(unreachable_fleet: FastAPI) -> None:
     fleet = runtime_of(unreachable_fleet).get(fleet_state.FleetState)
     assert fleet.bridge.problem(grace_s=60) is None  # within its grace
