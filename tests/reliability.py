@@ -23,8 +23,6 @@ NOT_YET_TESTED: list[tuple[str, str]] = [
     ("Faults", "broker killed with SIGKILL mid-rollout (every device ends with its notice)"),
     ("Faults", "PostgreSQL restarted (not only unreachable) under ingest"),
     ("Faults", "one of two backend workers killed mid-rollout"),
-    ("Faults", "object store down during downloads"),
-    ("Faults", "network slowed to a trickle through a stalling TCP proxy"),
     ("Faults", "disk full on the device, on the backend, database full"),
     ("Load", "the simulator at thousands of devices while the hostile tests run"),
 ]

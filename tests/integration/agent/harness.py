@@ -82,6 +82,20 @@ def app_archive(
     return out.getvalue()
 
 
+def partial_download(
+    state_dir: Path, deployment_id: str, *, beyond: int, timeout: float = 20.0
+) -> Path:
+    """The agent's partial download of `deployment_id`, once it holds more than `beyond` bytes."""
+    partial = state_dir / "downloads" / f"{deployment_id}.bundle"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (
+        partial.exists() and partial.stat().st_size > beyond
+    ):
+        time.sleep(0.05)
+    assert partial.exists() and partial.stat().st_size > beyond, "the download never got going"
+    return partial
+
+
 def running_version(install_root: Path) -> str | None:
     """The version `current` selects, after checking it is complete; None if nothing runs."""
     current = install_root / "current"

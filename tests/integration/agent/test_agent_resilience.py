@@ -15,6 +15,7 @@ from tests.integration.agent.harness import (
     BundleStore,
     app_archive,
     deploy,
+    partial_download,
     running_version,
 )
 
@@ -61,10 +62,7 @@ def test_killed_mid_download_resumes_from_its_offset(
     device.agent.start()
     release = bundles.put(app_archive("1.0.0", payload_bytes=6 * MIB), "1.0.0")
     deployment = backend_side.notify(device.device_id, release)
-    partial = device.agent.state_dir / "downloads" / f"{deployment}.bundle"
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > MIB):
-        time.sleep(0.05)
+    partial = partial_download(device.agent.state_dir, deployment, beyond=MIB)
     device.agent.kill()  # SIGKILL: no chance to tidy up
     offset = partial.stat().st_size
     assert MIB < offset < release.signed.manifest.size
