@@ -7,6 +7,8 @@ import signal
 import subprocess
 import time
 import uuid
+from collections import Counter
+from typing import Any
 
 import httpx
 import pytest
@@ -218,3 +220,58 @@ def test_worker_liveness_probe_fails_while_its_event_loop_is_stuck(fleet: Fleet)
     finally:
         os.kill(worker.process.pid, signal.SIGCONT)
     eventually(healthy, timeout=20, what="probe passes again")
+
+
+@pytest.mark.reliability(
+    "Faults",
+    "one of two backend replicas killed (SIGKILL) mid-rollout",
+    "the other carries the rollout to completion: every device updated once, on its first"
+    " attempt, none lost",
+)
+def test_a_replica_killed_mid_rollout_loses_and_repeats_nothing(
+    fleet: Fleet, figures: dict[str, Any]
+) -> None:
+    # Whatever the killed replica had acknowledged but not yet written (at most one flush
+    # interval of progress reports) comes back when live notices are re-published and each
+    # device answers with its state: every 2 s here, every 5 minutes by default.
+    fleet.base_env["KERNEX_MQTT__RECONCILE_INTERVAL_S"] = "2"
+    api = fleet.start_api()
+    worker = fleet.start_worker("kernex-backend-doomed")
+    eventually(lambda: '"mqtt_connected"' in worker.log(), what="worker connected")
+    agents = [fleet.add_device(update__download_rate_limit_bps=str(512 * 1024)) for _ in range(6)]
+    for agent in agents:
+        agent.start()
+    ids = [a.device_id for a in agents]  # type: ignore[attr-defined]
+    eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="all online")
+    deployment = fleet.deploy(fleet.upload("4.0.0", payload_bytes=2 * 1024 * 1024), ids)
+    eventually(
+        lambda: any(e["state"] == "downloading" for e in fleet.executions(deployment).values()),
+        timeout=30,
+        what="the rollout under way",
+    )
+    assert worker.process is not None
+    worker.process.kill()
+    killed_at = time.monotonic()
+    states_at_kill = Counter(e["state"] for e in fleet.executions(deployment).values())
+
+    def all_succeeded() -> dict[str, dict[str, Any]] | None:
+        rows = fleet.executions(deployment)
+        return rows if all(e["state"] == "succeeded" for e in rows.values()) else None
+
+    executions = eventually(
+        all_succeeded, timeout=90, what="every execution succeeded", explain=logs_of(api, *agents)
+    )
+    assert all(e["attempt"] == 1 for e in executions.values()), executions
+    for agent in agents:
+        starts = [
+            entry
+            for entry in agent.log_lines()
+            if entry.get("event") == "update.starting" and entry.get("deployment_id") == deployment
+        ]
+        assert len(starts) == 1, (agent.device_id, starts)  # type: ignore[attr-defined]
+        assert running_version(agent.install_root) == "4.0.0"
+    with fleet.api as api_client:
+        assert api_client.get(f"/deployments/{deployment}").json()["status"] == "completed"
+    figures["devices"] = len(agents)
+    figures["states when killed"] = ", ".join(f"{s} {n}" for s, n in sorted(states_at_kill.items()))
+    figures["all succeeded after the kill (s)"] = round(time.monotonic() - killed_at, 1)
