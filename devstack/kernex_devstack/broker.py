@@ -146,6 +146,12 @@ class EmbeddedBroker:
             self._process = None
         self.layout.pid_file.unlink(missing_ok=True)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no chance to save its persistence file."""
+        if self._process is not None:
+            self._process.signal(signal.SIGKILL)
+        self.stop()
+
     def running(self) -> bool:
         """Whether the broker process is alive."""
         return self._process is not None and self._process.running()

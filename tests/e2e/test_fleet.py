@@ -275,3 +275,61 @@ def test_a_replica_killed_mid_rollout_loses_and_repeats_nothing(
     figures["devices"] = len(agents)
     figures["states when killed"] = ", ".join(f"{s} {n}" for s, n in sorted(states_at_kill.items()))
     figures["all succeeded after the kill (s)"] = round(time.monotonic() - killed_at, 1)
+
+
+@pytest.mark.reliability(
+    "Faults",
+    "the broker restarted mid-rollout: gracefully, and killed with SIGKILL",
+    "every device gets its notice and the rollout completes, each device updated once",
+)
+@pytest.mark.parametrize("how", ["graceful", "SIGKILL"])
+def test_a_broker_restart_mid_rollout_loses_no_device(
+    how: str, fleet: Fleet, broker: EmbeddedBroker, figures: dict[str, Any]
+) -> None:
+    api = fleet.start_api()
+    agents = [
+        fleet.add_device(
+            update__download_rate_limit_bps=str(512 * 1024),
+            mqtt__reconnect_min_s="0.5",
+            mqtt__reconnect_max_s="2",
+        )
+        for _ in range(6)
+    ]
+    for agent in agents:
+        agent.start()
+    ids = [a.device_id for a in agents]  # type: ignore[attr-defined]
+    eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="all online")
+    deployment = fleet.deploy(fleet.upload("5.0.0", payload_bytes=2 * 1024 * 1024), ids)
+    eventually(
+        lambda: any(e["state"] == "downloading" for e in fleet.executions(deployment).values()),
+        timeout=30,
+        what="the rollout under way",
+    )
+    states_at_restart = Counter(e["state"] for e in fleet.executions(deployment).values())
+    if how == "SIGKILL":
+        broker.kill()
+    else:
+        broker.stop()
+    restarted_at = time.monotonic()
+    broker.start()
+
+    def all_succeeded() -> dict[str, dict[str, Any]] | None:
+        rows = fleet.executions(deployment)
+        return rows if all(e["state"] == "succeeded" for e in rows.values()) else None
+
+    executions = eventually(
+        all_succeeded, timeout=120, what="every execution succeeded", explain=logs_of(api, *agents)
+    )
+    assert all(e["attempt"] == 1 for e in executions.values()), executions
+    for agent in agents:
+        assert running_version(agent.install_root) == "5.0.0"
+        commits = [
+            entry
+            for entry in agent.log_lines()
+            if entry.get("event") == "update.starting" and entry.get("deployment_id") == deployment
+        ]
+        assert len(commits) == 1, (agent.device_id, commits)  # type: ignore[attr-defined]
+    figures[f"{how}: states at the restart"] = ", ".join(
+        f"{s} {n}" for s, n in sorted(states_at_restart.items())
+    )
+    figures[f"{how}: all succeeded after (s)"] = round(time.monotonic() - restarted_at, 1)
