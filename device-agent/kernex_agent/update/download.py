@@ -13,6 +13,7 @@ last `rate_window_s`. What was received stays in the partial file; the next atte
 """
 
 import contextlib
+import errno
 import http.client
 import os
 import socket
@@ -34,6 +35,7 @@ _FSYNC_EVERY: Final = 4 * 1024 * 1024
 _URL_REFUSED: Final = frozenset({401, 403, 404, 410})
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS: Final = 3
+NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class DownloadError(Exception):
@@ -42,6 +44,11 @@ class DownloadError(Exception):
 
 class UrlRefused(DownloadError):
     """The URL expired or was refused: a fresh one is needed."""
+
+
+class NoSpaceForDownload(Exception):
+    """The disk the download is written to is full (ENOSPC or the quota): retrying cannot
+    help until space is freed, and the partial file holds space the device needs."""
 
 
 class ContentTooLarge(Exception):
@@ -182,6 +189,10 @@ class HttpDownloader:
                 finally:
                     connection.close()
             except (OSError, http.client.HTTPException) as exc:
+                if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                    raise NoSpaceForDownload(
+                        f"the disk is full ({_reason(exc)}); the partial download was dropped"
+                    ) from None
                 if watchdog.stopped:
                     raise DownloadCanceled from None
                 if watchdog.reason is not None:

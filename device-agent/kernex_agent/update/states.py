@@ -22,12 +22,14 @@ from kernex_agent.update.download import (
     DownloadCanceled,
     DownloadError,
     HttpDownloader,
+    NoSpaceForDownload,
     UrlRefused,
 )
 from kernex_agent.update.installer import Installer, InstallRefused
 from kernex_agent.update.machine import TERMINAL, Event, State
 from kernex_agent.update.runner import Failed, Handler
 from kernex_agent.update.store import UpdateRecord
+from kernex_agent.update.unpack import NoSpaceToInstall
 from kernex_agent.update.verify import BundleMismatch, verify_bundle
 from kernex_protocol.payloads import ErrorCode, Notice
 
@@ -223,9 +225,12 @@ class UpdateStates:
         except DownloadCanceled:
             self._check_stopping()
             return Event.ABORTED
-        except ContentTooLarge as exc:
+        except (ContentTooLarge, NoSpaceForDownload) as exc:
+            # Permanent: give the space back at once. On a full disk the device needs it more
+            # than a resume does, and the agent's own state must still be saved there.
             self.paths.discard(deployment_id)
-            return Failed(ErrorCode.SIZE_MISMATCH, str(exc))
+            full = isinstance(exc, NoSpaceForDownload)
+            return Failed(ErrorCode.DISK_FULL if full else ErrorCode.SIZE_MISMATCH, str(exc))
         except UrlRefused as exc:
             log.info("download.url_refused", extra={**context, "reason": str(exc)})
             self._urls.pop(deployment_id, None)
@@ -282,6 +287,8 @@ class UpdateStates:
             return Event.SUCCESS  # switched before a crash, download already cleaned
         try:
             await asyncio.to_thread(installer.install, bundle, notice.manifest.version)
+        except NoSpaceToInstall as exc:
+            return Failed(ErrorCode.DISK_FULL, str(exc))
         except InstallRefused as exc:
             return Failed(ErrorCode.INSTALL_FAILED, str(exc))
         except OSError as exc:

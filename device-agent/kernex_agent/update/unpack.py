@@ -40,6 +40,10 @@ class InstallRefused(Exception):
     """The bundle cannot be installed (hostile or broken archive): a permanent failure."""
 
 
+class NoSpaceToInstall(InstallRefused):
+    """The install root's disk filled up while unpacking (what was unpacked is removed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class UnpackLimits:
     """What one archive may hold at most."""
@@ -192,7 +196,13 @@ def unpack(archive: Path, destination: Path, *, limits: UnpackLimits) -> None:
         _unpack_into(tree, archive, limits)
     except InstallRefused:
         raise
-    except (tarfile.TarError, EOFError, OSError, ValueError, RecursionError, MemoryError) as exc:
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise NoSpaceToInstall(f"the disk is full: {exc.strerror}") from None
+        raise InstallRefused(
+            f"the archive cannot be unpacked: {type(exc).__name__}: {str(exc)[:200]}"
+        ) from None
+    except (tarfile.TarError, EOFError, ValueError, RecursionError, MemoryError) as exc:
         raise InstallRefused(
             f"the archive cannot be unpacked: {type(exc).__name__}: {str(exc)[:200]}"
         ) from None
