@@ -3,12 +3,16 @@
 same run, from the same load.
 
     .venv/bin/python bench/ingest_benchmark.py [--devices 1000] [--processes 2]
-        [--rates 4000,6000,...,24000] [--step-s 10] [--repeat 3]
+        [--start-rate 500] [--max-rate 64000] [--precision 0.1] [--step-s 10] [--repeat 3]
 
 The load is `--devices` real device connections (mTLS, the agent's transport) in `--processes`
-processes, publishing valid heartbeats that carry their send time. The rate climbs step by step;
-a step is sustained when at least 99 % of the heartbeats sent in its window arrived and their
-p99 lag is under 1 s. Two ladders, one after the other:
+processes, publishing valid heartbeats that carry their send time. A step holds one offered
+rate; it is sustained when at least 99 % of the heartbeats sent in its window arrived and their
+p99 lag is under 1 s. Each ladder searches for the highest sustained rate: it starts low
+(`--start-rate`, halving further while even that is not sustained, so it fits any host),
+doubles until a step is not sustained (or `--max-rate`, or the load cannot send faster), then
+bisects between the best sustained and the lowest failed rate until they are within
+`--precision` of each other. Two ladders, one after the other:
 
 1. bare: the backend is stopped; a subscriber to every heartbeat topic counts arrivals and
    their lag (arrival time minus send time).
@@ -16,7 +20,9 @@ p99 lag is under 1 s. Two ladders, one after the other:
    heartbeats table, the lag is when a row became visible to a poller (every 100 ms, for one
    device in 20) minus its send time.
 
-The highest sustained step of each is the figure; `ingest.ratio` is backend over bare.
+The highest sustained step of each is the figure; `ingest.ratio` is backend over bare. The
+figures are medians over the repeats in which both ladders sustained a step; the notes say how
+many did (a repeat that sustained nothing is reported, not fatal).
 """
 
 import argparse
@@ -46,7 +52,8 @@ LAG_LIMIT_MS = 1000.0
 WARMUP_S = 3.0
 DRAIN_S = 2.0
 PROBE_EVERY = 20  # the backend's lag is sampled on one device in this many
-DEFAULT_RATES = "4000,6000,8000,10000,11000,12000,14000,16000,20000,24000,28000,32000,40000"
+LOWEST_RATE = 50.0  # below this a host is not worth measuring
+MAX_STEPS = 14  # per ladder: doubling from 500/s to 64,000/s is 8, bisecting to 10 % about 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,21 +103,31 @@ class Arrivals:
             return [lag for sent, lag in self._seen if start_ms <= sent < end_ms]
 
 
+@dataclass(frozen=True, slots=True)
+class Search:
+    """How a ladder looks for the highest sustained rate."""
+
+    start: float
+    ceiling: float
+    precision: float
+    step_s: float
+
+
 def run_ladder(
     load: HeartbeatLoad,
-    rates: list[float],
-    step_s: float,
+    search: Search,
     *,
     count_arrived: Callable[[int, int], int],
     lags: Arrivals,
     label: str,
 ) -> list[Step]:
     steps: list[Step] = []
-    for rate in rates:
+
+    def measure(rate: float) -> Step:
         load.set_rate(rate)
         time.sleep(WARMUP_S)
         start_ms, sent_before = int(time.time() * 1000), load.published()
-        time.sleep(step_s)
+        time.sleep(search.step_s)
         end_ms, sent_after = int(time.time() * 1000), load.published()
         time.sleep(DRAIN_S)
         step = Step(
@@ -122,19 +139,48 @@ def run_ladder(
         )
         print(f"{label}: {step.describe()}", flush=True)
         steps.append(step)
-        if step.sent < 0.95 * rate * step.window_s:
-            print(f"{label}: the load cannot send faster; stopping here", flush=True)
-            break
-        if not step.sustained:
-            break
+        return step
+
+    best_step: Step | None = None
+    failed_at: float | None = None  # the lowest offered rate not sustained
+    rate = search.start
+    # Down first if even the start is too much for this host, then up by doubling.
+    while len(steps) < MAX_STEPS:
+        step = measure(rate)
+        load_limited = step.sent < 0.95 * rate * step.window_s
+        if step.sustained:
+            best_step = step
+            if load_limited or rate >= search.ceiling:
+                if load_limited:
+                    print(f"{label}: the load cannot send faster; stopping here", flush=True)
+                break
+            if failed_at is not None:
+                break  # sustained just below a failed rate: bisect from here
+            rate = min(rate * 2, search.ceiling)
+        else:
+            failed_at = rate
+            if best_step is not None or rate / 2 < LOWEST_RATE:
+                break
+            rate /= 2
+    # Then halve the gap between the best sustained and the lowest failed rate.
+    while (
+        best_step is not None
+        and failed_at is not None
+        and len(steps) < MAX_STEPS
+        and failed_at - best_step.offered_per_s > search.precision * best_step.offered_per_s
+    ):
+        middle = (best_step.offered_per_s + failed_at) / 2
+        step = measure(middle)
+        if step.sustained:
+            best_step = step
+        else:
+            failed_at = middle
     load.set_rate(0)
     time.sleep(DRAIN_S)
     return steps
 
 
-def bare_ladder(
-    stack: FleetStack, load: HeartbeatLoad, rates: list[float], step_s: float
-) -> list[Step]:
+def bare_ladder(stack: FleetStack, load: HeartbeatLoad, search: Search) -> list[Step]:
     arrivals = Arrivals()
 
     def counted(topic: str, payload: bytes, at: float) -> None:
@@ -143,8 +189,7 @@ def bare_ladder(
     with stack.subscriber("bare", Channel.HEARTBEAT, counted):
         return run_ladder(
             load,
-            rates,
-            step_s,
+            search,
             count_arrived=lambda a, b: len(arrivals.lags_between(a, b)),
             lags=arrivals,
             label="bare",
@@ -190,7 +235,7 @@ class StoredPoller:
 
 
 def backend_ladder(
-    stack: FleetStack, load: HeartbeatLoad, ids: list[str], rates: list[float], step_s: float
+    stack: FleetStack, load: HeartbeatLoad, ids: list[str], search: Search
 ) -> list[Step]:
     arrivals = Arrivals()
 
@@ -205,7 +250,7 @@ def backend_ladder(
         )
 
     with StoredPoller(stack, ids[::PROBE_EVERY], arrivals):
-        return run_ladder(load, rates, step_s, count_arrived=stored, lags=arrivals, label="backend")
+        return run_ladder(load, search, count_arrived=stored, lags=arrivals, label="backend")
 
 
 def best(steps: list[Step]) -> Step | None:
@@ -219,12 +264,16 @@ def main() -> None:
     )
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--rates", default=DEFAULT_RATES)
+    parser.add_argument("--start-rate", type=float, default=500.0, help="msg/s of the first step")
+    parser.add_argument("--max-rate", type=float, default=64000.0, help="no step offers more")
+    parser.add_argument(
+        "--precision", type=float, default=0.1, help="stop bisecting within this share"
+    )
     parser.add_argument("--step-s", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3, help="both ladders, this many times")
     parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
-    rates = [float(r) for r in args.rates.split(",")]
+    search = Search(args.start_rate, args.max_rate, args.precision, args.step_s)
     root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-ingest-"))
     stack = FleetStack(root)
     load: HeartbeatLoad | None = None
@@ -249,18 +298,23 @@ def main() -> None:
         load.start()
         for _ in range(args.repeat):
             stack.stop_backend()
-            bare = bare_ladder(stack, load, rates, args.step_s)
+            bare = bare_ladder(stack, load, search)
             stack.start_backend()
-            ladders.append((bare, backend_ladder(stack, load, ids, rates, args.step_s)))
+            ladders.append((bare, backend_ladder(stack, load, ids, search)))
     finally:
         if load is not None:
             load.stop()
         stack.stop()
-    runs = [(best(bare), best(backend)) for bare, backend in ladders]
-    if any(b is None or k is None for b, k in runs):
-        raise SystemExit("a ladder sustained no step; nothing to record")
-    bare_rates = [b.rate_per_s for b, _ in runs if b is not None]
-    backend_rates = [k.rate_per_s for _, k in runs if k is not None]
+    runs = [
+        (b, k) for b, k in ((best(bare), best(backend)) for bare, backend in ladders) if b and k
+    ]
+    if not runs:
+        raise SystemExit(
+            f"no repeat sustained a step in both ladders, down to {LOWEST_RATE:.0f}/s: the "
+            "host cannot carry this load at all; nothing to record"
+        )
+    bare_rates = [b.rate_per_s for b, _ in runs]
+    backend_rates = [k.rate_per_s for _, k in runs]
     ratios = [k / b for k, b in zip(backend_rates, bare_rates, strict=True)]
     ratio = round(statistics.median(ratios), 2)
     figures = [
@@ -274,7 +328,7 @@ def main() -> None:
         Figure("ingest.ratio", ratio, "x", 0.8, round(ratio / 0.8, 2)),
         Figure(
             "ingest.lag_p99_ms",
-            round(statistics.median(k.lag_p99_ms for _, k in runs if k is not None)),
+            round(statistics.median(k.lag_p99_ms for _, k in runs)),
             "ms",
             LAG_LIMIT_MS,
         ),
@@ -282,21 +336,27 @@ def main() -> None:
     notes = [
         f"ingest: {args.devices} device connections in {args.processes} load processes; steps "
         f"of {args.step_s:.0f} s after {WARMUP_S:.0f} s of warm-up; sustained = at least "
-        f"{DELIVERED_SHARE:.0%} arrived and p99 lag under {LAG_LIMIT_MS:.0f} ms. Medians of "
-        f"{args.repeat} runs of both ladders; the ratio is the median of each run's ratio.",
+        f"{DELIVERED_SHARE:.0%} arrived and p99 lag under {LAG_LIMIT_MS:.0f} ms. Each ladder "
+        f"starts at {args.start_rate:.0f}/s, doubles until a step fails, then bisects to "
+        f"within {args.precision:.0%}. Medians of the {len(runs)} of {args.repeat} repeats in "
+        "which both ladders sustained a step; the ratio is the median of each repeat's ratio.",
     ]
     for number, (bare, backend) in enumerate(ladders, 1):
         notes.append(f"run {number}, bare subscriber: " + "; ".join(s.describe() for s in bare))
         notes.append(f"run {number}, backend: " + "; ".join(s.describe() for s in backend))
-    if any(bare[-1].sustained for bare, _ in ladders):
+    if any(
+        b.offered_per_s >= args.max_rate or b.sent < 0.95 * b.offered_per_s * b.window_s
+        for b, _ in runs
+    ):
         notes.append(
-            "The bare subscriber sustained the top step of a ladder (or the load could not "
-            "send faster): its real ceiling is higher, so the ratio is an upper bound there."
+            "The bare subscriber sustained the top of its search (the ceiling, or what the load "
+            "could send): its real ceiling is higher, so the ratio is an upper bound there."
         )
     command = (
         f".venv/bin/python bench/ingest_benchmark.py --devices {args.devices} "
-        f"--processes {args.processes} --rates {args.rates} --step-s {args.step_s:.0f} "
-        f"--repeat {args.repeat}"
+        f"--processes {args.processes} --start-rate {args.start_rate:.0f} "
+        f"--max-rate {args.max_rate:.0f} --precision {args.precision} "
+        f"--step-s {args.step_s:.0f} --repeat {args.repeat}"
     )
     record("Ingest: heartbeats into PostgreSQL against a bare subscriber", command, figures, notes)
 

@@ -70,7 +70,7 @@ def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
         "ingest_benchmark.py",
         [
             *("--devices", "40", "--processes", "1"),
-            *("--rates", "100,200", "--step-s", "3", "--repeat", "1"),
+            *("--start-rate", "100", "--max-rate", "200", "--step-s", "3", "--repeat", "1"),
         ],
         tmp_path,
     )
