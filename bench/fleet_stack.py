@@ -61,6 +61,17 @@ class FleetStack:
         self.token = ""
         self.database_url = ""
 
+    @classmethod
+    def with_quarantine(cls, root: Path) -> "FleetStack":
+        """A stack whose backend may write the broker's ACL, so quarantine cuts a device off for
+        real, and flushes heartbeats every 0.1 s (delays measured, not the flush interval)."""
+        return cls(
+            root,
+            KERNEX_PKI__CA_DIR=str(root / "broker" / "ca"),
+            KERNEX_PKI__BROKER_DIR=str(root / "broker" / "broker"),
+            KERNEX_MQTT__HEARTBEAT_FLUSH_INTERVAL_S="0.1",
+        )
+
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.s3.start()

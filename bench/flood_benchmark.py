@@ -178,12 +178,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
     root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-flood-"))
-    stack = FleetStack(
-        root,
-        KERNEX_PKI__CA_DIR=str(root / "broker" / "ca"),
-        KERNEX_PKI__BROKER_DIR=str(root / "broker" / "broker"),
-        KERNEX_MQTT__HEARTBEAT_FLUSH_INTERVAL_S="0.1",
-    )
+    stack = FleetStack.with_quarantine(root)
     agent_state = Path(tempfile.mkdtemp(prefix="kernex-bench-agents-", dir=TMPFS))
     sim = None
     victims: Victims | None = None

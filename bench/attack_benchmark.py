@@ -1,0 +1,259 @@
+"""Load held while attacked: does the legitimate fleet notice hostile devices?
+
+The whole product on this machine (fleet_stack.py, the backend allowed to quarantine devices at
+the broker) with `--devices` simulated devices running the real agent (heartbeats every
+`--heartbeat-s`). The same two measurements run twice, calm and then under attack:
+
+- ingest: the simulated devices' heartbeats stored per second over `--window-s`;
+- complete: a deployment of a small bundle to `--update-devices` of them (a different set each
+  time), from creation until every execution succeeded.
+
+The attack, for the whole second window, from processes of their own at nice 10 (each stands
+for a machine of its own, as the simulated devices do): `--flooders` devices publishing
+heartbeats at QoS 0 as fast as they can, one after the other (each is quarantined and the next
+starts); a device sending malformed, oversized and deeply nested payloads on every channel; a
+device publishing on other devices' topics; and a device reconnecting (a full mTLS handshake)
+in a tight loop.
+
+Figures (goal from the hardening issue: within 10 % of the calm run):
+- attack.ingest_per_s: stored per second under attack, the calm window as baseline;
+- attack.complete_s: the deployment under attack, the calm one as baseline;
+- attack.hostile_messages and attack.reconnects: what the attackers sent.
+
+    .venv/bin/python bench/attack_benchmark.py [--devices 2000] [--heartbeat-s 5]
+        [--update-devices 300] [--window-s 60] [--flooders 4]
+"""
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from fleet_benchmarks import wait_executions
+from fleet_stack import FleetStack
+from flood_benchmark import TMPFS, client_for, device_files, flood
+from results import Figure, record
+
+from kernex_protocol.topics import Channel, topic_for
+
+MALFORMED: list[tuple[Channel, bytes]] = [
+    (Channel.HEARTBEAT, b'{"v":1,"seq":9223372036854775808,"session":1}'),
+    (Channel.HEARTBEAT, b'{"v":1,"metrics":' + b"[" * 2000 + b"]" * 2000 + b"}"),
+    (Channel.HEARTBEAT, b"x" * 20_000),
+    (Channel.PRESENCE, b'{"v":true,"online":true,"session":5}'),
+    (Channel.PROGRESS, b'{"v":1,"deployment_id":"d","state":"jumped","seq":1}'),
+    (Channel.URL_REQUEST, b"\xff\xfe\x00"),
+    (Channel.HEARTBEAT, b'{"v":99,"seq":1,"session":1,"sent_at":"t","uptime_s":1}'),
+]
+
+
+def malformed_message(device_id: str, count: int) -> tuple[str, bytes]:
+    """Every malformed payload in turn, on the device's own topics."""
+    channel, payload = MALFORMED[count % len(MALFORMED)]
+    return topic_for(device_id, channel), payload
+
+
+def impostor_message(_device_id: str, count: int) -> tuple[str, bytes]:
+    """A heartbeat on another device's topic (the broker's ACL drops it)."""
+    return topic_for(f"bench-{count % 1000 + 1:05d}", Channel.HEARTBEAT), b'{"v":1}'
+
+
+MESSAGES = {"malformed": (malformed_message, 0.005), "impostor": (impostor_message, 0.002)}
+
+
+def publisher(  # noqa: PLR0917 - a process target
+    kind: str, device_id: str, folder: Path, port: int, seconds: float, sent: Any
+) -> None:
+    """A process: publish the `kind` of hostile message in a loop, one every pause."""
+    os.nice(10)
+    message, pause = MESSAGES[kind]
+    client = client_for(device_id, folder, port)
+    client.loop_start()
+    end = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < end:
+        topic, payload = message(device_id, count)
+        client.publish(topic, payload, qos=0)
+        count += 1
+        sent.value = count
+        time.sleep(pause)
+    client.loop_stop()
+    client.disconnect()
+
+
+def reconnector(device_id: str, folder: Path, port: int, seconds: float, sent: Any) -> None:
+    """A process: connect (mTLS handshake, CONNECT) and drop the connection, in a loop."""
+    os.nice(10)
+    end = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < end:
+        try:
+            client = client_for(device_id, folder, port)
+            client.loop(timeout=0.2)
+            client.disconnect()
+        except OSError:
+            time.sleep(0.1)  # refused while quarantined, or the broker is busy
+        count += 1
+        sent.value = count
+
+
+def flooders(ids: list[str], root: Path, port: int, seconds: float, sent: list[Any]) -> None:
+    """A process: one flooder after another, each for its share of `seconds` (quarantine cuts
+    each off at the broker long before)."""
+    share = seconds / len(ids)
+    spawn = multiprocessing.get_context("spawn")
+    for device_id, count in zip(ids, sent, strict=True):
+        started = spawn.Value("d", 0.0)
+        process = spawn.Process(
+            target=flood, args=(device_id, root / "raw" / device_id, port, share, count, started)
+        )
+        process.start()
+        process.join(share + 30)
+
+
+def ingest_per_s(stack: FleetStack, seconds: float) -> float:
+    """The simulated devices' heartbeats stored per second over the next `seconds`."""
+    started = stack.sql("SELECT now()")[0][0]
+    time.sleep(seconds)
+    ended = stack.sql("SELECT now()")[0][0]
+    stored = stack.sql(
+        "SELECT count(*) FROM heartbeats WHERE device_id LIKE 'bench-%' "
+        "AND received_at >= $1 AND received_at < $2",
+        started,
+        ended,
+    )[0][0]
+    return float(stored) / (ended - started).total_seconds()
+
+
+def complete_s(stack: FleetStack, version: str, ids: list[str]) -> float:
+    bundle = stack.upload(version, 64 * 1024)
+    started = time.monotonic()
+    deployment = stack.deploy(bundle, ids)
+    wait_executions(stack, deployment, len(ids), ("succeeded",), timeout=900)
+    return time.monotonic() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", type=int, default=2000)
+    parser.add_argument("--heartbeat-s", type=float, default=5.0)
+    parser.add_argument("--update-devices", type=int, default=300)
+    parser.add_argument("--window-s", type=float, default=60.0)
+    parser.add_argument("--flooders", type=int, default=4)
+    parser.add_argument("--keep", type=Path, help="keep the run's files here")
+    args = parser.parse_args()
+    root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-attack-"))
+    stack = FleetStack.with_quarantine(root)
+    agent_state = Path(tempfile.mkdtemp(prefix="kernex-bench-agents-", dir=TMPFS))
+    sim = None
+    spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+    attackers: list[Any] = []
+    try:
+        stack.start()
+        sim_ids = [f"bench-{i:05d}" for i in range(1, args.devices + 1)]
+        flooder_ids = [f"flooder-{i:03d}" for i in range(args.flooders)]
+        others = {"malformed": "malformed-001", "impostor": "impostor-001"}
+        others["reconnector"] = "reconnector-001"
+        stack.register([*sim_ids, *flooder_ids, *others.values()])
+        for device_id in [*flooder_ids, *others.values()]:
+            device_files(stack, device_id)
+        sim = stack.start_sim(
+            args.devices, heartbeat_s=args.heartbeat_s, agent_state_dir=agent_state
+        )
+        stack.wait_online(args.devices, timeout=900)
+        time.sleep(2 * args.heartbeat_s)  # every device beating at its pace
+
+        calm_ingest = ingest_per_s(stack, args.window_s)
+        calm_complete = complete_s(stack, "2.0.0", sim_ids[: args.update_devices])
+
+        counters = {name: spawn.Value("q", 0) for name in others}
+        flooded = [spawn.Value("q", 0) for _ in flooder_ids]
+        seconds = args.window_s + 600  # outlasts both measurements; stopped after them
+        for name, device_id in others.items():
+            common = (device_id, stack.root / "raw" / device_id, stack.broker.port, seconds)
+            if name == "reconnector":
+                process = spawn.Process(target=reconnector, args=(*common, counters[name]))
+            else:
+                process = spawn.Process(target=publisher, args=(name, *common, counters[name]))
+            attackers.append(process)
+        attackers.append(
+            spawn.Process(
+                target=flooders,
+                args=(
+                    flooder_ids,
+                    stack.root,
+                    stack.broker.port,
+                    args.window_s * 2,
+                    flooded,
+                ),
+            )
+        )
+        for process in attackers:
+            process.start()
+        time.sleep(2)
+        attacked_ingest = ingest_per_s(stack, args.window_s)
+        attacked_complete = complete_s(
+            stack, "2.0.1", sim_ids[args.update_devices : 2 * args.update_devices]
+        )
+        for process in attackers:
+            process.terminate()
+            process.join(30)
+        quarantined = stack.sql(
+            "SELECT count(DISTINCT object_id) FROM audit_events WHERE action = 'device.quarantine'"
+        )[0][0]
+        flood_sent = sum(count.value for count in flooded)
+        hostile = flood_sent + counters["malformed"].value + counters["impostor"].value
+        figures = [
+            Figure(
+                "attack.ingest_per_s",
+                round(attacked_ingest, 1),
+                "/s",
+                round(calm_ingest, 1),
+                round(attacked_ingest / calm_ingest, 2),
+            ),
+            Figure(
+                "attack.complete_s",
+                round(attacked_complete, 1),
+                "s",
+                round(calm_complete, 1),
+                round(attacked_complete / calm_complete, 2),
+            ),
+            Figure("attack.hostile_messages", hostile, "messages"),
+            Figure("attack.reconnects", counters["reconnector"].value, "connections"),
+            Figure("attack.quarantined_devices", quarantined, "devices"),
+        ]
+        notes = [
+            f"{args.devices} simulated devices (heartbeat every {args.heartbeat_s:.0f} s); "
+            f"ingest over {args.window_s:.0f} s windows; complete: a 64 KiB bundle to "
+            f"{args.update_devices} devices (a different set each time). Calm first, then "
+            "under attack: flooders one after another "
+            f"({flood_sent} messages), malformed payloads "
+            f"({counters['malformed'].value}), another device's topics "
+            f"({counters['impostor'].value}), and {counters['reconnector'].value} "
+            "reconnections; the baseline of each figure is the calm run.",
+        ]
+    finally:
+        for process in attackers:
+            if process.is_alive():
+                process.kill()
+        if sim is not None:
+            sim.send_signal(2)
+            sim.wait(300)
+        stack.stop()
+        shutil.rmtree(agent_state, ignore_errors=True)
+    command = (
+        f".venv/bin/python bench/attack_benchmark.py --devices {args.devices} "
+        f"--heartbeat-s {args.heartbeat_s:.0f} --update-devices {args.update_devices} "
+        f"--window-s {args.window_s:.0f} --flooders {args.flooders}"
+    )
+    record(f"Attack: hostile devices against {args.devices} devices", command, figures, notes)
+
+
+if __name__ == "__main__":
+    main()
