@@ -239,6 +239,12 @@ async def execution(engine: AsyncEngine, deployment: uuid.UUID) -> dict[str, Any
     return dict(row)
 
 
+@pytest.mark.reliability(
+    "Hostile devices",
+    "progress for a deployment that does not target it, replayed, out of order, after the"
+    " final state",
+    "ignored and counted; the execution moves forward only, once",
+)
 async def test_progress_is_applied_in_order_once_and_finishes_the_deployment(
     app: FastAPI, engine: AsyncEngine
 ) -> None:
