@@ -15,12 +15,11 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 import kernex_agent
 from kernex_agent import liveness
+from kernex_agent.certificate import serial_number
 from kernex_agent.config import AgentConfig
 from kernex_agent.counter import PersistentCounter
 from kernex_agent.faults import FaultInjector
@@ -58,6 +57,9 @@ from kernex_protocol.payloads import (
 )
 from kernex_protocol.topics import Channel
 
+if TYPE_CHECKING:  # loaded when a notice is verified, not by an idle agent
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 log = logging.getLogger("kernex_agent")
 
 # The version of the code that runs: after a self-update that is the committed release's
@@ -69,14 +71,14 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _keys(directory: Path) -> dict[str, Ed25519PublicKey]:
+def _keys(directory: Path) -> dict[str, "Ed25519PublicKey"]:
     """The Ed25519 keys in `directory`; none when it does not exist (every check then fails)."""
     return load_trusted_keys(directory) if directory.is_dir() else {}
 
 
 def _certificate_serial(path: Path) -> str | None:
     try:
-        return format(x509.load_pem_x509_certificate(path.read_bytes()).serial_number, "x")
+        return format(serial_number(path.read_bytes()), "x")
     except (OSError, ValueError):
         return None
 

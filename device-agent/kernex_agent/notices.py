@@ -5,8 +5,7 @@ import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from typing import TYPE_CHECKING
 
 from kernex_agent.files import write_atomic
 from kernex_protocol.manifest import (
@@ -16,6 +15,9 @@ from kernex_protocol.manifest import (
     verify,
     verify_rollback,
 )
+
+if TYPE_CHECKING:  # loaded when a key is read, not by an idle agent
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from kernex_protocol.payloads import ErrorCode, Notice
 
 
@@ -63,8 +65,8 @@ class NoticePolicy:
     device_id: str
     device_type: str
     products: tuple[str, ...]  # release names this device runs
-    release_keys: dict[str, Ed25519PublicKey]
-    notice_keys: dict[str, Ed25519PublicKey]
+    release_keys: dict[str, "Ed25519PublicKey"]
+    notice_keys: dict[str, "Ed25519PublicKey"]
     max_bundle_bytes: int
     max_notice_ttl: dt.timedelta  # how far ahead a notice's expiry may lie
     max_release_age: dt.timedelta | None  # older releases need a rollback approval

@@ -14,11 +14,15 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# cryptography is imported where a key is used, not here: an idle device agent, which imports
+# this module, then never loads it (its bindings are about a third of the agent's memory).
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 from kernex_protocol.canonical import canonical_json
 from kernex_protocol.ids import DEVICE_ID_PATTERN
@@ -46,8 +50,10 @@ class SignatureInvalid(ValueError):
     """The signature does not verify, or no trusted key has its key id."""
 
 
-def key_id(public_key: Ed25519PublicKey) -> str:
+def key_id(public_key: "Ed25519PublicKey") -> str:
     """A short, stable id for a release public key: the first 16 hex of SHA-256 of its raw bytes."""
+    from cryptography.hazmat.primitives import serialization  # lazily: see the imports
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return hashlib.sha256(raw).hexdigest()[:16]
 
@@ -187,7 +193,7 @@ class SignedRelease:
         return cls(ReleaseManifest.from_document(document.get("manifest")), signature, kid)
 
 
-def sign(manifest: ReleaseManifest, private_key: Ed25519PrivateKey) -> SignedRelease:
+def sign(manifest: ReleaseManifest, private_key: "Ed25519PrivateKey") -> SignedRelease:
     """Sign a manifest (done offline by the release team)."""
     signature = private_key.sign(manifest.canonical())
     return SignedRelease(
@@ -204,10 +210,12 @@ def verify_detached(
     signature: str | None,
     kid: str | None,
     message: bytes,
-    trusted: dict[str, Ed25519PublicKey],
+    trusted: dict[str, "Ed25519PublicKey"],
 ) -> str:
     """Check a base64 Ed25519 `signature` over `message` by the trusted key `kid`; returns the
     key id. UnknownKey or SignatureInvalid name `what` was signed."""
+    from cryptography.exceptions import InvalidSignature  # lazily: see the imports
+
     if signature is None or kid is None:
         raise SignatureInvalid(f"the {what} is not signed")
     public_key = trusted.get(kid)
@@ -220,7 +228,7 @@ def verify_detached(
     return kid
 
 
-def verify(release: SignedRelease, trusted: dict[str, Ed25519PublicKey]) -> str:
+def verify(release: SignedRelease, trusted: dict[str, "Ed25519PublicKey"]) -> str:
     """Check the signature against the trusted keys; returns the key id that verified it."""
     return verify_detached(
         "release", release.signature, release.key_id, release.manifest.canonical(), trusted
@@ -352,7 +360,7 @@ class SignedRollback:
         return cls(RollbackApproval(*(approval[f] for f in fields)), signature, kid)
 
 
-def sign_rollback(approval: RollbackApproval, private_key: Ed25519PrivateKey) -> SignedRollback:
+def sign_rollback(approval: RollbackApproval, private_key: "Ed25519PrivateKey") -> SignedRollback:
     """Sign a rollback approval (done offline by the release team)."""
     signature = private_key.sign(canonical_json(approval.document()))
     return SignedRollback(
@@ -360,7 +368,7 @@ def sign_rollback(approval: RollbackApproval, private_key: Ed25519PrivateKey) ->
     )
 
 
-def verify_rollback(signed: SignedRollback, trusted: dict[str, Ed25519PublicKey]) -> str:
+def verify_rollback(signed: SignedRollback, trusted: dict[str, "Ed25519PublicKey"]) -> str:
     """Check a rollback approval's signature; returns the key id that verified it."""
     return verify_detached(
         "rollback approval",
@@ -371,15 +379,20 @@ def verify_rollback(signed: SignedRollback, trusted: dict[str, Ed25519PublicKey]
     )
 
 
-def load_public_key(pem: bytes) -> Ed25519PublicKey:
+def load_public_key(pem: bytes) -> "Ed25519PublicKey":
     """Parse a PEM Ed25519 public key."""
+    from cryptography.hazmat.primitives import serialization  # lazily: see the imports
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PublicKey,
+    )
+
     key = serialization.load_pem_public_key(pem)
     if not isinstance(key, Ed25519PublicKey):
         raise ValueError("release keys must be Ed25519")
     return key
 
 
-def load_trusted_keys(directory: Path) -> dict[str, Ed25519PublicKey]:
+def load_trusted_keys(directory: Path) -> dict[str, "Ed25519PublicKey"]:
     """Every `*.pub` Ed25519 key in `directory`, by key id."""
     keys: dict[str, Ed25519PublicKey] = {}
     for path in sorted(directory.glob("*.pub")):

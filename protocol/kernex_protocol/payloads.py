@@ -13,9 +13,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Final, Self, TypeVar
-
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 from kernex_protocol.canonical import canonical_json
 from kernex_protocol.ids import is_valid_device_id
@@ -28,6 +26,12 @@ from kernex_protocol.manifest import (
     key_id,
     verify_detached,
 )
+
+if TYPE_CHECKING:  # cryptography is loaded where a key is used (kernex_protocol.manifest)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 from kernex_protocol.topics import Channel
 
 PAYLOAD_VERSION: Final = 1
@@ -498,12 +502,12 @@ class Notice:
             }
         )
 
-    def signed_with(self, key: Ed25519PrivateKey) -> "Notice":
+    def signed_with(self, key: "Ed25519PrivateKey") -> "Notice":
         """This notice with the backend's signature over its claims."""
         signature = base64.b64encode(key.sign(self.claims())).decode()
         return dataclasses.replace(self, signature=signature, key_id=key_id(key.public_key()))
 
-    def verify(self, trusted: dict[str, Ed25519PublicKey]) -> str:
+    def verify(self, trusted: dict[str, "Ed25519PublicKey"]) -> str:
         """Check the notice signature against the trusted notice keys; returns the key id.
         Raises UnknownKey or SignatureInvalid (also when unsigned)."""
         return verify_detached("notice", self.signature, self.key_id, self.claims(), trusted)
