@@ -7,9 +7,11 @@ tests never see each other's rows.
 """
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import shutil
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -237,3 +239,40 @@ def backend(service_identity: Identity, mqtt_connect: Connector) -> Probe:
     probe = mqtt_connect(service_identity)
     assert probe.connected.is_set(), probe.error
     return probe
+
+
+# --- a small disk of its own, that a test can fill up ----------------------------------
+
+Mount = Callable[[Path, int], None]
+
+
+@pytest.fixture
+def small_disk() -> Iterator[Mount]:
+    """Mount a tmpfs of `size` bytes at a path (root with mount rights; skipped otherwise)."""
+    mounted: list[Path] = []
+
+    def mount(path: Path, size: int) -> None:
+        path.mkdir(parents=True, exist_ok=True)
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if result.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+        mounted.append(path)
+
+    yield mount
+    for path in reversed(mounted):
+        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file into `directory` until its filesystem is full."""
+    filler = directory / f"filler-{uuid.uuid4().hex[:6]}"
+    with filler.open("wb") as out, contextlib.suppress(OSError):
+        while True:
+            out.write(b"\0" * (256 * 1024))
+            out.flush()
+    return filler

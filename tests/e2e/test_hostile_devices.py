@@ -7,6 +7,7 @@ and its next progress report applied, within 2 s; the backend must stay ready.
 """
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -276,3 +277,44 @@ def test_mqtt5_properties_and_topic_aliases_cannot_be_abused(
     waits.append(victim_is_served(victim, deployment_id, explain))
     figures["victim heartbeat stored within, worst (s)"] = max(waits)
     figures["user properties on the refused CONNECT"] = 10_000
+
+
+@pytest.mark.reliability(
+    "Hostile devices",
+    "a device reconnecting (a full mTLS handshake) in a tight loop",
+    "the broker and backend keep serving: the victim served within 2 s throughout",
+)
+def test_a_reconnect_loop_does_not_slow_anyone_else(
+    backend: Fleet, figures: dict[str, Any]
+) -> None:
+    fleet = backend
+    explain = logs_of(*fleet.processes)
+    victim, deployment_id = notified_victim(fleet, explain)
+    looper = Device(fleet, "looper")
+    looper.probe.close()
+    stop = threading.Event()
+    connections = 0
+
+    def loop() -> None:
+        nonlocal connections
+        while not stop.is_set():
+            probe = looper.connect(timeout=2.0)
+            connections += 1
+            probe.close()
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    waits = []
+    try:
+        until = time.monotonic() + 6
+        while time.monotonic() < until:
+            waits.append(victim_is_served(victim, deployment_id, explain))
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert connections >= 20, f"only {connections} connections: the loop was not tight"
+    with fleet.api as api:
+        assert api.get("/ready").status_code == 200
+    figures["connections in 6 s"] = connections
+    figures["victim heartbeat stored within, worst (s)"] = max(waits)

@@ -7,7 +7,8 @@ from collections import Counter
 import pytest
 import sqlalchemy as sa
 
-from kernex_backend.core.write_buffer import WriteBuffer, is_transient
+from kernex_backend.core.db import is_transient
+from kernex_backend.core.write_buffer import WriteBuffer
 
 
 class PgError(Exception):
@@ -27,6 +28,7 @@ def test_classification() -> None:
     assert is_transient(sa.exc.DBAPIError("x", {}, PgError("40001")))  # serialization
     assert is_transient(sa.exc.DBAPIError("x", {}, PgError("40P01")))  # deadlock
     assert is_transient(sa.exc.DBAPIError("x", {}, PgError("57P01")))  # admin shutdown
+    assert is_transient(sa.exc.OperationalError("x", {}, PgError("53100")))  # disk full
     assert not is_transient(data_error("22003"))  # numeric out of range
     assert not is_transient(data_error("22P05"))  # untranslatable character (NUL)
     assert not is_transient(sa.exc.IntegrityError("x", {}, PgError("23505")))

@@ -1,7 +1,9 @@
 """Database engine, sessions and the shared table conventions."""
 
 from datetime import UTC, datetime
+from typing import Final
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
@@ -46,3 +48,23 @@ def create_engine(settings: Settings) -> AsyncEngine:
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     """Sessions that keep loaded objects usable after commit."""
     return async_sessionmaker(engine, class_=AsyncSession, expire_on_commit=False)
+
+
+# SQLSTATE classes and codes that a retry can cure.
+_TRANSIENT_CLASSES: Final = ("08", "53", "57")  # connection, resources, operator intervention
+_TRANSIENT_CODES: Final = frozenset({"40001", "40P01", "55P03"})  # serialization, deadlock, lock
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether a failed write may succeed if tried again unchanged."""
+    if isinstance(exc, OSError | TimeoutError | sa.exc.TimeoutError):
+        return True
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
+            return True
+        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if isinstance(code, str):
+            return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
+        # No SQLSTATE: refused by the driver before reaching the server (an encoding error).
+        return isinstance(exc, sa.exc.OperationalError)
+    return False

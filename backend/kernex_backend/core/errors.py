@@ -2,7 +2,9 @@
 
 Services raise subclasses of KernexError; a single handler turns them into
 `application/problem+json` with a stable `type` URI. Validation errors and unknown routes are
-answered in the same shape, and an unexpected exception becomes a logged 500 that reveals nothing.
+answered in the same shape. A failure a retry can cure (the database down, full or restarting,
+a lost deadlock) is a 503 with Retry-After; any other unexpected exception becomes a logged 500
+that reveals nothing.
 """
 
 import re
@@ -15,6 +17,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kernex_backend.core.db import is_transient
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:kernex:problem:"
@@ -205,7 +209,23 @@ async def _handle_http_exception(request: Request, exc: Exception) -> JSONRespon
     )
 
 
+# Seconds a client is asked to wait after a 503 for a failure that a retry can cure.
+RETRY_AFTER_S = 5
+
+
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
+    if is_transient(exc):
+        # The database is down, restarting, out of space or connections, or the request lost a
+        # deadlock: not a bug, and the same request may well succeed in a moment.
+        log.warning("request_unavailable", path=request.url.path, error=type(exc).__name__)
+        return problem_response(
+            503,
+            ServiceUnavailable.slug,
+            ServiceUnavailable.title,
+            "the database cannot take this request now; try again shortly",
+            instance=request.url.path,
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
     log.exception("unhandled_error", path=request.url.path)
     return problem_response(
         500,

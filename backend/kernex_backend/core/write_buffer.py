@@ -25,36 +25,17 @@ import contextlib
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Final, Generic, TypeVar
+from typing import Generic, TypeVar
 
-import sqlalchemy as sa
 import structlog
 
+from kernex_backend.core.db import is_transient
 from kernex_backend.core.log_limiter import LogLimiter
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 Counter = Callable[[str, int], None]
-
-# SQLSTATE classes and codes that a retry can cure.
-_TRANSIENT_CLASSES: Final = ("08", "53", "57")  # connection, resources, operator intervention
-_TRANSIENT_CODES: Final = frozenset({"40001", "40P01", "55P03"})  # serialization, deadlock, lock
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Whether a failed write may succeed if tried again unchanged."""
-    if isinstance(exc, OSError | TimeoutError | sa.exc.TimeoutError):
-        return True
-    if isinstance(exc, sa.exc.DBAPIError):
-        if exc.connection_invalidated or isinstance(exc, sa.exc.InterfaceError):
-            return True
-        code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        if isinstance(code, str):
-            return code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
-        # No SQLSTATE: refused by the driver before reaching the server (an encoding error).
-        return isinstance(exc, sa.exc.OperationalError)
-    return False
 
 
 class WriteBuffer(Generic[T]):

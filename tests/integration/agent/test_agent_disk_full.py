@@ -2,16 +2,12 @@
 small tmpfs of its own that fills up. The download or install fails with `disk_full`, nothing
 half-written is left, the running version is untouched, and the agent carries on."""
 
-import contextlib
-import subprocess
-import uuid
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from kernex_protocol.payloads import ErrorCode, ProgressState
+from tests.conftest import Mount, fill
 from tests.integration.agent.conftest import Device, DeviceFactory
 from tests.integration.agent.harness import (
     BackendStandIn,
@@ -24,39 +20,6 @@ from tests.integration.agent.harness import (
 pytestmark = pytest.mark.integration
 
 MIB = 1024 * 1024
-Mount = Callable[[Path, int], None]
-
-
-@pytest.fixture
-def small_disk() -> Iterator[Mount]:
-    """Mount a tmpfs of `size` bytes at a path (root with mount rights; skipped otherwise)."""
-    mounted: list[Path] = []
-
-    def mount(path: Path, size: int) -> None:
-        path.mkdir(parents=True, exist_ok=True)
-        result = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if result.returncode != 0:
-            pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-        mounted.append(path)
-
-    yield mount
-    for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], capture_output=True, check=False)
-
-
-def fill(directory: Path) -> Path:
-    """Write a file into `directory` until its filesystem is full."""
-    filler = directory / f"filler-{uuid.uuid4().hex[:6]}"
-    with filler.open("wb") as out, contextlib.suppress(OSError):
-        while True:
-            out.write(b"\0" * (256 * 1024))
-            out.flush()
-    return filler
 
 
 def final_failure(side: BackendStandIn, device_id: str, deployment: str) -> Any:
