@@ -167,18 +167,30 @@ def test_a_full_database_disk_is_a_503_and_recovers(
         ingest.beat_for(2)
         eventually(lambda: ingest.stored() > 0, 10, "heartbeats stored before", logs_of(api))
         filler = fill(postgres_on_a_small_disk.state_dir)
-        ingest.beat_for(2)
+        # Rows still fit in the pages the tables have; the first that needs a new page fails.
+        ingest.beat_for(3)
+        eventually(
+            lambda: '"heartbeats_write_failed"' in api.log(), 20, "ingest meets the full disk"
+        )
+        answers: list[int] = []
         with fleet.api as client:
-            refused = client.post("/devices", json={"id": "full-1", "device_type": "gateway"})
-            listed = client.get("/devices")
-        unavailable(refused)
-        assert listed.status_code == 200, listed.text
+            for number in range(300):
+                created = client.post(
+                    "/devices", json={"id": f"full-{number}", "device_type": "gateway"}
+                )
+                answers.append(created.status_code)
+                if created.status_code != 201:
+                    unavailable(created)
+                    break
+            assert client.get("/devices").status_code == 200  # reads still served
+        assert answers[-1] == 503, f"{len(answers)} devices created on a full disk"
         filler.unlink()
         ingest.beat_for(2)
         eventually(ingest.accounted, 30, "every heartbeat stored or counted", logs_of(api))
         with fleet.api as client:
-            created = client.post("/devices", json={"id": "full-1", "device_type": "gateway"})
+            created = client.post("/devices", json={"id": "after-full", "device_type": "gateway"})
         assert created.status_code == 201, created.text
+        figures["writes accepted before the first 503"] = len(answers) - 1
         assert api.process is not None and api.process.poll() is None
         sent, stored = ingest.device.seq, ingest.stored()
         figures["heartbeats sent"] = sent

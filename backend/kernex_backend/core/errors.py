@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import sqlalchemy as sa
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -214,18 +215,6 @@ RETRY_AFTER_S = 5
 
 
 async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
-    if is_transient(exc):
-        # The database is down, restarting, out of space or connections, or the request lost a
-        # deadlock: not a bug, and the same request may well succeed in a moment.
-        log.warning("request_unavailable", path=request.url.path, error=type(exc).__name__)
-        return problem_response(
-            503,
-            ServiceUnavailable.slug,
-            ServiceUnavailable.title,
-            "the database cannot take this request now; try again shortly",
-            instance=request.url.path,
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
     log.exception("unhandled_error", path=request.url.path)
     return problem_response(
         500,
@@ -236,9 +225,29 @@ async def _handle_unexpected(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _handle_infrastructure(request: Request, exc: Exception) -> JSONResponse:
+    """Database and I/O errors: a 503 with Retry-After when a retry can cure them (the database
+    down, full or restarting, a lost deadlock: not a bug, and the same request may well succeed
+    in a moment), a 500 otherwise. Registered for these classes rather than caught by the
+    catch-all, whose response also closes the client's connection."""
+    if not is_transient(exc):
+        return await _handle_unexpected(request, exc)
+    log.warning("request_unavailable", path=request.url.path, error=type(exc).__name__)
+    return problem_response(
+        503,
+        ServiceUnavailable.slug,
+        ServiceUnavailable.title,
+        "the database cannot take this request now; try again shortly",
+        instance=request.url.path,
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Register the problem+json handlers on `app`."""
     app.add_exception_handler(KernexError, handle_kernex_error)
     app.add_exception_handler(RequestValidationError, _handle_validation_error)
     app.add_exception_handler(StarletteHTTPException, _handle_http_exception)
+    for infrastructure in (sa.exc.DBAPIError, sa.exc.TimeoutError, OSError, TimeoutError):
+        app.add_exception_handler(infrastructure, _handle_infrastructure)
     app.add_exception_handler(Exception, _handle_unexpected)
