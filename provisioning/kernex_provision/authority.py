@@ -84,15 +84,23 @@ class IssuedCertificate:
 
 
 def write_atomic(path: Path, data: bytes, mode: int) -> None:
+    """Replace `path` with `data` whole or not at all: a failure (a full disk) leaves the old
+    file as it was and no temporary file behind."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
-    os.replace(tmp, path)
+        try:
+            view = memoryview(data)
+            while view:  # os.write may write less than it was given
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)  # O_CREAT's mode is filtered by the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)

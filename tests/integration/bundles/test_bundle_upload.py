@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,6 +19,7 @@ from kernex_backend.bundles.storage import BundleStorage, bundle_key
 from kernex_backend.core.db import create_sessionmaker
 from kernex_backend.core.runtime import runtime_of
 from kernex_backend.deployments.models import Deployment, DeploymentStatus
+from tests.conftest import Mount, fill
 from tests.integration.bundles.conftest import ReleaseFactory
 from tests.integration.conftest import storage_of
 
@@ -310,3 +312,50 @@ async def test_delete_is_refused_while_an_unfinished_deployment_uses_the_bundle(
         "/api/v1/audit-events", params={"object_id": bundle["id"]}, headers=admin_headers
     )
     assert [e["action"] for e in events.json()["data"]] == ["bundle.delete", "bundle.upload"]
+
+
+def files_in(directory: Path, *, but: Path) -> list[str]:
+    return sorted(p.name for p in directory.rglob("*") if p.is_file() and p != but)
+
+
+@pytest.fixture
+def bundle_disk(tmp_path: Path, small_disk: Mount) -> Path:
+    """The local bundle directory on a 16 MiB disk of its own (mounted before the app starts)."""
+    directory = tmp_path / "bundles"
+    small_disk(directory, 16 * MiB)
+    return directory
+
+
+@pytest.mark.reliability(
+    "Faults",
+    "the backend's bundle disk full during an upload (local storage)",
+    "the upload answered 503 with Retry-After, no partial file left, stored bundles intact;"
+    " with room again the same upload succeeds",
+)
+@pytest.mark.parametrize("backend_kind", ["local"], indirect=True)
+async def test_a_full_bundle_disk_refuses_the_upload_and_leaves_nothing(
+    bundle_disk: Path,
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    write_headers: dict[str, str],
+    make_release: ReleaseFactory,
+) -> None:
+    kept = os.urandom(MiB)
+    first = await upload(client, write_headers, kept, make_release(kept, version="1.0.0"))
+    assert first.status_code == 201, first.text
+    filler = fill(bundle_disk)
+    payload = os.urandom(4 * MiB)
+    release = make_release(payload, version="2.0.0")
+    refused = await upload(client, write_headers, payload, release)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert int(refused.headers["retry-after"]) > 0
+    files = files_in(bundle_disk, but=filler)
+    assert files == [bundle_key(first.json()["sha256"]).rsplit("/", 1)[-1]], files
+    content = await client.get(
+        f"/api/v1/bundles/{first.json()['id']}/content", headers=write_headers
+    )
+    assert content.content == kept
+    filler.unlink()
+    again = await upload(client, write_headers, payload, release)
+    assert again.status_code == 201, again.text
