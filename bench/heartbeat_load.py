@@ -12,14 +12,18 @@ import multiprocessing.synchronize
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kernex_agent.config import MqttConfig
 from kernex_agent.counter import PersistentCounter
 from kernex_agent.transport import MqttTransport
 from kernex_protocol.payloads import Heartbeat, Presence
 from kernex_protocol.topics import Channel
+from kernex_sim.fleet import ensure_certificates
 from kernex_sim.network import SharedNetwork
+
+if TYPE_CHECKING:
+    from fleet_stack import FleetStack
 
 TICK_S = 0.01
 
@@ -148,3 +152,28 @@ class HeartbeatLoad:
             process.join(30)
             if process.is_alive():
                 process.kill()
+
+
+def start_load(
+    stack: "FleetStack", devices: int, processes: int
+) -> tuple[list[str], HeartbeatLoad]:
+    """Register `devices` load devices on `stack`, issue their certificates, and start their
+    connections in `processes` processes (at rate 0): their ids and the load."""
+    root = stack.root
+    ids = [f"load-{i:05d}" for i in range(1, devices + 1)]
+    stack.register(ids)
+    ensure_certificates(stack.broker.authority, root / "load-certs", ids)
+    load = HeartbeatLoad(
+        [
+            LoadSpec(
+                device_ids=ids[i::processes],
+                certificates=str(root / "load-certs"),
+                ca_chain=str(stack.broker.service_dir / "ca-chain.pem"),
+                port=stack.broker.port,
+                state=str(root / "load-state"),
+            )
+            for i in range(processes)
+        ]
+    )
+    load.start()
+    return ids, load

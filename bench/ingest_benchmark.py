@@ -40,12 +40,11 @@ from pathlib import Path
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet_stack import UNBUDGETED_PER_S, FleetStack
-from heartbeat_load import HeartbeatLoad, LoadSpec
+from fleet_stack import FleetStack
+from heartbeat_load import HeartbeatLoad, start_load
 from results import Figure, record
 
 from kernex_protocol.topics import Channel
-from kernex_sim.fleet import ensure_certificates
 
 DELIVERED_SHARE = 0.99
 LAG_LIMIT_MS = 1000.0
@@ -280,29 +279,12 @@ def main() -> None:
     args = parser.parse_args()
     search = Search(args.start_rate, args.max_rate, args.precision, args.step_s)
     root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-ingest-"))
-    # The load's devices beat far faster than real ones (a few connections stand for a fleet):
-    # their per-device budget is lifted, or it, not the ingest, would be what is measured.
-    stack = FleetStack(root, KERNEX_MQTT__HEARTBEAT_BUDGET_PER_S=str(UNBUDGETED_PER_S))
+    stack = FleetStack.unbudgeted(root)
     load: HeartbeatLoad | None = None
     ladders: list[tuple[list[Step], list[Step]]] = []
     try:
         stack.start()
-        ids = [f"load-{i:05d}" for i in range(1, args.devices + 1)]
-        stack.register(ids)
-        ensure_certificates(stack.broker.authority, root / "load-certs", ids)
-        load = HeartbeatLoad(
-            [
-                LoadSpec(
-                    device_ids=ids[i :: args.processes],
-                    certificates=str(root / "load-certs"),
-                    ca_chain=str(stack.broker.service_dir / "ca-chain.pem"),
-                    port=stack.broker.port,
-                    state=str(root / "load-state"),
-                )
-                for i in range(args.processes)
-            ]
-        )
-        load.start()
+        ids, load = start_load(stack, args.devices, args.processes)
         for _ in range(args.repeat):
             stack.stop_backend()
             bare = bare_ladder(stack, load, search)

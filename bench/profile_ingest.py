@@ -22,10 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet_stack import UNBUDGETED_PER_S, FleetStack
-from heartbeat_load import HeartbeatLoad, LoadSpec
-
-from kernex_sim.fleet import ensure_certificates
+from fleet_stack import FleetStack
+from heartbeat_load import HeartbeatLoad, start_load
 
 # (stage, markers): the first stage with a marker in a frame wins, innermost frames first.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
@@ -78,28 +76,11 @@ def main() -> None:
         raise SystemExit("py-spy is not on PATH (pip install py-spy)")
     root = Path(tempfile.mkdtemp(prefix="kernex-bench-profile-"))
     args.out.mkdir(parents=True, exist_ok=True)
-    # The load's devices beat far faster than real ones (a few connections stand for a fleet):
-    # their per-device budget is lifted, or it, not the ingest, would be what is measured.
-    stack = FleetStack(root, KERNEX_MQTT__HEARTBEAT_BUDGET_PER_S=str(UNBUDGETED_PER_S))
+    stack = FleetStack.unbudgeted(root)
     load: HeartbeatLoad | None = None
     try:
         stack.start()
-        ids = [f"load-{i:05d}" for i in range(1, args.devices + 1)]
-        stack.register(ids)
-        ensure_certificates(stack.broker.authority, root / "load-certs", ids)
-        load = HeartbeatLoad(
-            [
-                LoadSpec(
-                    device_ids=ids[i :: args.processes],
-                    certificates=str(root / "load-certs"),
-                    ca_chain=str(stack.broker.service_dir / "ca-chain.pem"),
-                    port=stack.broker.port,
-                    state=str(root / "load-state"),
-                )
-                for i in range(args.processes)
-            ]
-        )
-        load.start()
+        _, load = start_load(stack, args.devices, args.processes)
         load.set_rate(args.rate)
         time.sleep(5)  # warm
         assert stack.backend is not None

@@ -8,6 +8,7 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 
 from kernex_devstack.broker import EmbeddedBroker
 from tests.e2e.fleet import BIN, Fleet, deployment_watcher, eventually, logs_of
-from tests.integration.agent.harness import DEVICE_TYPE, running_version
+from tests.integration.agent.harness import DEVICE_TYPE, AgentProcess, running_version
 
 pytestmark = pytest.mark.e2e
 
@@ -222,6 +223,64 @@ def test_worker_liveness_probe_fails_while_its_event_loop_is_stuck(fleet: Fleet)
     eventually(healthy, timeout=20, what="probe passes again")
 
 
+def rollout_under_way(
+    fleet: Fleet, version: str, **agent_options: str
+) -> tuple[list[AgentProcess], str]:
+    """Six devices online, a 2 MiB update to them, and at least one downloading (at 512 KiB/s
+    each, so the rollout lasts a few seconds): the agents and the deployment."""
+    agents = [
+        fleet.add_device(update__download_rate_limit_bps=str(512 * 1024), **agent_options)
+        for _ in range(6)
+    ]
+    for agent in agents:
+        agent.start()
+    ids = [a.device_id for a in agents]  # type: ignore[attr-defined]
+    eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="all online")
+    deployment = fleet.deploy(fleet.upload(version, payload_bytes=2 * 1024 * 1024), ids)
+    eventually(
+        lambda: any(e["state"] == "downloading" for e in fleet.executions(deployment).values()),
+        timeout=30,
+        what="the rollout under way",
+    )
+    return agents, deployment
+
+
+def states_of(fleet: Fleet, deployment: str) -> str:
+    """The deployment's executions counted by state, for a figure."""
+    states = Counter(e["state"] for e in fleet.executions(deployment).values())
+    return ", ".join(f"{s} {n}" for s, n in sorted(states.items()))
+
+
+def each_updated_once(
+    fleet: Fleet,
+    agents: list[AgentProcess],
+    deployment: str,
+    version: str,
+    *,
+    timeout: float,
+    explain: Callable[[], str],
+) -> None:
+    """Every execution succeeded on its first attempt, and each agent started the update once
+    and runs `version`."""
+
+    def all_succeeded() -> dict[str, dict[str, Any]] | None:
+        rows = fleet.executions(deployment)
+        return rows if all(e["state"] == "succeeded" for e in rows.values()) else None
+
+    executions = eventually(
+        all_succeeded, timeout=timeout, what="every execution succeeded", explain=explain
+    )
+    assert all(e["attempt"] == 1 for e in executions.values()), executions
+    for agent in agents:
+        starts = [
+            entry
+            for entry in agent.log_lines()
+            if entry.get("event") == "update.starting" and entry.get("deployment_id") == deployment
+        ]
+        assert len(starts) == 1, (agent.device_id, starts)  # type: ignore[attr-defined]
+        assert running_version(agent.install_root) == version
+
+
 @pytest.mark.reliability(
     "Faults",
     "one of two backend replicas killed (SIGKILL) mid-rollout",
@@ -238,42 +297,16 @@ def test_a_replica_killed_mid_rollout_loses_and_repeats_nothing(
     api = fleet.start_api()
     worker = fleet.start_worker("kernex-backend-doomed")
     eventually(lambda: '"mqtt_connected"' in worker.log(), what="worker connected")
-    agents = [fleet.add_device(update__download_rate_limit_bps=str(512 * 1024)) for _ in range(6)]
-    for agent in agents:
-        agent.start()
-    ids = [a.device_id for a in agents]  # type: ignore[attr-defined]
-    eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="all online")
-    deployment = fleet.deploy(fleet.upload("4.0.0", payload_bytes=2 * 1024 * 1024), ids)
-    eventually(
-        lambda: any(e["state"] == "downloading" for e in fleet.executions(deployment).values()),
-        timeout=30,
-        what="the rollout under way",
-    )
+    agents, deployment = rollout_under_way(fleet, "4.0.0")
     assert worker.process is not None
     worker.process.kill()
     killed_at = time.monotonic()
-    states_at_kill = Counter(e["state"] for e in fleet.executions(deployment).values())
-
-    def all_succeeded() -> dict[str, dict[str, Any]] | None:
-        rows = fleet.executions(deployment)
-        return rows if all(e["state"] == "succeeded" for e in rows.values()) else None
-
-    executions = eventually(
-        all_succeeded, timeout=90, what="every execution succeeded", explain=logs_of(api, *agents)
-    )
-    assert all(e["attempt"] == 1 for e in executions.values()), executions
-    for agent in agents:
-        starts = [
-            entry
-            for entry in agent.log_lines()
-            if entry.get("event") == "update.starting" and entry.get("deployment_id") == deployment
-        ]
-        assert len(starts) == 1, (agent.device_id, starts)  # type: ignore[attr-defined]
-        assert running_version(agent.install_root) == "4.0.0"
+    states_at_kill = states_of(fleet, deployment)
+    each_updated_once(fleet, agents, deployment, "4.0.0", timeout=90, explain=logs_of(api, *agents))
     with fleet.api as api_client:
         assert api_client.get(f"/deployments/{deployment}").json()["status"] == "completed"
     figures["devices"] = len(agents)
-    figures["states when killed"] = ", ".join(f"{s} {n}" for s, n in sorted(states_at_kill.items()))
+    figures["states when killed"] = states_at_kill
     figures["all succeeded after the kill (s)"] = round(time.monotonic() - killed_at, 1)
 
 
@@ -287,49 +320,18 @@ def test_a_broker_restart_mid_rollout_loses_no_device(
     how: str, fleet: Fleet, broker: EmbeddedBroker, figures: dict[str, Any]
 ) -> None:
     api = fleet.start_api()
-    agents = [
-        fleet.add_device(
-            update__download_rate_limit_bps=str(512 * 1024),
-            mqtt__reconnect_min_s="0.5",
-            mqtt__reconnect_max_s="2",
-        )
-        for _ in range(6)
-    ]
-    for agent in agents:
-        agent.start()
-    ids = [a.device_id for a in agents]  # type: ignore[attr-defined]
-    eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="all online")
-    deployment = fleet.deploy(fleet.upload("5.0.0", payload_bytes=2 * 1024 * 1024), ids)
-    eventually(
-        lambda: any(e["state"] == "downloading" for e in fleet.executions(deployment).values()),
-        timeout=30,
-        what="the rollout under way",
+    agents, deployment = rollout_under_way(
+        fleet, "5.0.0", mqtt__reconnect_min_s="0.5", mqtt__reconnect_max_s="2"
     )
-    states_at_restart = Counter(e["state"] for e in fleet.executions(deployment).values())
+    states_at_restart = states_of(fleet, deployment)
     if how == "SIGKILL":
         broker.kill()
     else:
         broker.stop()
     restarted_at = time.monotonic()
     broker.start()
-
-    def all_succeeded() -> dict[str, dict[str, Any]] | None:
-        rows = fleet.executions(deployment)
-        return rows if all(e["state"] == "succeeded" for e in rows.values()) else None
-
-    executions = eventually(
-        all_succeeded, timeout=120, what="every execution succeeded", explain=logs_of(api, *agents)
+    each_updated_once(
+        fleet, agents, deployment, "5.0.0", timeout=120, explain=logs_of(api, *agents)
     )
-    assert all(e["attempt"] == 1 for e in executions.values()), executions
-    for agent in agents:
-        assert running_version(agent.install_root) == "5.0.0"
-        commits = [
-            entry
-            for entry in agent.log_lines()
-            if entry.get("event") == "update.starting" and entry.get("deployment_id") == deployment
-        ]
-        assert len(commits) == 1, (agent.device_id, commits)  # type: ignore[attr-defined]
-    figures[f"{how}: states at the restart"] = ", ".join(
-        f"{s} {n}" for s, n in sorted(states_at_restart.items())
-    )
+    figures[f"{how}: states at the restart"] = states_at_restart
     figures[f"{how}: all succeeded after (s)"] = round(time.monotonic() - restarted_at, 1)
