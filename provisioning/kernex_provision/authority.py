@@ -7,8 +7,10 @@ Layout of a CA directory (created by `kernex-provision init-ca`):
     issuing-ca.crt      signs every leaf certificate and the CRL
     issuing-ca.key      0600
     ca-chain.pem        issuing CA + root: what devices and the broker trust
-    crl.pem             revoked leaf certificates, re-issued by `kernex-provision crl`
-    index.json          every certificate issued: serial, CN, kind, expiry, revocation
+    crl.pem             revoked leaf certificates and those on hold, re-issued by
+                        `kernex-provision crl`
+    index.json          every certificate issued: serial, CN, kind, expiry, revocation; and
+                        the device identities on hold (quarantined by the backend)
     release-keys/       trusted release public keys, copied into device kits
     notice-keys/        the backend's notice public keys, copied into device kits
 
@@ -22,7 +24,7 @@ import datetime as dt
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from kernex_protocol.ids import validate_device_id
 from kernex_provision.certificates import (
     CertificateKind,
     Issuer,
@@ -300,6 +303,31 @@ class CertificateAuthority:
         )
         return certificates
 
+    def issue_takeover(
+        self, common_name: str, *, minutes: float = 5
+    ) -> tuple[x509.Certificate, PrivateKey]:
+        """A certificate and its new key with which the backend takes over the broker session of
+        the device `common_name`, and so ends it (kind TAKEOVER, valid for `minutes`, recorded
+        in the index). Only for a device this CA has certified: never a service's identity."""
+        devices = {
+            row.common_name
+            for row in self.certificates()
+            if row.kind == CertificateKind.DEVICE.value
+        }
+        if common_name not in devices:
+            raise AuthorityError(f"{common_name!r} is not a device this CA has certified")
+        key = new_key()
+        certificate = make_leaf(
+            key.public_key(),
+            self._issuer(),
+            kind=CertificateKind.TAKEOVER,
+            common_name=common_name,
+            organization=self._organization(),
+            days=minutes / (24 * 60),
+        )
+        self._record([(certificate, common_name, CertificateKind.TAKEOVER)])
+        return certificate, key
+
     def _organization(self) -> str:
         names = self._issuer().certificate.subject.get_attributes_for_oid(
             x509.NameOID.ORGANIZATION_NAME
@@ -376,6 +404,31 @@ class CertificateAuthority:
             self._write_crl_locked(valid_days=crl_valid_days)
         return revoked
 
+    # -- holding ------------------------------------------------------------------------------
+
+    def held_identities(self) -> list[str]:
+        """Device IDs on hold: their live certificates are in the CRL as certificateHold, so the
+        broker refuses their handshakes, until the hold is lifted (the backend's quarantine)."""
+        held: dict[str, str] = self._load_index().get("held", {})
+        return sorted(held)
+
+    def set_held(self, common_names: Iterable[str], *, crl_valid_days: int = 7) -> bool:
+        """Make `common_names` exactly the identities on hold; re-issue the CRL if that changed
+        (whether it did is returned)."""
+        wanted = sorted(set(common_names))
+        for name in wanted:
+            validate_device_id(name)
+        with self._locked():
+            index = self._load_index()
+            held: dict[str, str] = index.get("held", {})
+            if sorted(held) == wanted:
+                return False
+            now = dt.datetime.now(dt.UTC).isoformat()
+            index["held"] = {name: held.get(name, now) for name in wanted}
+            self._save_index(index)
+            self._write_crl_locked(valid_days=crl_valid_days)
+        return True
+
     def write_crl(self, *, valid_days: int = 7) -> x509.CertificateRevocationList:
         """Re-issue the CRL with a fresh nextUpdate (run it well before the old one expires)."""
         with self._locked():
@@ -389,7 +442,22 @@ class CertificateAuthority:
             for row in index["certificates"]
             if row["revoked_at"] is not None
         ]
-        crl = make_crl(self._issuer(), revoked, number=index["crl_number"], valid_days=valid_days)
+        now = dt.datetime.now(dt.UTC)
+        held_since: dict[str, str] = index.get("held", {})
+        held = [
+            (int(row["serial"], 16), dt.datetime.fromisoformat(held_since[row["common_name"]]))
+            for row in index["certificates"]
+            if row["common_name"] in held_since
+            and row["kind"] == CertificateKind.DEVICE.value
+            and IssuedCertificate(**row).valid_at(now)
+        ]
+        crl = make_crl(
+            self._issuer(),
+            revoked,
+            number=index["crl_number"],
+            valid_days=valid_days,
+            held=held,
+        )
         write_public(self.directory / CRL, crl.public_bytes(serialization.Encoding.PEM))
         self._save_index(index)
         return crl

@@ -113,12 +113,16 @@ def publish_revocations(
     authority: CertificateAuthority,
     layout: BrokerLayout,
     *,
-    also_blocked: Iterable[str] = (),
+    held: Iterable[str] | None = None,
+    crl_valid_days: int = 7,
 ) -> None:
-    """Copy the current CRL and re-render the ACL's blocked identities into the broker dir:
-    the revoked ones, and `also_blocked` (devices quarantined for a while, still certified)."""
+    """Copy the current CRL and re-render the ACL's blocked identities into the broker dir: the
+    revoked devices and those on hold. `held` (devices quarantined for a while, still
+    certified) replaces the identities on hold first; None keeps them as they are."""
+    if held is not None:
+        authority.set_held(held, crl_valid_days=crl_valid_days)
     write_public(layout.crl, (authority.directory / CRL).read_bytes())
-    blocked = sorted(set(authority.blocked_identities()) | set(also_blocked))
+    blocked = sorted(set(authority.blocked_identities()) | set(authority.held_identities()))
     render_acl(layout, blocked=blocked, service_identities=acl_identities(authority))
     if (layout.directory / "emqx.conf").exists():
         # Rendered for EMQX: its ACL too, which `kernex-provision emqx-sync` pushes to EMQX.

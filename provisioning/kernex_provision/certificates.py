@@ -33,6 +33,10 @@ class CertificateKind(StrEnum):
     SERVER = "server"  # the broker
     SERVICE = "service"  # the backend's own MQTT client
     DEVICE = "device"
+    # A one-use identity of a device, valid for minutes, with which the backend takes over (and
+    # so ends) that device's broker session: Mosquitto 2.0 has no other way to disconnect a
+    # client. Its key never leaves the backend's memory and a temporary 0600 file.
+    TAKEOVER = "takeover"
 
 
 class CsrRejected(ValueError):
@@ -75,7 +79,7 @@ def _builder(
     subject: x509.Name,
     public_key: PublicKey,
     issuer_name: x509.Name,
-    days: int,
+    days: float,
     issued_at: dt.datetime | None = None,
 ) -> x509.CertificateBuilder:
     now = issued_at or _now()
@@ -157,7 +161,7 @@ def make_leaf(
     kind: CertificateKind,
     common_name: str,
     organization: str,
-    days: int,
+    days: float,
     dns_names: list[str] | None = None,
     ip_addresses: list[str] | None = None,
     issued_at: dt.datetime | None = None,
@@ -166,7 +170,7 @@ def make_leaf(
 
     `issued_at` backdates the validity period (tests use it to make expired certificates).
     """
-    if kind is CertificateKind.DEVICE:
+    if kind in (CertificateKind.DEVICE, CertificateKind.TAKEOVER):
         validate_device_id(common_name)
     usage = (
         ExtendedKeyUsageOID.SERVER_AUTH
@@ -242,9 +246,15 @@ def check_csr(csr: x509.CertificateSigningRequest, device_id: str) -> PublicKey:
 
 
 def make_crl(
-    issuer: Issuer, revoked: list[tuple[int, dt.datetime]], *, number: int, valid_days: int
+    issuer: Issuer,
+    revoked: list[tuple[int, dt.datetime]],
+    *,
+    number: int,
+    valid_days: int,
+    held: list[tuple[int, dt.datetime]] | None = None,
 ) -> x509.CertificateRevocationList:
-    """A CRL listing (serial, revocation time) pairs, valid for `valid_days`."""
+    """A CRL listing (serial, revocation time) pairs, valid for `valid_days`; `held` ones are
+    listed with the reason certificateHold (RFC 5280: suspended, and may come off the list)."""
     now = _now()
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -257,6 +267,15 @@ def make_crl(
     for serial, when in revoked:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        )
+    hold = x509.CRLReason(x509.ReasonFlags.certificate_hold)
+    for serial, when in held or []:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(serial)
+            .revocation_date(when)
+            .add_extension(hold, critical=False)
+            .build()
         )
     return builder.sign(issuer.key, _signing_hash(issuer.key))
 

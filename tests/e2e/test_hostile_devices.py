@@ -150,7 +150,8 @@ def test_no_message_stops_anyone_elses_traffic(backend: Fleet, tmp_path: Path) -
 @pytest.mark.reliability(
     "Hostile devices",
     "a heartbeat and URL-request flood from one device",
-    "budgeted, counted and quarantined at the broker; the victim served within 2 s",
+    "budgeted, counted and quarantined at the broker (session ended, reconnection refused until"
+    " released); the victim served within 2 s",
 )
 def test_a_flooding_device_is_budgeted_and_quarantined(
     backend: Fleet, figures: dict[str, Any]
@@ -190,8 +191,13 @@ def test_a_flooding_device_is_budgeted_and_quarantined(
     assert top["device_id"] == flooder.id
     assert top["dropped"]["over_budget.heartbeat"] >= 200  # the quarantine threshold
     assert any(e["action"] == "device.quarantine" for e in audit)
-    # Cut off at the broker: its heartbeats no longer reach the backend at all.
+    # Cut off at the broker: its session was ended (taken over by the backend) and its
+    # certificate is on hold, so it cannot come back, and nothing of it reaches the backend.
+    assert flooder.probe.disconnected.wait(5), "the quarantined device is still connected"
     received = status["counters"]["received.heartbeat"]
+    assert status["counters"]["quarantine.sessions_taken_over"] >= 1
+    refused = flooder.connect(timeout=3)
+    assert not refused.connected.is_set(), "a quarantined device connected again"
     for _ in range(50):
         flooder.probe.client.publish(topic, beat, qos=0)
     time.sleep(1)
@@ -203,8 +209,11 @@ def test_a_flooding_device_is_budgeted_and_quarantined(
     assert released.status_code == 200, released.text
     assert released.json()["broker_reloaded"] is True
     assert fleet.device(flooder.id)["quarantined_until"] is None
-    # Released: heard again (a fresh budget, one heartbeat stored).
+    # Released: let in again and heard (a fresh budget, one heartbeat stored).
     time.sleep(0.5)
+    flooder.probe.close()
+    flooder.probe = flooder.connect()
+    assert flooder.probe.connected.is_set(), flooder.probe.error
     flooder.seq = 100
     seq = flooder.heartbeat()
     eventually(lambda: seq in flooder.stored_heartbeats(), 10, "the released device heard", explain)

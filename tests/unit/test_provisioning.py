@@ -143,6 +143,80 @@ def test_revocation_index_crl_and_blocked_identities(tmp_path: Path) -> None:
     assert "old" in ca.blocked_identities()
 
 
+def crl_entries(ca: CertificateAuthority) -> dict[int, x509.ReasonFlags | None]:
+    """Serial: reason of every entry of the CA's CRL (None: no reason given)."""
+    crl = x509.load_pem_x509_crl((ca.directory / "crl.pem").read_bytes())
+    assert crl.is_signature_valid(ca.issuing_certificate.public_key())  # type: ignore[arg-type]
+    entries: dict[int, x509.ReasonFlags | None] = {}
+    for entry in crl:
+        try:
+            entries[entry.serial_number] = entry.extensions.get_extension_for_class(
+                x509.CRLReason
+            ).value.reason
+        except x509.ExtensionNotFound:
+            entries[entry.serial_number] = None
+    return entries
+
+
+def test_a_hold_lists_the_live_certificates_of_a_device_until_lifted(tmp_path: Path) -> None:
+    ca = CertificateAuthority.initialise(tmp_path / "ca")
+    layout = broker_files.BrokerLayout(tmp_path / "broker")
+    layout.directory.mkdir()
+
+    def device(name: str) -> x509.Certificate:
+        key = new_key().public_key()
+        return ca.issue(key, kind=CertificateKind.DEVICE, common_name=name, days=30)
+
+    old, current, other = device("noisy"), device("noisy"), device("quiet")
+    ca.revoke(serial=f"{old.serial_number:x}", reason="superseded")
+
+    assert ca.set_held(["noisy"]) is True
+    assert ca.held_identities() == ["noisy"]
+    entries = crl_entries(ca)
+    assert entries[current.serial_number] == x509.ReasonFlags.certificate_hold
+    assert entries[old.serial_number] is None  # revoked for good, not held
+    assert other.serial_number not in entries
+    assert ca.blocked_identities() == []  # still certified: held, not revoked
+    assert ca.set_held(["noisy"]) is False  # unchanged: no new CRL
+
+    # The broker's copy: the CRL with the hold, and the ACL denying the identity.
+    broker_files.publish_revocations(ca, layout)
+    assert layout.crl.read_bytes() == (ca.directory / "crl.pem").read_bytes()
+    assert "user noisy\ntopic deny #" in layout.acl.read_text()
+    # An operator's `kernex-provision crl` keeps the hold.
+    ca.write_crl()
+    assert crl_entries(ca)[current.serial_number] == x509.ReasonFlags.certificate_hold
+
+    broker_files.publish_revocations(ca, layout, held=[])
+    assert ca.held_identities() == []
+    assert current.serial_number not in crl_entries(ca)
+    assert "user noisy\n" not in layout.acl.read_text()
+    with pytest.raises(InvalidDeviceId):
+        ca.set_held(["a/b"])
+
+
+def test_takeover_certificates_are_short_lived_and_only_for_certified_devices(
+    tmp_path: Path,
+) -> None:
+    ca = CertificateAuthority.initialise(tmp_path / "ca")
+    ca.issue(new_key().public_key(), kind=CertificateKind.DEVICE, common_name="dev-1", days=30)
+    ca.issue(new_key().public_key(), kind=CertificateKind.SERVICE, common_name="svc-1", days=30)
+    certificate, key = ca.issue_takeover("dev-1")
+    assert certificate.public_key() == key.public_key()
+    lifetime = certificate.not_valid_after_utc - dt.datetime.now(dt.UTC)
+    assert dt.timedelta(minutes=4) < lifetime <= dt.timedelta(minutes=5)
+    usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]
+    rows = [r for r in ca.certificates() if r.serial_int == certificate.serial_number]
+    assert [(r.common_name, r.kind) for r in rows] == [("dev-1", "takeover")]
+    # A takeover certificate is never held with its device, and never counts as its device's.
+    ca.set_held(["dev-1"])
+    assert certificate.serial_number not in crl_entries(ca)
+    for name in ("svc-1", "nobody"):
+        with pytest.raises(AuthorityError, match="not a device this CA has certified"):
+            ca.issue_takeover(name)
+
+
 def test_crl_numbers_grow(tmp_path: Path) -> None:
     ca = CertificateAuthority.initialise(tmp_path / "ca")
     numbers = [

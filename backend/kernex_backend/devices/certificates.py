@@ -180,7 +180,11 @@ async def issue(
         certificate = sign()
         if blocked:
             broker_access.publish(
-                pki.authority, pki.broker, quarantined, reload=pki.settings.broker_reload
+                pki.authority,
+                pki.broker,
+                quarantined,
+                reload=pki.settings.broker_reload,
+                crl_valid_days=pki.settings.crl_valid_days,
             )
         return certificate
 
@@ -261,7 +265,11 @@ async def revoke(
             raise NoLiveCertificate(str(exc)) from None
         cut_off = device_id in pki.authority.blocked_identities()
         reloaded = broker_access.publish(
-            pki.authority, pki.broker, quarantined, reload=pki.settings.broker_reload
+            pki.authority,
+            pki.broker,
+            quarantined,
+            reload=pki.settings.broker_reload,
+            crl_valid_days=pki.settings.crl_valid_days,
         )
         return [row.serial for row in rows], cut_off, reloaded
 

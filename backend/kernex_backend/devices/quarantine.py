@@ -3,16 +3,20 @@
 The budgets (mqtt/budgets.py) already drop a flooding device's surplus before it costs a parse,
 but the broker still forwards every message to the backend, where it takes its place in the one
 queue all devices share. Cutting the device off at the broker removes it from that queue. It is
-done the way a revocation is: the device's identity is listed as denied in the ACL and the
-broker reloads it, which takes effect on the live session. Unlike a revocation, the certificate
-stays valid: `quarantined_until` passes (the release job re-renders the ACL) or an operator
-releases the device earlier. Both are audited.
+done the way a revocation is: the device's identity is listed as denied in the ACL and its
+certificates as on hold in the CRL, and the broker reloads both. The ACL takes effect on the
+live session, but the broker would still read and discard every message of it, so the session
+is ended too (`end_sessions`, the MQTT adapter's session takeover), and the hold makes the
+broker refuse the device's handshakes until it is released. Unlike a revocation, the
+certificate stays valid: `quarantined_until` passes (the release job lifts the hold and
+re-renders the ACL) or an operator releases the device earlier. Both are audited.
 
 Without a broker folder to write (no `KERNEX_PKI__BROKER_DIR`), quarantine is recorded and the
 budgets keep dropping the traffic, but the broker is not told; the API says so.
 """
 
 import datetime as dt
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,7 +50,11 @@ class QuarantineChange:
 
 def _publish(pki: Pki | None, quarantined: list[str]) -> bool:
     return pki is not None and broker_access.publish(
-        pki.authority, pki.broker, quarantined, reload=pki.settings.broker_reload
+        pki.authority,
+        pki.broker,
+        quarantined,
+        reload=pki.settings.broker_reload,
+        crl_valid_days=pki.settings.crl_valid_days,
     )
 
 
@@ -59,10 +67,13 @@ class QuarantineService:
         pki: Pki | None,
         *,
         duration: dt.timedelta,
+        end_sessions: Callable[[list[str]], Awaitable[int]] | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
         self._pki = pki
         self._duration = duration
+        # Ends devices' live broker sessions (the MQTT adapter's); None: the ACL alone cuts.
+        self._end_sessions = end_sessions
         # The quarantined devices as this replica last read them from the database: the broker
         # is cut off from these plus a new offender before the database is written, because
         # every second a flood goes on queues more of it ahead of everyone else's traffic.
@@ -104,6 +115,8 @@ class QuarantineService:
         if set(blocked) != self._known | device_ids:  # unknown IDs, or another replica's
             await anyio.to_thread.run_sync(_publish, self._pki, blocked)
         self._known = set(blocked)
+        if reloaded and self._end_sessions is not None:
+            await self._end_sessions(sorted(device_ids))
         for device_id in changed:
             log.warning(
                 "device_quarantined",

@@ -31,6 +31,7 @@ from kernex_backend.devices.presence import PresenceTracker
 from kernex_backend.devices.quarantine import QuarantineService
 from kernex_backend.mqtt.bridge import MqttBridge
 from kernex_backend.mqtt.budgets import Budget, TrafficBudgets
+from kernex_backend.mqtt.takeover import SessionTakeover
 from kernex_backend.telemetry.ingest import HeartbeatIngest
 from kernex_protocol.payloads import Heartbeat, Presence, Progress, UrlRequest
 from kernex_protocol.topics import Channel
@@ -47,6 +48,7 @@ class FleetState:
     budgets: TrafficBudgets
     quarantine: QuarantineService
     supervisor: Supervisor
+    takeover: SessionTakeover | None = None
 
     def problems(self) -> list[str]:
         """What keeps device traffic from flowing now: tasks down, bridge, stuck writers."""
@@ -60,6 +62,8 @@ class FleetState:
     async def stop(self) -> None:
         """Cancel every task and wait for them."""
         await self.supervisor.stop()
+        if self.takeover is not None:
+            await self.takeover.aclose()
 
 
 def traffic_budgets(mqtt: MqttSettings) -> TrafficBudgets:
@@ -139,8 +143,12 @@ def start(
         stats=stats,
         signing_key=load_notice_key(settings.notice.key_file),
     )
+    takeover = SessionTakeover(mqtt, pki.authority, stats) if pki is not None else None
     quarantine = QuarantineService(
-        sessionmaker, pki, duration=dt.timedelta(seconds=mqtt.quarantine_s)
+        sessionmaker,
+        pki,
+        duration=dt.timedelta(seconds=mqtt.quarantine_s),
+        end_sessions=takeover.end_sessions if takeover is not None else None,
     )
 
     progress = _progress_ingest(sessionmaker, bridge, notices, mqtt, on_finished)
@@ -210,4 +218,6 @@ def start(
         "traffic_guard",
         lambda: run_periodically("traffic_guard", 1.0, guard, wake=budgets.flagged_event),
     )
-    return FleetState(bridge, heartbeats, progress, notices, budgets, quarantine, supervisor)
+    return FleetState(
+        bridge, heartbeats, progress, notices, budgets, quarantine, supervisor, takeover
+    )
