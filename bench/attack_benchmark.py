@@ -5,37 +5,42 @@ the broker) with `--devices` simulated devices running the real agent (heartbeat
 `--heartbeat-s`). The same two measurements run twice, calm and then under attack:
 
 - ingest: the simulated devices' heartbeats stored per second over `--window-s`;
-- complete: a deployment of a small bundle to `--update-devices` of them (a different set each
-  time), from creation until every execution succeeded.
+- complete: `--rounds` deployments of a small bundle to `--update-devices` of them each (a
+  different set each time), from creation until every execution succeeded; the median counts.
 
-The attack, for the whole second window, from processes of their own at nice 10 (each stands
+The attack, for the whole second phase, from processes of their own at nice 10 (each stands
 for a machine of its own, as the simulated devices do): `--flooders` devices publishing
-heartbeats at QoS 0 as fast as they can, one after the other (each is quarantined and the next
-starts); a device sending malformed, oversized and deeply nested payloads on every channel; a
-device publishing on other devices' topics; and a device reconnecting (a full mTLS handshake)
-in a tight loop.
+heartbeats at QoS 0 as fast as they can, one after the other (each is quarantined, which ends
+its session and keeps it out, and the next starts); a device sending malformed, oversized and
+deeply nested payloads on every channel; a device publishing on other devices' topics; and a
+device reconnecting (a full mTLS handshake) in a tight loop.
 
 Figures (goal from the hardening issue: within 10 % of the calm run):
 - attack.ingest_per_s: stored per second under attack, the calm window as baseline;
-- attack.complete_s: the deployment under attack, the calm one as baseline;
+- attack.complete_s: the median deployment under attack, the calm one as baseline;
+- attack.broker_cpu_share and attack.attacker_cpu_share: the host's CPU (all cores) used by the
+  broker in each phase, and by the attacker processes, which would not be on this host;
 - attack.hostile_messages and attack.reconnects: what the attackers sent.
 
     .venv/bin/python bench/attack_benchmark.py [--devices 2000] [--heartbeat-s 5]
-        [--update-devices 300] [--window-s 60] [--flooders 4]
+        [--update-devices 300] [--rounds 3] [--window-s 60] [--flooders 4]
 """
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import shutil
+import statistics
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 from fleet_benchmarks import wait_executions
 from fleet_stack import FleetStack
-from flood_benchmark import TMPFS, client_for, device_files, flood
+from flood_benchmark import TMPFS, client_for, device_files, flood, tls_context_for
 from results import Figure, record
 
 from kernex_protocol.topics import Channel, topic_for
@@ -86,13 +91,15 @@ def publisher(  # noqa: PLR0917 - a process target
 
 
 def reconnector(device_id: str, folder: Path, port: int, seconds: float, sent: Any) -> None:
-    """A process: connect (mTLS handshake, CONNECT) and drop the connection, in a loop."""
+    """A process: connect (a full mTLS handshake, CONNECT) and drop the connection, in a loop.
+    The TLS context is built once, as an attacker would: only the handshakes cost the broker."""
     os.nice(10)
+    context = tls_context_for(folder)
     end = time.monotonic() + seconds
     count = 0
     while time.monotonic() < end:
         try:
-            client = client_for(device_id, folder, port)
+            client = client_for(device_id, folder, port, context=context)
             client.loop(timeout=0.2)
             client.disconnect()
         except OSError:
@@ -137,6 +144,56 @@ def complete_s(stack: FleetStack, version: str, ids: list[str]) -> float:
     return time.monotonic() - started
 
 
+def cpu_s(process: psutil.Process) -> float:
+    """CPU seconds used by `process`, its finished children and its live descendants."""
+    try:
+        times = process.cpu_times()
+        total = times.user + times.system + times.children_user + times.children_system
+        for child in process.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                child_times = child.cpu_times()
+                total += child_times.user + child_times.system
+    except psutil.Error:
+        return 0.0
+    return total
+
+
+class Phase:
+    """One phase (calm or attacked): ingest over a window, then `rounds` deployments, with the
+    CPU the broker (and the attackers, if any) used meanwhile."""
+
+    def __init__(self, stack: FleetStack, attackers: list[psutil.Process]) -> None:
+        self.stack = stack
+        self.broker = stack.processes()["broker"]
+        self.attackers = attackers
+        self.ingest = 0.0
+        self.completes: list[float] = []
+        self.broker_share = 0.0
+        self.attacker_share = 0.0
+
+    def run(self, window_s: float, versions: list[str], device_sets: list[list[str]]) -> None:
+        started = time.monotonic()
+        broker_before = cpu_s(self.broker)
+        attackers_before = sum(cpu_s(p) for p in self.attackers)
+        self.ingest = ingest_per_s(self.stack, window_s)
+        for version, ids in zip(versions, device_sets, strict=True):
+            self.completes.append(complete_s(self.stack, version, ids))
+        host_s = (time.monotonic() - started) * (os.cpu_count() or 1)
+        self.broker_share = (cpu_s(self.broker) - broker_before) / host_s
+        self.attacker_share = (sum(cpu_s(p) for p in self.attackers) - attackers_before) / host_s
+
+    @property
+    def complete(self) -> float:
+        return statistics.median(self.completes)
+
+
+def against_calm(name: str, attacked: float, calm: float, unit: str, digits: int) -> Figure:
+    """A figure of the attacked phase with the calm phase's as its baseline."""
+    return Figure(
+        name, round(attacked, digits), unit, round(calm, digits), round(attacked / calm, 2)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -144,10 +201,13 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--heartbeat-s", type=float, default=5.0)
     parser.add_argument("--update-devices", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3, help="deployments per phase (median)")
     parser.add_argument("--window-s", type=float, default=60.0)
     parser.add_argument("--flooders", type=int, default=4)
     parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
+    if 2 * args.rounds * args.update_devices > args.devices:
+        parser.error("--devices must hold 2 x --rounds x --update-devices (each updated once)")
     root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-attack-"))
     stack = FleetStack.with_quarantine(root)
     agent_state = Path(tempfile.mkdtemp(prefix="kernex-bench-agents-", dir=TMPFS))
@@ -169,12 +229,14 @@ def main() -> None:
         stack.wait_online(args.devices, timeout=900)
         time.sleep(2 * args.heartbeat_s)  # every device beating at its pace
 
-        calm_ingest = ingest_per_s(stack, args.window_s)
-        calm_complete = complete_s(stack, "2.0.0", sim_ids[: args.update_devices])
+        size = args.update_devices
+        sets = [sim_ids[i * size : (i + 1) * size] for i in range(2 * args.rounds)]
+        calm = Phase(stack, [])
+        calm.run(args.window_s, [f"2.0.{i}" for i in range(args.rounds)], sets[: args.rounds])
 
         counters = {name: spawn.Value("q", 0) for name in others}
         flooded = [spawn.Value("q", 0) for _ in flooder_ids]
-        seconds = args.window_s + 600  # outlasts both measurements; stopped after them
+        seconds = args.window_s + 900  # outlasts both measurements; stopped after them
         for name, device_id in others.items():
             common = (device_id, stack.root / "raw" / device_id, stack.broker.port, seconds)
             if name == "reconnector":
@@ -197,10 +259,8 @@ def main() -> None:
         for process in attackers:
             process.start()
         time.sleep(2)
-        attacked_ingest = ingest_per_s(stack, args.window_s)
-        attacked_complete = complete_s(
-            stack, "2.0.1", sim_ids[args.update_devices : 2 * args.update_devices]
-        )
+        attacked = Phase(stack, [psutil.Process(process.pid) for process in attackers])
+        attacked.run(args.window_s, [f"3.0.{i}" for i in range(args.rounds)], sets[args.rounds :])
         for process in attackers:
             process.terminate()
             process.join(30)
@@ -210,33 +270,37 @@ def main() -> None:
         flood_sent = sum(count.value for count in flooded)
         hostile = flood_sent + counters["malformed"].value + counters["impostor"].value
         figures = [
-            Figure(
-                "attack.ingest_per_s",
-                round(attacked_ingest, 1),
-                "/s",
-                round(calm_ingest, 1),
-                round(attacked_ingest / calm_ingest, 2),
+            against_calm("attack.ingest_per_s", attacked.ingest, calm.ingest, "/s", 1),
+            against_calm("attack.complete_s", attacked.complete, calm.complete, "s", 1),
+            against_calm(
+                "attack.broker_cpu_share",
+                attacked.broker_share,
+                calm.broker_share,
+                "of the host",
+                3,
             ),
-            Figure(
-                "attack.complete_s",
-                round(attacked_complete, 1),
-                "s",
-                round(calm_complete, 1),
-                round(attacked_complete / calm_complete, 2),
-            ),
+            Figure("attack.attacker_cpu_share", round(attacked.attacker_share, 3), "of the host"),
             Figure("attack.hostile_messages", hostile, "messages"),
             Figure("attack.reconnects", counters["reconnector"].value, "connections"),
             Figure("attack.quarantined_devices", quarantined, "devices"),
         ]
         notes = [
             f"{args.devices} simulated devices (heartbeat every {args.heartbeat_s:.0f} s); "
-            f"ingest over {args.window_s:.0f} s windows; complete: a 64 KiB bundle to "
-            f"{args.update_devices} devices (a different set each time). Calm first, then "
-            "under attack: flooders one after another "
+            f"ingest over {args.window_s:.0f} s windows; complete: the median of "
+            f"{args.rounds} deployments of a 64 KiB bundle to {size} devices each (a different "
+            "set each time). Calm first, then under attack: flooders one after another "
             f"({flood_sent} messages), malformed payloads "
             f"({counters['malformed'].value}), another device's topics "
             f"({counters['impostor'].value}), and {counters['reconnector'].value} "
             "reconnections; the baseline of each figure is the calm run.",
+            "complete, seconds per deployment: calm "
+            + ", ".join(f"{t:.1f}" for t in calm.completes)
+            + "; attacked "
+            + ", ".join(f"{t:.1f}" for t in attacked.completes)
+            + ".",
+            "CPU shares are of the whole host (all cores) over each phase: the broker's, and "
+            "the attacker processes' (each stands for a machine of its own, at nice 10, but "
+            "runs on this host).",
         ]
     finally:
         for process in attackers:
@@ -250,7 +314,7 @@ def main() -> None:
     command = (
         f".venv/bin/python bench/attack_benchmark.py --devices {args.devices} "
         f"--heartbeat-s {args.heartbeat_s:.0f} --update-devices {args.update_devices} "
-        f"--window-s {args.window_s:.0f} --flooders {args.flooders}"
+        f"--rounds {args.rounds} --window-s {args.window_s:.0f} --flooders {args.flooders}"
     )
     record(f"Attack: hostile devices against {args.devices} devices", command, figures, notes)
 

@@ -64,11 +64,19 @@ def device_files(stack: FleetStack, device_id: str) -> Path:
     return folder
 
 
-def client_for(device_id: str, folder: Path, port: int) -> mqtt.Client:
+def tls_context_for(folder: Path) -> ssl.SSLContext:
+    """The TLS context of the device whose files are in `folder`."""
     context = ssl.create_default_context(cafile=str(folder / "ca.pem"))
     context.load_cert_chain(str(folder / "device.crt"), str(folder / "device.key"))
+    return context
+
+
+def client_for(
+    device_id: str, folder: Path, port: int, *, context: ssl.SSLContext | None = None
+) -> mqtt.Client:
+    """A connected client of the device whose files are in `folder`."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
-    client.tls_set_context(context)
+    client.tls_set_context(context or tls_context_for(folder))
     client.connect("localhost", port, keepalive=60)
     return client
 
@@ -91,8 +99,12 @@ def flood(  # noqa: PLR0917 - a process target
     count = 0
     while time.monotonic() < end:
         for _ in range(100):
-            client.publish(topic, payload, qos=0)
-        count += 100
+            if client.publish(topic, payload, qos=0).rc != mqtt.MQTT_ERR_SUCCESS:
+                # Disconnected (quarantined): paho reconnects in the background; spinning here
+                # would only burn this host's CPU, which an attacker's own machine would not.
+                time.sleep(0.05)
+                break
+            count += 1
         sent.value = count
         time.sleep(0)  # let the network thread write
     client.loop_stop()
