@@ -9,7 +9,7 @@ cd "$root"
 venv=.venv
 python=${PYTHON:-python3}
 
-apt_packages=(python3 python3-venv python3-dev mosquitto mosquitto-clients openssl ca-certificates prometheus chromium)
+apt_packages=(python3 python3-venv python3-dev mosquitto mosquitto-clients openssl ca-certificates prometheus chromium nftables)
 
 missing_apt=()
 for pkg in "${apt_packages[@]}"; do
