@@ -99,7 +99,7 @@ class ProgressIngest:
         """Why the writer is stuck, or None."""
         return self._buffer.problem()
 
-    async def submit(self, device_id: str, progress: Progress) -> None:
+    def submit(self, device_id: str, progress: Progress) -> None:
         """Queue one report (the bridge's handler); drops it when the buffer is full."""
         self._buffer.add((device_id, progress))
 

@@ -32,6 +32,7 @@ from kernex_protocol.topics import (
     CHANNELS,
     Channel,
     Direction,
+    ParsedTopic,
     parse_topic,
     subscription_for_all,
     topic_for,
@@ -41,6 +42,8 @@ log = structlog.get_logger(__name__)
 
 _YIELD_EVERY = 64
 DEVICE_CHANNELS = (Channel.HEARTBEAT, Channel.PRESENCE, Channel.PROGRESS, Channel.URL_REQUEST)
+_RECEIVED = {channel: f"received.{channel.value}" for channel in Channel}
+_SKIP: Any = object()  # a message dropped (and counted) or with nothing to do
 
 P = TypeVar("P")
 
@@ -49,30 +52,33 @@ P = TypeVar("P")
 class Route(Generic[P]):
     """How one device channel is handled: its parser and the handler of the parsed payload.
 
-    `inline` handlers only queue the message for a batch writer: called in order, at once.
-    The others take a database round trip: a bounded number run at once."""
+    An `enqueue` handler only appends the message to a batch writer's buffer: it is called at
+    once, in order, from the MQTT client's message callback. A `handle` coroutine takes a
+    database round trip: a bounded number run at once, from the consumer loop."""
 
     parse: Callable[[bytes], P]
-    handle: Callable[[str, P], Awaitable[None]]
-    inline: bool = False
+    handle: Callable[[str, P], Awaitable[None]] | None = None
+    enqueue: Callable[[str, P], None] | None = None
 
 
 class _GatedClient(aiomqtt.Client):
     """aiomqtt's client with a gate in front of its message queue.
 
-    aiomqtt turns every delivered message into an object and queues it for the consumer; a
-    flooding device's surplus would pay that (and a trip through the consumer loop) before it
-    could be refused. The gate runs on paho's callback, on the topic alone, so the surplus costs
-    only a topic parse and a budget look-up. `_on_message` is aiomqtt's one entry point for
-    delivered messages (aiomqtt is pinned; the flood test fails if the gate stops being called).
+    aiomqtt turns every delivered message into an object and queues it for the consumer loop,
+    which costs more than most of our handling. The gate runs on paho's message callback (on the
+    event loop's thread): it refuses a flooding device's surplus on the topic alone, and hands
+    heartbeats and progress reports, which only go into a batch writer's buffer, straight to it.
+    Only what needs a coroutine (presence, URL requests) goes on through aiomqtt's queue.
+    `_on_message` is aiomqtt's one entry point for delivered messages (aiomqtt is pinned; the
+    flood test fails if the gate stops being called).
     """
 
-    def __init__(self, *args: Any, gate: Callable[[str], bool], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, gate: Callable[[str, bytes], bool], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._gate = gate
 
     def _on_message(self, client: Any, userdata: Any, message: Any) -> None:
-        if self._gate(message.topic):
+        if self._gate(message.topic, message.payload):
             super()._on_message(client, userdata, message)
 
 
@@ -108,11 +114,17 @@ class MqttBridge:
         channel: Channel,
         parse: Callable[[bytes], P],
         handle: Callable[[str, P], Awaitable[None]],
-        *,
-        inline: bool = False,
     ) -> None:
-        """Handle `channel` with `handle(device_id, parse(payload))`."""
-        self.routes[channel] = Route(parse, handle, inline)
+        """Handle `channel` with `await handle(device_id, parse(payload))`, a bounded number at
+        once."""
+        self.routes[channel] = Route(parse, handle=handle)
+
+    def route_inline(
+        self, channel: Channel, parse: Callable[[bytes], P], enqueue: Callable[[str, P], None]
+    ) -> None:
+        """Handle `channel` with `enqueue(device_id, parse(payload))`, at once and in order:
+        `enqueue` must only queue (it runs in the MQTT client's callback)."""
+        self.routes[channel] = Route(parse, enqueue=enqueue)
 
     def problem(self, *, grace_s: float = 30.0) -> str | None:
         """Why device traffic is not flowing, or None (for the readiness check)."""
@@ -155,7 +167,7 @@ class MqttBridge:
         settings = self.settings
         async with _GatedClient(
             settings.host,
-            gate=self.admit,
+            gate=self.take,
             port=settings.port,
             tls_context=tls_context(settings),
             keepalive=settings.keepalive_s,
@@ -205,49 +217,84 @@ class MqttBridge:
     def admit(self, topic: str) -> bool:
         """The checks on the topic alone, cheapest first: a device channel, and the device
         within its budget. False (counted) if the message is dropped."""
+        return self._admitted(topic) is not None
+
+    def _admitted(self, topic: str) -> ParsedTopic | None:
         parsed = parse_topic(topic)
         if parsed is None or CHANNELS[parsed.channel].direction != Direction.DEVICE_TO_CLOUD:
             self._drop("foreign_topic", None, topic)
-            return False
+            return None
         channel = parsed.channel
-        self.stats.count(f"received.{channel.value}")
+        self.stats.count(_RECEIVED[channel])
         if self.budgets is not None and not self.budgets.allow(parsed.device_id, channel):
             self._drop(f"over_budget.{channel.value}", parsed.device_id, topic, counted=True)
-            return False
-        return True
+            return None
+        return parsed
+
+    def take(self, topic: str, payload: bytes) -> bool:
+        """The client's gate: refuse what `admit` refuses, handle what an inline route handles,
+        and say whether the message goes on to the consumer loop. Never raises: it runs inside
+        the MQTT client's packet handling."""
+        try:
+            parsed = self._admitted(topic)
+            if parsed is None:
+                return False
+            route = self.routes.get(parsed.channel)
+            if route is None or route.enqueue is None:
+                return True
+            document = self._checked(parsed, payload, route, topic)
+            if document is not _SKIP:
+                self._enqueue(route, parsed, document)
+        except Exception as exc:  # a bug here must not break the connection's packet handling
+            self.stats.count("bridge.gate_errors")
+            log.error("mqtt_gate_failed", topic=topic[:128], exc_info=exc)
+        return False
 
     async def dispatch(self, topic: str, payload: bytes, *, admitted: bool = False) -> None:
         """Check one message and hand it to its channel's handler; never raises. `admitted`:
         the topic already passed `admit` (in the client's gate)."""
-        if not (admitted or self.admit(topic)):
+        parsed = parse_topic(topic) if admitted else self._admitted(topic)
+        if parsed is None:
             return
-        parsed = parse_topic(topic)
-        assert parsed is not None  # admitted
-        channel, device_id = parsed.channel, parsed.device_id
-        if len(payload) > MAX_PAYLOAD_BYTES[channel]:
-            self._drop("oversized", device_id, topic)
+        route = self.routes.get(parsed.channel)
+        if route is None:
+            return  # no handler
+        document = self._checked(parsed, payload, route, topic)
+        if document is _SKIP:
             return
-        route = self.routes.get(channel)
-        if route is None or (channel == Channel.PRESENCE and not payload):
-            return  # no handler, or a cleared retained presence
-        try:
-            document = route.parse(payload)
-        except PayloadInvalid as exc:
-            self._drop("malformed", device_id, topic, str(exc))
-            return
-        except Exception as exc:  # a parser bug must not end the consumer
-            self._drop("parse_error", device_id, topic, type(exc).__name__)
-            return
-        if route.inline:
-            await self._handle(route, channel, device_id, document)  # only queues: no wait
+        if route.enqueue is not None:
+            self._enqueue(route, parsed, document)
             return
         # Presence and URL requests each take a database round trip: run a bounded number at
         # once. Order per device does not matter: presence is ordered by session, in the
         # database.
         await self._slots.acquire()
-        task = asyncio.create_task(self._handle(route, channel, device_id, document))
+        task = asyncio.create_task(self._handle(route, parsed.channel, parsed.device_id, document))
         self._background.add(task)
         task.add_done_callback(self._finished)
+
+    def _checked(self, parsed: ParsedTopic, payload: bytes, route: Route[Any], topic: str) -> Any:
+        """The parsed payload, or _SKIP if it is dropped (counted) or there is nothing to do."""
+        channel, device_id = parsed.channel, parsed.device_id
+        if len(payload) > MAX_PAYLOAD_BYTES[channel]:
+            self._drop("oversized", device_id, topic)
+            return _SKIP
+        if channel == Channel.PRESENCE and not payload:
+            return _SKIP  # a cleared retained presence
+        try:
+            return route.parse(payload)
+        except PayloadInvalid as exc:
+            self._drop("malformed", device_id, topic, str(exc))
+        except Exception as exc:  # a parser bug must not end the consumer
+            self._drop("parse_error", device_id, topic, type(exc).__name__)
+        return _SKIP
+
+    def _enqueue(self, route: Route[Any], parsed: ParsedTopic, document: object) -> None:
+        assert route.enqueue is not None
+        try:
+            route.enqueue(parsed.device_id, document)
+        except Exception as exc:  # one bad message must not stop the consumer
+            self._handler_failed(parsed.channel, parsed.device_id, exc)
 
     def _finished(self, task: "asyncio.Task[None]") -> None:
         self._background.discard(task)
@@ -256,20 +303,24 @@ class MqttBridge:
     async def _handle(
         self, route: Route[Any], channel: Channel, device_id: str, document: object
     ) -> None:
+        assert route.handle is not None
         try:
             await route.handle(device_id, document)
         except Exception as exc:  # one bad message or a database hiccup must not stop the consumer
-            self.stats.count(f"failed.{channel.value}")
-            # A traceback once per error type a minute; the rest are counted in that line.
-            key = ("handler", channel, type(exc).__name__)
-            if self._logs.allow(key):
-                log.error(
-                    "mqtt_handler_failed",
-                    channel=channel.value,
-                    device_id=device_id,
-                    suppressed=self._logs.suppressed(key),
-                    exc_info=exc,
-                )
+            self._handler_failed(channel, device_id, exc)
+
+    def _handler_failed(self, channel: Channel, device_id: str, exc: Exception) -> None:
+        self.stats.count(f"failed.{channel.value}")
+        # A traceback once per error type a minute; the rest are counted in that line.
+        key = ("handler", channel, type(exc).__name__)
+        if self._logs.allow(key):
+            log.error(
+                "mqtt_handler_failed",
+                channel=channel.value,
+                device_id=device_id,
+                suppressed=self._logs.suppressed(key),
+                exc_info=exc,
+            )
 
     def _drop(
         self,

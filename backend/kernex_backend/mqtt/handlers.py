@@ -158,8 +158,8 @@ def start(
         with contextlib.suppress(PublishFailed):
             await notices.reconcile()
 
-    bridge.route(Channel.HEARTBEAT, Heartbeat.parse, heartbeats.submit, inline=True)
-    bridge.route(Channel.PROGRESS, Progress.parse, progress.submit, inline=True)
+    bridge.route_inline(Channel.HEARTBEAT, Heartbeat.parse, heartbeats.submit)
+    bridge.route_inline(Channel.PROGRESS, Progress.parse, progress.submit)
     bridge.route(Channel.PRESENCE, Presence.parse, presence.apply)
     url_requests = UrlRequests(
         sessionmaker=sessionmaker, publisher=bridge, storage=storage, settings=settings, stats=stats

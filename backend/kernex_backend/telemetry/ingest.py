@@ -197,7 +197,7 @@ class HeartbeatIngest:
         """Why the writer is stuck, or None."""
         return self._buffer.problem()
 
-    async def submit(self, device_id: str, heartbeat: Heartbeat) -> None:
+    def submit(self, device_id: str, heartbeat: Heartbeat) -> None:
         """Queue one heartbeat (the bridge's handler); drops it when the buffer is full."""
         self._buffer.add(Received(device_id, heartbeat, utc_now()))
 

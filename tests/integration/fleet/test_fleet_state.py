@@ -139,7 +139,7 @@ async def test_ingest_survives_a_database_outage_and_bounds_its_buffer(
     stats = TrafficCounters()
     ingest = HeartbeatIngest(broken, stats, batch_size=10, interval_s=0.05, capacity=20)
     for seq in range(30):  # 10 over capacity
-        await ingest.submit("out-1", beat(seq))
+        ingest.submit("out-1", beat(seq))
     assert ingest.backlog == 20
     assert stats.counts["heartbeats.dropped_backpressure"] == 10
     runner = asyncio.create_task(ingest.run())
@@ -331,7 +331,7 @@ async def test_a_batch_applies_each_devices_reports_as_one_by_one_would(
     # The last device finishes through the queue and the writer task: the deployment completes.
     writer = asyncio.create_task(ingest.run())
     try:
-        await ingest.submit("pb-3", report(deployment, ProgressState.COMMITTED, 3))
+        ingest.submit("pb-3", report(deployment, ProgressState.COMMITTED, 3))
         for _ in range(100):
             if await deployment_status(engine, deployment) == "completed":
                 break
@@ -401,7 +401,7 @@ async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
         raise RuntimeError("database hiccup")
 
     bridge = MqttBridge(MqttSettings())
-    bridge.route(Channel.HEARTBEAT, Heartbeat.parse, handler, inline=True)
+    bridge.route_inline(Channel.HEARTBEAT, Heartbeat.parse, lambda d, p: seen.append((d, p)))
     bridge.route(Channel.PRESENCE, Presence.parse, handler)
     good = beat(1).to_payload()
     await bridge.dispatch("kernex/v1/devices/d-1/heartbeat", b"{not json")
@@ -421,6 +421,49 @@ async def test_bridge_drops_bad_traffic_and_keeps_going() -> None:
     assert counts["dropped.oversized"] == 1
     assert counts["dropped.foreign_topic"] == 3
     assert counts["failed.presence"] == 1
+
+
+def test_the_client_gate_handles_inline_channels_and_passes_on_the_rest() -> None:
+    """The gate on the MQTT client's callback: heartbeats (an inline route) are parsed and
+    queued there and never reach the consumer loop; presence goes on to it; bad payloads and a
+    failing enqueue are counted, and the gate itself never raises."""
+    queued: list[tuple[str, object]] = []
+
+    async def presence_handler(device_id: str, document: object) -> None:
+        raise AssertionError("the gate does not run coroutine handlers")
+
+    def enqueue(device_id: str, document: object) -> None:
+        if device_id == "bad-1":
+            raise RuntimeError("buffer broken")
+        queued.append((device_id, document))
+
+    bridge = MqttBridge(MqttSettings())
+    bridge.route_inline(Channel.HEARTBEAT, Heartbeat.parse, enqueue)
+    bridge.route(Channel.PRESENCE, Presence.parse, presence_handler)
+    heartbeat = beat(1).to_payload()
+    assert bridge.take("kernex/v1/devices/d-1/heartbeat", heartbeat) is False
+    assert [(d, type(doc)) for d, doc in queued] == [("d-1", Heartbeat)]
+    assert bridge.take("kernex/v1/devices/d-1/presence", Presence(True, 1).to_payload())
+    assert bridge.take("kernex/v1/devices/d-1/heartbeat", b"{not json") is False
+    assert bridge.take("kernex/v1/devices/d-1/heartbeat", b"x" * 5000) is False
+    assert bridge.take("kernex/v1/devices/bad-1/heartbeat", heartbeat) is False
+    assert bridge.take("elsewhere/topic", heartbeat) is False
+    assert len(queued) == 1
+    counts = bridge.stats.counts
+    assert counts["received.heartbeat"] == 4 and counts["received.presence"] == 1
+    assert counts["dropped.malformed"] == 1
+    assert counts["dropped.oversized"] == 1
+    assert counts["failed.heartbeat"] == 1
+    assert counts["dropped.foreign_topic"] == 1
+
+    # A bug in the gate's own checks is counted, not raised into the client's packet handling.
+    class BrokenBudgets:
+        def allow(self, device_id: str, channel: Channel) -> bool:
+            raise RuntimeError("a bug")
+
+    bridge.budgets = BrokenBudgets()  # type: ignore[assignment]
+    assert bridge.take("kernex/v1/devices/d-1/heartbeat", heartbeat) is False
+    assert counts["bridge.gate_errors"] == 1
 
 
 async def test_silent_executions_time_out(app: FastAPI, engine: AsyncEngine) -> None:

@@ -65,11 +65,11 @@ async def test_poison_heartbeats_are_isolated_and_the_rest_stored(
     stats = TrafficCounters()
     ingest = HeartbeatIngest(engine, stats, batch_size=100, interval_s=0.05, capacity=1000)
     # Built directly, as if a parser had let them through: values the columns refuse.
-    await ingest.submit("ok-1", beat(1))
-    await ingest.submit("evil-1", beat(2**63))  # out of bigint
-    await ingest.submit("ok-2", beat(1))
-    await ingest.submit("evil-2", beat(3, version="1.0\x00"))  # NUL in text
-    await ingest.submit("ok-1", beat(2))
+    ingest.submit("ok-1", beat(1))
+    ingest.submit("evil-1", beat(2**63))  # out of bigint
+    ingest.submit("ok-2", beat(1))
+    ingest.submit("evil-2", beat(3, version="1.0\x00"))  # NUL in text
+    ingest.submit("ok-1", beat(2))
 
     async def stored() -> bool:
         return stats.counts["heartbeats.stored"] + stats.counts["heartbeats.dropped_refused"] == 5
@@ -81,7 +81,7 @@ async def test_poison_heartbeats_are_isolated_and_the_rest_stored(
     assert stats.counts["heartbeats.dropped_refused"] == 2
     assert ingest.problem() is None
     # The ingest goes on: a later heartbeat is stored at once.
-    await ingest.submit("ok-2", beat(2))
+    ingest.submit("ok-2", beat(2))
 
     async def stored_again() -> bool:
         return await heartbeat_rows(engine, "ok-2") == [1, 2]
@@ -104,8 +104,8 @@ async def test_a_poison_progress_report_is_isolated(app: FastAPI, engine: AsyncE
     stats = TrafficCounters()
     ingest = ProgressIngest(create_sessionmaker(engine), stats, on_final=_noop, interval_s=0.05)
     poison = ProgressError(ErrorCode.INSTALL_FAILED, "x\x00y")  # NUL: refused by PostgreSQL
-    await ingest.submit("pg-bad", report(bad, ProgressState.FAILED, 1, error=poison))
-    await ingest.submit("pg-ok", report(good, ProgressState.DOWNLOADING, 1, percent=40))
+    ingest.submit("pg-bad", report(bad, ProgressState.FAILED, 1, error=poison))
+    ingest.submit("pg-ok", report(good, ProgressState.DOWNLOADING, 1, percent=40))
 
     async def handled() -> bool:
         return stats.counts["progress.applied"] + stats.counts["progress.dropped_refused"] == 2
