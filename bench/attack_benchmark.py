@@ -20,10 +20,15 @@ Figures (goal from the hardening issue: within 10 % of the calm run):
 - attack.complete_s: the median deployment under attack, the calm one as baseline;
 - attack.broker_cpu_share and attack.attacker_cpu_share: the host's CPU (all cores) used by the
   broker in each phase, and by the attacker processes, which would not be on this host;
-- attack.hostile_messages and attack.reconnects: what the attackers sent.
+- attack.hostile_messages and attack.reconnects: what the attackers sent (connections that
+  completed their handshake).
+
+`--edge-limit` loads deploy/nftables/kernex-broker.nft (a per-source limit on new connections)
+in front of the broker once the fleet is online; the reconnecting attacker connects from an
+address of its own (127.0.0.2).
 
     .venv/bin/python bench/attack_benchmark.py [--devices 2000] [--heartbeat-s 5]
-        [--update-devices 300] [--rounds 3] [--window-s 60] [--flooders 4]
+        [--update-devices 300] [--rounds 3] [--window-s 60] [--flooders 4] [--edge-limit]
 """
 
 import argparse
@@ -32,8 +37,10 @@ import multiprocessing
 import os
 import shutil
 import statistics
+import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +75,10 @@ def impostor_message(_device_id: str, count: int) -> tuple[str, bytes]:
 
 
 MESSAGES = {"malformed": (malformed_message, 0.005), "impostor": (impostor_message, 0.002)}
+# The reconnecting attacker connects from an address of its own (all of 127/8 is loopback), so a
+# per-source limit at the edge (--edge-limit) can tell it from the simulated fleet.
+ATTACKER_ADDRESS = "127.0.0.2"
+EDGE_RULES = Path(__file__).resolve().parents[1] / "deploy" / "nftables" / "kernex-broker.nft"
 
 
 def publisher(  # noqa: PLR0917 - a process target
@@ -99,13 +110,28 @@ def reconnector(device_id: str, folder: Path, port: int, seconds: float, sent: A
     count = 0
     while time.monotonic() < end:
         try:
-            client = client_for(device_id, folder, port, context=context)
+            client = client_for(device_id, folder, port, context=context, source=ATTACKER_ADDRESS)
             client.loop(timeout=0.2)
             client.disconnect()
         except OSError:
-            time.sleep(0.1)  # refused while quarantined, or the broker is busy
+            time.sleep(0.1)  # refused (by the edge limit, or quarantined), or the broker is busy
+            continue
         count += 1
         sent.value = count
+
+
+@contextlib.contextmanager
+def edge_limit(port: int) -> Iterator[None]:
+    """deploy/nftables/kernex-broker.nft in front of the broker's `port`, in a table of its own
+    (needs nft and CAP_NET_ADMIN; scripts/bootstrap.sh installs nftables)."""
+    table = f"kernex_bench_{os.getpid()}"
+    text = EDGE_RULES.read_text().replace("kernex_broker", table)
+    text = text.replace("define KERNEX_MQTT_PORT = 8883", f"define KERNEX_MQTT_PORT = {port}")
+    subprocess.run(["nft", "-f", "-"], input=text, text=True, check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nft", "delete", "table", "inet", table], check=False, capture_output=True)
 
 
 def flooders(ids: list[str], root: Path, port: int, seconds: float, sent: list[Any]) -> None:
@@ -204,6 +230,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="deployments per phase (median)")
     parser.add_argument("--window-s", type=float, default=60.0)
     parser.add_argument("--flooders", type=int, default=4)
+    parser.add_argument(
+        "--edge-limit",
+        action="store_true",
+        help="load deploy/nftables/kernex-broker.nft in front of the broker for the whole run",
+    )
     parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
     if 2 * args.rounds * args.update_devices > args.devices:
@@ -214,6 +245,7 @@ def main() -> None:
     sim = None
     spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
     attackers: list[Any] = []
+    limits = contextlib.ExitStack()
     try:
         stack.start()
         sim_ids = [f"bench-{i:05d}" for i in range(1, args.devices + 1)]
@@ -227,6 +259,8 @@ def main() -> None:
             args.devices, heartbeat_s=args.heartbeat_s, agent_state_dir=agent_state
         )
         stack.wait_online(args.devices, timeout=900)
+        if args.edge_limit:  # for both phases, once the fleet is in (it limits its ramp too)
+            limits.enter_context(edge_limit(stack.broker.port))
         time.sleep(2 * args.heartbeat_s)  # every device beating at its pace
 
         size = args.update_devices
@@ -298,11 +332,18 @@ def main() -> None:
             + "; attacked "
             + ", ".join(f"{t:.1f}" for t in attacked.completes)
             + ".",
+            (
+                "deploy/nftables/kernex-broker.nft in front of the broker for both phases "
+                "(a burst of 100 new connections, then 20 a second, per source address)."
+                if args.edge_limit
+                else "No limit in front of the broker (Mosquitto alone)."
+            ),
             "CPU shares are of the whole host (all cores) over each phase: the broker's, and "
             "the attacker processes' (each stands for a machine of its own, at nice 10, but "
             "runs on this host).",
         ]
     finally:
+        limits.close()
         for process in attackers:
             if process.is_alive():
                 process.kill()
@@ -315,8 +356,12 @@ def main() -> None:
         f".venv/bin/python bench/attack_benchmark.py --devices {args.devices} "
         f"--heartbeat-s {args.heartbeat_s:.0f} --update-devices {args.update_devices} "
         f"--rounds {args.rounds} --window-s {args.window_s:.0f} --flooders {args.flooders}"
+        + (" --edge-limit" if args.edge_limit else "")
     )
-    record(f"Attack: hostile devices against {args.devices} devices", command, figures, notes)
+    title = f"Attack: hostile devices against {args.devices} devices" + (
+        ", connections limited at the edge" if args.edge_limit else ""
+    )
+    record(title, command, figures, notes)
 
 
 if __name__ == "__main__":

@@ -72,12 +72,18 @@ def tls_context_for(folder: Path) -> ssl.SSLContext:
 
 
 def client_for(
-    device_id: str, folder: Path, port: int, *, context: ssl.SSLContext | None = None
+    device_id: str,
+    folder: Path,
+    port: int,
+    *,
+    context: ssl.SSLContext | None = None,
+    source: str = "",
 ) -> mqtt.Client:
-    """A connected client of the device whose files are in `folder`."""
+    """A connected client of the device whose files are in `folder` (from the local address
+    `source`, if given)."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv311)
     client.tls_set_context(context or tls_context_for(folder))
-    client.connect("localhost", port, keepalive=60)
+    client.connect("127.0.0.1" if source else "localhost", port, keepalive=60, bind_address=source)
     return client
 
 
