@@ -62,6 +62,7 @@ class FleetStack:
         self.backend_env = backend_env
         self.port = free_port()
         self.backend: subprocess.Popen[bytes] | None = None
+        self.workers: list[subprocess.Popen[bytes]] = []
         self.token = ""
         self.database_url = ""
 
@@ -156,7 +157,35 @@ class FleetStack:
             self.backend.terminate()
             self.backend.wait(30)
 
+    def start_workers(self, count: int) -> None:
+        """`count` more bridge processes (`kernex-backend worker`) beside `serve`, each with a
+        service identity of its own, sharing the device subscriptions with it."""
+        for _ in range(count):
+            name = f"bench-worker-{len(self.workers) + 1}-{uuid.uuid4().hex[:6]}"
+            folder = self.root / name
+            self.broker.add_service_identity(name, folder)
+            env = {
+                **self.env,
+                "KERNEX_MQTT__CA_FILE": str(folder / "ca-chain.pem"),
+                "KERNEX_MQTT__CERT_FILE": str(folder / "service.crt"),
+                "KERNEX_MQTT__KEY_FILE": str(folder / "service.key"),
+            }
+            with (self.root / f"{name}.log").open("ab") as log:
+                self.workers.append(
+                    subprocess.Popen(
+                        [str(BIN / "kernex-backend"), "worker"], env=env, stdout=log, stderr=log
+                    )
+                )
+
+    def stop_workers(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.terminate()
+                worker.wait(30)
+        self.workers.clear()
+
     def stop(self) -> None:
+        self.stop_workers()
         self.stop_backend()
         self.broker.stop()
         self.s3.stop()

@@ -4,6 +4,7 @@ same run, from the same load.
 
     .venv/bin/python bench/ingest_benchmark.py [--devices 1000] [--processes 2]
         [--start-rate 500] [--max-rate 64000] [--precision 0.1] [--step-s 10] [--repeat 3]
+        [--bridge-processes 1,2]
 
 The load is `--devices` real device connections (mTLS, the agent's transport) in `--processes`
 processes, publishing valid heartbeats that carry their send time. A step holds one offered
@@ -19,6 +20,10 @@ bisects between the best sustained and the lowest failed rate until they are wit
 2. backend: `kernex-backend serve` consumes the heartbeats; arrivals are rows stored in the
    heartbeats table, the lag is when a row became visible to a poller (every 100 ms, for one
    device in 20) minus its send time.
+
+With `--bridge-processes 1,2` the backend ladder runs once per count: `serve` alone, then with
+`kernex-backend worker` processes beside it (each with its own service identity, sharing the
+subscription), on the same host as the broker, PostgreSQL and the load.
 
 The highest sustained step of each is the figure; `ingest.ratio` is backend over bare. The
 figures are medians over the repeats in which both ladders sustained a step; the notes say how
@@ -275,27 +280,45 @@ def main() -> None:
     )
     parser.add_argument("--step-s", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=3, help="both ladders, this many times")
+    parser.add_argument(
+        "--bridge-processes",
+        default="1",
+        help="comma-separated: a backend ladder for each number of bridge processes (serve "
+        "plus `kernex-backend worker` processes), e.g. 1,2",
+    )
     parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
+    counts = sorted({int(n) for n in args.bridge_processes.split(",")})
+    if counts[0] < 1:
+        parser.error("--bridge-processes: at least one")
     search = Search(args.start_rate, args.max_rate, args.precision, args.step_s)
     root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-ingest-"))
     stack = FleetStack.unbudgeted(root)
     load: HeartbeatLoad | None = None
-    ladders: list[tuple[list[Step], list[Step]]] = []
+    # Per repeat: the bare ladder, then a backend ladder per number of bridge processes.
+    ladders: list[tuple[list[Step], dict[int, list[Step]]]] = []
     try:
         stack.start()
         ids, load = start_load(stack, args.devices, args.processes)
         for _ in range(args.repeat):
+            stack.stop_workers()
             stack.stop_backend()
             bare = bare_ladder(stack, load, search)
             stack.start_backend()
-            ladders.append((bare, backend_ladder(stack, load, ids, search)))
+            backends: dict[int, list[Step]] = {}
+            for count in counts:
+                stack.start_workers(count - 1 - len(stack.workers))
+                backends[count] = backend_ladder(stack, load, ids, search)
+            ladders.append((bare, backends))
     finally:
         if load is not None:
             load.stop()
         stack.stop()
+    first = counts[0]
     runs = [
-        (b, k) for b, k in ((best(bare), best(backend)) for bare, backend in ladders) if b and k
+        (b, k)
+        for b, k in ((best(bare), best(backends[first])) for bare, backends in ladders)
+        if b and k
     ]
     if not runs:
         raise SystemExit(
@@ -322,6 +345,24 @@ def main() -> None:
             LAG_LIMIT_MS,
         ),
     ]
+    for count in counts[1:]:
+        pairs = [
+            (b, k)
+            for b, k in ((best(bare), best(backends[count])) for bare, backends in ladders)
+            if b and k
+        ]
+        if pairs:
+            rate = statistics.median(k.rate_per_s for _, k in pairs)
+            bare_rate = statistics.median(b.rate_per_s for b, _ in pairs)
+            figures.append(
+                Figure(
+                    f"ingest.rate_per_s_{count}_processes",
+                    round(rate),
+                    "msg/s",
+                    round(bare_rate),
+                    round(statistics.median(k.rate_per_s / b.rate_per_s for b, k in pairs), 2),
+                )
+            )
     notes = [
         f"ingest: {args.devices} device connections in {args.processes} load processes; steps "
         f"of {args.step_s:.0f} s after {WARMUP_S:.0f} s of warm-up; sustained = at least "
@@ -330,9 +371,21 @@ def main() -> None:
         f"within {args.precision:.0%}. Medians of the {len(runs)} of {args.repeat} repeats in "
         "which both ladders sustained a step; the ratio is the median of each repeat's ratio.",
     ]
-    for number, (bare, backend) in enumerate(ladders, 1):
+    if len(counts) > 1:
+        notes.append(
+            f"`ingest.rate_per_s` is {first} bridge process(es); "
+            + ", ".join(f"`ingest.rate_per_s_{n}_processes`" for n in counts[1:])
+            + " ran `kernex-backend worker` processes beside `serve` (each with its own service "
+            "identity, sharing the subscription), on the same two cores as the broker, "
+            "PostgreSQL and the load, after the same bare ladder."
+        )
+    for number, (bare, backends) in enumerate(ladders, 1):
         notes.append(f"run {number}, bare subscriber: " + "; ".join(s.describe() for s in bare))
-        notes.append(f"run {number}, backend: " + "; ".join(s.describe() for s in backend))
+        for count, steps in backends.items():
+            notes.append(
+                f"run {number}, backend with {count} bridge process(es): "
+                + "; ".join(s.describe() for s in steps)
+            )
     if any(
         b.offered_per_s >= args.max_rate or b.sent < 0.95 * b.offered_per_s * b.window_s
         for b, _ in runs
@@ -346,6 +399,7 @@ def main() -> None:
         f"--processes {args.processes} --start-rate {args.start_rate:.0f} "
         f"--max-rate {args.max_rate:.0f} --precision {args.precision} "
         f"--step-s {args.step_s:.0f} --repeat {args.repeat}"
+        + (f" --bridge-processes {args.bridge_processes}" if len(counts) > 1 else "")
     )
     record("Ingest: heartbeats into PostgreSQL against a bare subscriber", command, figures, notes)
 
