@@ -26,12 +26,14 @@ from kernex_backend.core.access import KeyVerifier
 from kernex_backend.core.background import run_periodically
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import create_engine, create_sessionmaker
+from kernex_backend.core.messaging import SessionEnder, TrafficCounters
 from kernex_backend.core.runtime import Runtime
 from kernex_backend.deployments.notices import NoticeService
 from kernex_backend.deployments.rollout import RolloutController
 from kernex_backend.devices.certificates import Pki
 from kernex_backend.metrics.service import MetricsService
 from kernex_backend.mqtt import handlers as fleet_state
+from kernex_backend.mqtt.takeover import SessionTakeover
 from kernex_backend.webhooks.dispatcher import WebhookDispatcher
 from kernex_protocol.manifest import load_trusted_keys
 
@@ -54,6 +56,9 @@ def build_runtime(settings: Settings) -> Runtime:
     pki = Pki.from_settings(settings.pki)
     if pki is not None:
         runtime.provide(Pki, pki)
+        if settings.mqtt.ca_file is not None:  # the broker is known: revocations end sessions
+            takeover = SessionTakeover(settings.mqtt, pki.authority, TrafficCounters())
+            runtime.provide(SessionEnder, takeover)  # type: ignore[type-abstract]
     storage_stats = storage.stats if isinstance(storage, S3Storage) else None
     runtime.provide(MetricsService, MetricsService(settings.metrics, engine, pki, storage_stats))
     runtime.provide(
@@ -145,6 +150,9 @@ async def running(settings: Settings, *, serve_api: bool) -> AsyncIterator[Runti
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        takeover = runtime.find(SessionEnder)  # type: ignore[type-abstract]
+        if isinstance(takeover, SessionTakeover):
+            await takeover.aclose()
         await webhooks.close()
         if serve_api:
             with contextlib.suppress(Exception):

@@ -392,7 +392,9 @@ class CertificateAuthority:
                 if (
                     match
                     and row["revoked_at"] is None
-                    and row["kind"] not in ("root-ca", "issuing-ca")
+                    # CAs are never revoked here; a takeover certificate is never a device's
+                    # own (the backend's, for minutes), so revoking a device leaves it be.
+                    and row["kind"] not in ("root-ca", "issuing-ca", CertificateKind.TAKEOVER.value)
                 ):
                     row["revoked_at"] = now
                     row["reason"] = reason

@@ -215,6 +215,10 @@ def test_takeover_certificates_are_short_lived_and_only_for_certified_devices(
     for name in ("svc-1", "nobody"):
         with pytest.raises(AuthorityError, match="not a device this CA has certified"):
             ca.issue_takeover(name)
+    # Revoking the device revokes its own certificate only; then nothing is left to revoke.
+    assert [r.kind for r in ca.revoke(common_name="dev-1")] == ["device"]
+    with pytest.raises(AuthorityError, match="no live certificate"):
+        ca.revoke(common_name="dev-1")
 
 
 def test_crl_numbers_grow(tmp_path: Path) -> None:

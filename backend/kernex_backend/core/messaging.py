@@ -26,6 +26,13 @@ class DevicePublisher(Protocol):
         PublishFailed if it was not acknowledged."""
 
 
+class SessionEnder(Protocol):
+    """Ends devices' live broker sessions (the MQTT adapter does it by taking them over)."""
+
+    async def end_sessions(self, device_ids: list[str]) -> int:
+        """End the sessions of `device_ids`; how many takeover connections were accepted."""
+
+
 @dataclass
 class TrafficCounters:
     """Counters of device traffic and what was done with it (exposed by the API)."""

@@ -24,6 +24,7 @@ from kernex_backend.core.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from kernex_backend.core.messaging import SessionEnder
 from kernex_backend.devices import broker_access
 from kernex_backend.devices.models import Device, DeviceStatus
 from kernex_backend.devices.schemas import CertificateRequest
@@ -224,12 +225,14 @@ class Revocation:
     revoked_serials: list[str]
     device_cut_off: bool
     broker_reloaded: bool
+    session_ended: bool = False
 
 
 async def revoke(
     *,
     session: AsyncSession,
     pki: Pki,
+    sessions: SessionEnder | None = None,
     device_id: str,
     serial: str | None,
     reason: str,
@@ -274,6 +277,12 @@ async def revoke(
         return [row.serial for row in rows], cut_off, reloaded
 
     serials, cut_off, reloaded = await anyio.to_thread.run_sync(revoke_and_publish)
+    # The broker refuses the certificates from its reload on; the open session is ended too,
+    # so a revoked device's traffic stops costing the broker anything.
+    ended = cut_off and reloaded and sessions is not None
+    if ended:
+        assert sessions is not None
+        ended = await sessions.end_sessions([device_id]) > 0
     if cut_off:
         device.online = False
     device.updated_at = utc_now()
@@ -289,6 +298,7 @@ async def revoke(
             "reason": reason,
             "cut_off": cut_off,
             "broker_reloaded": reloaded,
+            "session_ended": ended,
         },
     )
     outbox.add(
@@ -301,7 +311,7 @@ async def revoke(
         cut_off=cut_off,
     )
     await session.commit()
-    return Revocation(device_id, serials, cut_off, reloaded)
+    return Revocation(device_id, serials, cut_off, reloaded, ended)
 
 
 async def sync_from_index(*, session: AsyncSession, pki: Pki) -> int:

@@ -11,6 +11,7 @@ from sqlmodel import col, select
 from kernex_backend.core.access import OptionalWriteAccess, ReadAccess, WriteAccess
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.errors import InvalidInput
+from kernex_backend.core.messaging import SessionEnder
 from kernex_backend.core.pagination import PageDep
 from kernex_backend.core.runtime import SessionDep, optional_component
 from kernex_backend.core.text import TAG_KEY_PATTERN
@@ -35,6 +36,7 @@ from kernex_protocol.ids import DEVICE_ID_PATTERN
 
 # The CA the backend issues and revokes with; None when none is configured (503 then).
 PkiDep = Annotated[Pki | None, Depends(optional_component(Pki))]
+SessionsDep = Annotated[SessionEnder | None, Depends(optional_component(SessionEnder))]
 
 router = APIRouter(prefix="/devices", tags=["devices"])
 
@@ -179,17 +181,20 @@ async def issue_certificate(
 async def revoke_certificate(
     device_id: DeviceIdPath,
     pki_or_none: PkiDep,
+    sessions: SessionsDep,
     session: SessionDep,
     principal: WriteAccess,
     body: RevokeRequest | None = None,
 ) -> RevocationPublic:
     """Revoke one certificate by serial (after a rotation) or every certificate of the device,
-    which cuts it off: refused at the handshake, and its open session loses all access."""
+    which cuts it off: refused at the handshake, its open session loses all access and is
+    ended (where the backend knows the broker: `KERNEX_MQTT__HOST`, `…__CA_FILE`)."""
     pki = certificates.require(pki_or_none)
     body = body or RevokeRequest()
     result = await certificates.revoke(
         session=session,
         pki=pki,
+        sessions=sessions,
         device_id=device_id,
         serial=body.serial,
         reason=body.reason,

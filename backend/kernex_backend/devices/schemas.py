@@ -141,6 +141,9 @@ class RevocationPublic(BaseModel):
     revoked_serials: list[str]
     device_cut_off: bool
     broker_reloaded: bool
+    session_ended: bool = Field(
+        description="the device's open broker session was ended (taken over) as well"
+    )
 
 
 class QuarantinePublic(BaseModel):

@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import ssl
 import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 
 import aiomqtt
@@ -61,7 +60,7 @@ class SessionTakeover:
         self._limit = asyncio.Semaphore(_CONCURRENCY)
         self._later: set[asyncio.Task[None]] = set()
 
-    async def end_sessions(self, device_ids: Iterable[str]) -> int:
+    async def end_sessions(self, device_ids: list[str]) -> int:
         """End the sessions of `device_ids` now and once more after the broker's reload; the
         number whose takeover connection was accepted now is returned."""
         ids = sorted(set(device_ids))

@@ -26,7 +26,10 @@ from tests.integration.mqtt_client import Identity, Probe
 @pytest.fixture
 def settings(database_url: str, broker: EmbeddedBroker) -> Settings:
     return make_settings(
-        database_url, pki={"ca_dir": broker.ca_dir, "broker_dir": broker.layout.directory}
+        database_url,
+        pki={"ca_dir": broker.ca_dir, "broker_dir": broker.layout.directory},
+        # The broker's address without the bridge: what a revocation needs to end a session.
+        mqtt={"host": broker.host, "port": broker.port, "ca_file": broker.layout.ca_chain},
     )
 
 
@@ -175,6 +178,7 @@ async def test_device_renews_itself_then_old_certificate_is_revoked(
         "revoked_serials": [first["serial"]],
         "device_cut_off": False,
         "broker_reloaded": True,
+        "session_ended": False,  # still certified: its session goes on with the new one
     }
     await asyncio.sleep(0.5)  # SIGHUP is handled asynchronously
     assert not mqtt_connect(old_identity, timeout=2).connected.is_set()
@@ -210,9 +214,11 @@ async def test_revoking_a_device_cuts_it_off_and_is_audited(
     )
     assert response.status_code == 200
     assert response.json()["device_cut_off"] is True
+    assert response.json()["session_ended"] is True
+    assert live.disconnected.wait(5), "the revoked device's session is still open"
     await asyncio.sleep(0.5)
     backend.publish(topic_for(name, Channel.DEPLOYMENT), b"after-revoke")
-    assert live.drain(wait=0.5) == []  # the open session lost its access
+    assert live.drain(wait=0.5) == []  # nothing reached it
     assert not mqtt_connect(identity, timeout=2).connected.is_set()  # and cannot come back
 
     again = await client.post(f"/api/v1/devices/{name}/revoke", headers=admin_headers)
