@@ -56,6 +56,8 @@ LAG_LIMIT_MS = 1000.0
 WARMUP_S = 3.0  # before each step
 LADDER_WARMUP_S = 15.0  # before each ladder, at its start rate
 DRAIN_S = 2.0
+RECOVER_QUIET_S = 3.0  # after a failed step: no new arrivals for this long, the backlog is gone
+RECOVER_MAX_S = 120.0
 PROBE_EVERY = 20  # the backend's lag is sampled on one device in this many
 LOWEST_RATE = 50.0  # below this a host is not worth measuring
 MAX_STEPS = 14  # per ladder: doubling from 500/s to 64,000/s is 8, bisecting to 10 % about 4
@@ -144,7 +146,25 @@ def run_ladder(
         )
         print(f"{label}: {step.describe()}", flush=True)
         steps.append(step)
+        if not step.sustained:
+            recover(start_ms)
         return step
+
+    def recover(since_ms: int) -> None:
+        # An overloaded step leaves a backlog (in the broker's queue and the consumer's
+        # buffers) that the next steps would inherit, failing below the real ceiling: stop the
+        # load until what was sent since the step began has stopped arriving.
+        load.set_rate(0)
+        deadline = time.monotonic() + RECOVER_MAX_S
+        arrived, still_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            now = count_arrived(since_ms, int(time.time() * 1000))
+            if now != arrived:
+                arrived, still_since = now, time.monotonic()
+            elif time.monotonic() - still_since >= RECOVER_QUIET_S:
+                break
+            time.sleep(1.0)  # each look is a count over the stored rows
+        load.set_rate(search.start)
 
     # Unmeasured: a consumer that has just started (connections, prepared statements, the
     # first partitions touched) lags for a few seconds, which must not pass for its ceiling.
