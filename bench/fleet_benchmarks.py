@@ -278,7 +278,7 @@ def notify(stack: FleetStack, ids: list[str]) -> tuple[list[Figure], list[str]]:
     lock = threading.Lock()
 
     def seen(topic: str, payload: bytes, at: float) -> None:
-        if not payload:
+        if not payload or payload == BASELINE_PAYLOAD:  # the baseline's, still retained
             return
         notice = json.loads(payload)
         with lock:
