@@ -4,6 +4,7 @@ restart, a revocation that cuts a live session within 5 s, and `down -v` leaving
 
 Runs in order on one stack (module-scoped); `make compose-test` is the way to run it."""
 
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -238,7 +239,8 @@ def _round_trip(service: Probe, device: Probe, device_id: str, n: int) -> tuple[
     device), each given 1 s."""
     heartbeat = topic_for(device_id, Channel.HEARTBEAT)
     notice = topic_for(device_id, Channel.DEPLOYMENT)
-    device.publish(heartbeat, f"probe-{n}".encode())
+    with contextlib.suppress(RuntimeError):  # not connected: its session was ended
+        device.publish(heartbeat, f"probe-{n}".encode())
     service.publish(notice, f"notice-{n}".encode())
     time.sleep(1.0)
     heard = any(m.payload == f"probe-{n}".encode() for m in service.drain())
@@ -251,7 +253,8 @@ def test_revoked_device_is_cut_off_within_5_s(
 ) -> None:
     """A device enrolled through the API and connected from outside the stack is revoked
     through the API: the backend writes the CRL and ACL into the broker volume, the broker's
-    runner reloads Mosquitto, and the live session loses all access."""
+    runner reloads Mosquitto, the live session loses all access and is ended, and the device
+    cannot connect again."""
     device_id = "probe-revoked"
     service_identity = _service_probe_identity(stack, tmp_path, ca_file)
     with stack.api(token, ca_file) as api:
@@ -274,6 +277,7 @@ def test_revoked_device_is_cut_off_within_5_s(
             revoked = api.post(f"/devices/{device_id}/revoke", json={"reason": "keyCompromise"})
         assert revoked.status_code == 200, revoked.text
         assert revoked.json()["broker_reloaded"] is True
+        assert revoked.json()["session_ended"] is True
         n, cut_after = 1, None
         while time.monotonic() - started < CUT_OFF_LIMIT_S + 5:
             sent_at = time.monotonic()
@@ -287,6 +291,9 @@ def test_revoked_device_is_cut_off_within_5_s(
         # It stays cut off, and the agent container, not revoked, stays online.
         for m in range(n + 1, n + 4):
             assert _round_trip(service, device, device_id, m) == (False, False)
+        assert device.disconnected.is_set(), "the revoked device's session was not ended"
+        refused = connect(identity, "localhost", stack.mqtt_port, timeout=3)
+        assert not refused.connected.is_set(), "the revoked device connected again"
         with stack.api(token, ca_file) as api:
             assert api.get(f"/devices/{AGENT_ID}").json()["online"]
         serial = x509.load_pem_x509_certificate(identity.cert_file.read_bytes()).serial_number  # type: ignore[union-attr]
