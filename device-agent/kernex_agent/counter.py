@@ -5,17 +5,52 @@ the backend can tell that an offline (a Last Will delivered late) belongs to an 
 than the online it already holds. Progress messages carry a sequence number the same way.
 """
 
+import logging
 from pathlib import Path
+from typing import Final
 
 from kernex_agent.files import write_atomic
 
+# Values reserved per write: the flash is written once per BLOCK values, and a disk that fills
+# up leaves the rest of the block to hand out (enough for an update's reports to the end).
+BLOCK: Final = 32
+
+log = logging.getLogger("kernex_agent")
+
 
 class PersistentCounter:
-    """An integer saved before each new value is handed out."""
+    """An integer that only grows, handed out from blocks reserved on disk.
 
-    def __init__(self, path: Path) -> None:
+    The file holds the highest value reserved, saved before any value of its block is handed
+    out; a restart starts above it, so no value is ever repeated (numbers skip the unused rest
+    of a block instead). When the reservation cannot be saved (a full disk, a read-only one)
+    the counter still hands out the next value, unsaved, and says so: a value repeated after a
+    restart is ignored as stale by the backend, which is less harm than a device that can no
+    longer connect or report.
+    """
+
+    def __init__(self, path: Path, *, block: int = BLOCK) -> None:
         self.path = path
-        self.current = self._read()
+        self._block = block
+        self.current = self._read()  # the last value handed out (or the saved reservation)
+        self._reserved = self.current
+        self._unsaved = False
+        # Reserved at start, while the disk most likely has room: a disk that fills up later
+        # still leaves a whole block of numbers that no restart will hand out again.
+        self._reserve(self.current + 1)
+
+    def _reserve(self, first: int) -> None:
+        ceiling = first + self._block - 1
+        try:
+            write_atomic(self.path, str(ceiling).encode())
+        except OSError as exc:
+            if not self._unsaved:
+                log.warning(
+                    "agent.counter_unsaved", extra={"file": self.path.name, "error": str(exc)}
+                )
+            self._unsaved = True
+        else:
+            self._reserved, self._unsaved = ceiling, False
 
     def _read(self) -> int:
         try:
@@ -28,7 +63,9 @@ class PersistentCounter:
             return int(self.path.stat().st_mtime)
 
     def advance(self) -> int:
-        """The next value, saved before it is used."""
-        self.current += 1
-        write_atomic(self.path, str(self.current).encode())
-        return self.current
+        """The next value; its block reserved on disk first when it can be."""
+        value = self.current + 1
+        if value > self._reserved:
+            self._reserve(value)
+        self.current = value
+        return value

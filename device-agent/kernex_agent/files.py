@@ -1,7 +1,18 @@
 """Durable file writes: a power cut leaves either the old content or the new, never half."""
 
+import contextlib
+import errno
 import os
 from pathlib import Path
+from typing import Final
+
+# The errors of a disk (or a quota) with no room left: retrying cannot help until space is freed.
+NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` says the disk is full."""
+    return isinstance(exc, OSError) and exc.errno in NO_SPACE
 
 
 def fsync_directory(path: Path) -> None:
@@ -19,10 +30,16 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        # A full disk fails the write; the empty or partial file must not hold on to space.
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     os.replace(tmp, path)
     fsync_directory(path.parent)
 

@@ -12,7 +12,7 @@ from types import MappingProxyType
 from typing import Any, Final
 
 from kernex_agent.counter import PersistentCounter
-from kernex_agent.files import write_atomic
+from kernex_agent.files import is_no_space, write_atomic
 from kernex_agent.transport import MqttTransport
 from kernex_agent.update.machine import State
 from kernex_agent.update.states import notice_of
@@ -134,7 +134,14 @@ class ProgressReporter:
             "attempt": message.attempt,
             "progress": payload.decode(),
         }
-        write_atomic(self._outcome_path, json.dumps(outcome).encode())
+        try:
+            write_atomic(self._outcome_path, json.dumps(outcome).encode())
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            # Reported all the same: the backend hearing it matters more. Unremembered, the
+            # same notice heard again is tried again (and fails the same way while it is full).
+            log.warning("update.outcome_unsaved", extra={"error": str(exc)})
         self.last_error = None if message.error is None else message.error.code.value
         log.info(
             "update.outcome",

@@ -66,13 +66,20 @@ def _boots(state_dir: Path) -> dict[str, int]:
     return {str(k): int(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
 
-def _save_boots(state_dir: Path, boots: dict[str, int]) -> None:
-    write_atomic(state_dir / BOOTS_FILE, json.dumps(boots).encode())
+def _save_boots(state_dir: Path, boots: dict[str, int]) -> bool:
+    """Whether the count was saved (not on a full or read-only disk)."""
+    try:
+        write_atomic(state_dir / BOOTS_FILE, json.dumps(boots).encode())
+    except OSError as exc:
+        log.warning("agent.boots_unsaved", extra={"error": str(exc)})
+        return False
+    return True
 
 
 def mark_connected(state_dir: Path) -> None:
     """The agent the launcher started reached the broker: its version is good to start again.
-    (The fallback agent connecting says nothing about the version it stands in for.)"""
+    (The fallback agent connecting says nothing about the version it stands in for.) Unsaved on
+    a full disk, the count is cleared at the next connection with room."""
     launched = os.environ.get(LAUNCHED_ENV)
     boots = _boots(state_dir)
     if launched and boots.pop(Path(launched).name, None) is not None:
@@ -97,7 +104,14 @@ def launch_target(config: AgentConfig) -> Path | None:
         )
         return None
     boots[tree.name] = boots.get(tree.name, 0) + 1
-    _save_boots(config.update.state_dir, boots)
+    if not _save_boots(config.update.state_dir, boots):
+        # Uncounted, a version that dies before connecting would be started for ever: the
+        # installed agent runs until there is room to count again.
+        sys.stderr.write(
+            "kernex-agent: cannot count this start (the state directory is not writable); "
+            "running the installed agent instead\n"
+        )
+        return None
     return tree
 
 

@@ -13,7 +13,6 @@ last `rate_window_s`. What was received stays in the partial file; the next atte
 """
 
 import contextlib
-import errno
 import http.client
 import os
 import socket
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-from kernex_agent.files import write_all
+from kernex_agent.files import is_no_space, write_all
 
 _CHUNK: Final = 64 * 1024
 _FSYNC_EVERY: Final = 4 * 1024 * 1024
@@ -35,7 +34,6 @@ _FSYNC_EVERY: Final = 4 * 1024 * 1024
 _URL_REFUSED: Final = frozenset({401, 403, 404, 410})
 _REDIRECTS: Final = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS: Final = 3
-NO_SPACE: Final = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 class DownloadError(Exception):
@@ -189,7 +187,7 @@ class HttpDownloader:
                 finally:
                     connection.close()
             except (OSError, http.client.HTTPException) as exc:
-                if isinstance(exc, OSError) and exc.errno in NO_SPACE:
+                if is_no_space(exc):
                     raise NoSpaceForDownload(
                         f"the disk is full ({_reason(exc)}); the partial download was dropped"
                     ) from None

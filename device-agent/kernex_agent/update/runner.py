@@ -10,6 +10,12 @@ dies in the same state again and again (killed for memory, a crash in a library)
 loop guard instead of restarting forever. An exception a handler did not expect is that state's
 failure, with the error code `agent_error`: before INSTALLING the update fails, after it the
 device rolls back, and in a terminal state the report is retried within the same budget.
+
+A disk too full to save the record ends the update instead of stopping it: a state that moves
+the update forward is not worked on unsaved (after a crash the agent could not resume it), so
+it fails as `disk_full`, which leads to FAILED, or through ROLLING_BACK to ROLLED_BACK. Those run
+without their record saved: they free space and end in a report that needs no disk, and IDLE is
+the record's removal, which a full disk allows.
 """
 
 import asyncio
@@ -18,10 +24,16 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from kernex_agent.files import is_no_space
 from kernex_agent.update.machine import TERMINAL, Event, State, next_state
 from kernex_agent.update.store import StateStore, UpdateRecord
+from kernex_protocol.payloads import ErrorCode
 
 AGENT_ERROR: Final = "agent_error"
+# The states whose work moves an update forward: never worked on without their record saved.
+FORWARD: Final = frozenset(
+    {State.DOWNLOADING, State.VERIFYING, State.INSTALLING, State.HEALTH_CHECK, State.COMMITTING}
+)
 
 log = logging.getLogger("kernex_agent.update")
 
@@ -61,13 +73,32 @@ class UpdateRunner:
         self._pause_after_error_s = pause_after_error_s
         # The state of the update in progress (IDLE between updates), for heartbeats.
         self.state = State.IDLE
+        # The record entered last, and why it could not be saved (None: it was).
+        self._record: UpdateRecord | None = None
+        self._unsaved: str | None = None
 
     def _enter(self, current: UpdateRecord, state: State) -> UpdateRecord:
         attempt = current.attempt + 1 if state == current.state else 1
         record = replace(current, state=state, attempt=attempt, store_count=current.store_count + 1)
-        self._store.save(record)  # before any work in the new state
+        try:
+            self._store.save(record)  # before any work in the new state
+        except OSError as exc:
+            if not is_no_space(exc):
+                raise
+            self._unsaved = f"the update state cannot be saved: {exc.strerror}"
+            log.error("update.state_unsaved", extra={"state": state.value, "error": str(exc)})
+        else:
+            self._unsaved = None
+        self._record = record
         self.state = state
         return record
+
+    def _finish(self) -> UpdateRecord:
+        """Back to IDLE: the record removed (which a full disk allows)."""
+        self._store.clear()
+        self._record, self._unsaved = None, None
+        self.state = State.IDLE
+        return UpdateRecord()
 
     def begin(self, deployment: dict[str, Any]) -> UpdateRecord:
         """Record a new update, entering DOWNLOADING. Refused while another is in progress."""
@@ -114,13 +145,16 @@ class UpdateRunner:
             log.warning("update.observer_error", extra={"error": f"{type(exc).__name__}"})
 
     async def run(self) -> UpdateRecord:
-        """Run from the saved state until IDLE; call again after a crash to resume."""
-        record = self._store.load()
+        """Run from the state entered last (or the saved one) until IDLE; call again after a
+        crash to resume."""
+        record = self._record if self._record is not None else self._store.load()
         while record.state != State.IDLE:
             if self._on_enter is not None:
                 await self._observe(record)
             if record.store_count > self._max_saves:
                 event: Event | Failed = Event.LOOP_DETECTED
+            elif self._unsaved is not None and record.state in FORWARD:
+                event = Failed(ErrorCode.DISK_FULL, self._unsaved)
             else:
                 event = await self._handle(record)
             if isinstance(event, Failed):
@@ -132,10 +166,5 @@ class UpdateRunner:
                 # chain of recovery states is finite, so this still ends.
                 error = record.error or {"code": "loop_detected", "detail": record.state.value}
                 record = replace(record, store_count=0, error=error)
-            if following == State.IDLE:
-                record = UpdateRecord()
-                self._store.save(record)
-                self.state = State.IDLE
-            else:
-                record = self._enter(record, following)
+            record = self._finish() if following == State.IDLE else self._enter(record, following)
         return record

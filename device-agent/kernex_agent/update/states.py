@@ -16,6 +16,7 @@ from typing import Protocol
 
 from kernex_agent.backoff import Backoff
 from kernex_agent.config import UpdateConfig
+from kernex_agent.files import is_no_space
 from kernex_agent.notices import Installed, save_installed
 from kernex_agent.update.download import (
     ContentTooLarge,
@@ -320,7 +321,14 @@ class UpdateStates:
         event = await self._settle(record, installer.commit, ErrorCode.COMMIT_FAILED)
         if event == Event.SUCCESS and not self._is_agent(notice):
             manifest = notice.manifest
-            save_installed(self.installed_path, Installed(manifest.name, manifest.version))
+            try:
+                save_installed(self.installed_path, Installed(manifest.name, manifest.version))
+            except OSError as exc:
+                if not is_no_space(exc):
+                    raise
+                # The new version is committed and runs; the record only orders versions for
+                # the downgrade check, and the next commit with room writes it.
+                log.warning("update.installed_unsaved", extra={"error": str(exc)})
         return event
 
     async def rolling_back(self, record: UpdateRecord) -> Event | Failed:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from kernex_agent.files import write_atomic
+from kernex_agent.files import fsync_directory, write_atomic
 from kernex_agent.update.machine import State
 from kernex_protocol.payloads import Notice, PayloadInvalid, is_token
 
@@ -106,6 +106,9 @@ class StateStore(Protocol):
     def save(self, record: UpdateRecord) -> None:
         """Persist `record` durably before returning."""
 
+    def clear(self) -> None:
+        """Forget the record (back to idle); must work on a full disk."""
+
 
 class FileStateStore:
     """A JSON file written atomically.
@@ -152,6 +155,14 @@ class FileStateStore:
 
     def save(self, record: UpdateRecord) -> None:
         write_atomic(self.path, record.to_json())
+
+    def clear(self) -> None:
+        # Removing a file needs no free space, unlike writing an idle record over it.
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return
+        fsync_directory(self.path.parent)
 
 
 def _salvage_deployment_id(raw: bytes) -> str | None:

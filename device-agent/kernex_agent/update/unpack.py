@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, Final
 
-from kernex_agent.files import write_all
+from kernex_agent.files import is_no_space, write_all
 
 _CHUNK: Final = 1024 * 1024
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -197,7 +197,7 @@ def unpack(archive: Path, destination: Path, *, limits: UnpackLimits) -> None:
     except InstallRefused:
         raise
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if is_no_space(exc):
             raise NoSpaceToInstall(f"the disk is full: {exc.strerror}") from None
         raise InstallRefused(
             f"the archive cannot be unpacked: {type(exc).__name__}: {str(exc)[:200]}"

@@ -99,3 +99,49 @@ def test_a_disk_that_fills_during_the_install(
     assert device.agent.process is not None and device.agent.process.poll() is None
     next_release_installs(device, bundles, backend_side)
     figures["reported"] = f"{final.state.value}: {final.error.code.value}"
+
+
+@pytest.mark.reliability(
+    "Faults",
+    "the agent's state disk completely full: no update state can be saved",
+    "the update fails as disk_full and is reported; the agent keeps running, restarts and"
+    " reconnects on the full disk; with room again the next release installs",
+)
+def test_a_state_disk_too_full_to_save_a_state(
+    small_disk: Mount,
+    make_device: DeviceFactory,
+    bundles: BundleStore,
+    backend_side: BackendStandIn,
+    figures: dict[str, Any],
+) -> None:
+    device = make_device()
+    small_disk(device.agent.state_dir, 2 * MIB)
+    device.agent.start()
+    device.agent.wait_log("mqtt.connected")
+    filler = fill(device.agent.state_dir)
+    release = bundles.put(app_archive("1.0.0", payload_bytes=MIB), "1.0.0")
+    deployment = backend_side.notify(device.device_id, release)
+    final = final_failure(backend_side, device.device_id, deployment)
+    assert final.state == ProgressState.FAILED
+    assert final.error is not None and "cannot be saved" in final.error.detail
+    device.agent.wait_log("update.state_unsaved", state="downloading")
+    assert running_version(device.install_root) is None
+    assert device.agent.process is not None and device.agent.process.poll() is None
+    # Nothing half-written holds on to space; the saved state is idle (no file at all).
+    names = sorted(p.name for p in device.agent.state_dir.iterdir())
+    assert not [n for n in names if n.endswith(".tmp")], names
+    assert "update.json" not in names, names
+
+    # A restart on the full disk: the agent starts, connects with a new session and answers
+    # the retained notice again (unremembered, it is tried again and fails the same way).
+    sessions_before = {p.session for d, p in backend_side.presence if d == device.device_id}
+    assert device.agent.terminate() == 0
+    device.agent.start()
+    connected = device.agent.wait_log("mqtt.connected")
+    assert connected["session"] > max(sessions_before)
+    again = final_failure(backend_side, device.device_id, deployment)
+    assert again.seq > final.seq  # numbered past the last run's, though nothing was saved since
+
+    filler.unlink()
+    next_release_installs(device, bundles, backend_side)
+    figures["reported"] = f"{final.state.value}: {final.error.code.value}"

@@ -1,10 +1,13 @@
 """The agent's small parts: the map from update states to the wire's progress states, the
-notice inbox, and fault injection passed in from outside."""
+notice inbox, the persistent counters, and fault injection passed in from outside."""
 
+import errno
 from pathlib import Path
 
 import pytest
 
+from kernex_agent import counter
+from kernex_agent.counter import PersistentCounter
 from kernex_agent.faults import CrashOnce
 from kernex_agent.inbox import NoticeInbox
 from kernex_agent.reporting import WIRE_STATE
@@ -52,3 +55,33 @@ def test_a_crash_marker_is_per_state(tmp_path: Path, state: State) -> None:
     CrashOnce(state, tmp_path, crash=crashed.append)(state)
     assert (tmp_path / f"crashed-in-{state.value}").exists()
     assert crashed == [state]
+
+
+def test_a_counter_reserves_blocks_and_never_repeats_after_a_restart(tmp_path: Path) -> None:
+    path = tmp_path / "seq"
+    first = PersistentCounter(path, block=4)
+    assert path.read_text() == "4"  # reserved at start
+    assert [first.advance() for _ in range(5)] == [1, 2, 3, 4, 5]
+    assert path.read_text() == "8"  # written twice for five values: at the start and at 5
+    again = PersistentCounter(path, block=4)
+    assert again.advance() == 9  # past anything the last run could have handed out
+
+
+def test_a_counter_on_a_full_disk_hands_out_its_reserve_then_unsaved_values(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "seq"
+    numbers = PersistentCounter(path, block=3)
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(counter, "write_atomic", full)
+    assert [numbers.advance() for _ in range(5)] == [1, 2, 3, 4, 5]  # 1-3 from the reserve
+    assert path.read_text() == "3"
+    assert [r.message for r in caplog.records].count("agent.counter_unsaved") == 1
+    monkeypatch.undo()
+    assert numbers.advance() == 6 and path.read_text() == "8"  # room again: reserving again
+    # Started on a full disk, nothing is reserved: values are handed out all the same.
+    monkeypatch.setattr(counter, "write_atomic", full)
+    assert PersistentCounter(path, block=3).advance() == 9

@@ -1,5 +1,6 @@
 """The update state machine: the table's guarantees, the runner, resuming, the loop guard."""
 
+import errno
 from collections import deque
 from pathlib import Path
 
@@ -97,6 +98,28 @@ class RecordingStore(FileStateStore):
     def save(self, record: UpdateRecord) -> None:
         super().save(record)
         self.saved.append(record.state)
+
+    def clear(self) -> None:
+        super().clear()
+        self.saved.append(State.IDLE)
+
+
+class FillingStore(RecordingStore):
+    """A store whose disk is full from the state `full_from` on, until `room_from`."""
+
+    def __init__(self, path: Path, full_from: State, room_from: State | None = None) -> None:
+        super().__init__(path)
+        self.full_from, self.room_from = full_from, room_from
+        self.full = False
+
+    def save(self, record: UpdateRecord) -> None:
+        if record.state == self.full_from:
+            self.full = True
+        if record.state == self.room_from:
+            self.full = False
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().save(record)
 
 
 async def test_happy_path_saves_before_each_state_and_ends_idle(tmp_path: Path) -> None:
@@ -330,3 +353,79 @@ def test_a_record_without_its_notice_is_damaged_for_the_agent(tmp_path: Path) ->
     assert store.load() == UpdateRecord()
     assert store.damaged is not None
     assert store.damaged.deployment_id == "dep-1"  # salvaged, so the backend hears of it
+
+
+class Recorded:
+    """Handlers that succeed and keep each record they were given."""
+
+    def __init__(self) -> None:
+        self.records: list[UpdateRecord] = []
+
+    def handlers(self) -> dict[State, object]:
+        async def handle(record: UpdateRecord) -> Event:
+            self.records.append(record)
+            return Event.SUCCESS
+
+        return {state: handle for state in State if state != State.IDLE}
+
+    @property
+    def calls(self) -> list[State]:
+        return [record.state for record in self.records]
+
+
+async def test_a_state_disk_full_from_the_start_fails_the_update_and_still_reports(
+    tmp_path: Path,
+) -> None:
+    store = FillingStore(tmp_path / "state.json", full_from=State.DOWNLOADING)
+    device = Recorded()
+    runner = UpdateRunner(store, device.handlers())  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    assert not store.path.exists()
+    final = await runner.run()
+    # Nothing was downloaded unsaved; the failure handler (the report) ran with the reason.
+    assert device.calls == [State.FAILED]
+    assert device.records[0].error is not None
+    assert device.records[0].error["code"] == "disk_full"
+    assert "cannot be saved" in device.records[0].error["detail"]
+    assert final == UpdateRecord() and runner.state == State.IDLE
+    assert store.saved == [State.IDLE] and store.load() == UpdateRecord()
+
+
+async def test_a_state_disk_filling_after_the_install_rolls_back_unsaved(tmp_path: Path) -> None:
+    store = FillingStore(tmp_path / "state.json", full_from=State.HEALTH_CHECK)
+    device = Recorded()
+    runner = UpdateRunner(store, device.handlers())  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    await runner.run()
+    # The health check is not run unsaved: the installed version is rolled back instead.
+    expected = [State.DOWNLOADING, State.VERIFYING, State.INSTALLING]
+    assert device.calls == [*expected, State.ROLLING_BACK, State.ROLLED_BACK]
+    assert device.records[-1].error == {
+        "code": "disk_full",
+        "detail": "the update state cannot be saved: No space left on device",
+    }
+    assert store.saved == [*expected, State.IDLE]  # the last saved state removed at the end
+    assert not store.path.exists()
+
+
+async def test_room_again_during_the_rollback_is_saved_again(tmp_path: Path) -> None:
+    store = FillingStore(
+        tmp_path / "state.json", full_from=State.COMMITTING, room_from=State.ROLLED_BACK
+    )
+    device = Recorded()
+    runner = UpdateRunner(store, device.handlers())  # type: ignore[arg-type]
+    runner.begin({"deployment_id": "d1"})
+    await runner.run()
+    assert State.COMMITTING not in device.calls
+    assert device.calls[-2:] == [State.ROLLING_BACK, State.ROLLED_BACK]
+    assert store.saved[-2:] == [State.ROLLED_BACK, State.IDLE]
+
+
+async def test_a_store_failing_otherwise_is_not_taken_for_a_full_disk(tmp_path: Path) -> None:
+    class BrokenStore(RecordingStore):
+        def save(self, record: UpdateRecord) -> None:
+            raise OSError(errno.EIO, "Input/output error")
+
+    runner = UpdateRunner(BrokenStore(tmp_path / "state.json"), Recorded().handlers())  # type: ignore[arg-type]
+    with pytest.raises(OSError, match="Input/output"):
+        runner.begin({"deployment_id": "d1"})
