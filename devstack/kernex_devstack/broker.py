@@ -7,6 +7,7 @@ backend's service identity; later runs reuse them, so device kits stay valid acr
 import os
 import shutil
 import signal
+import time
 from pathlib import Path
 
 from kernex_devstack.ports import free_port
@@ -17,6 +18,7 @@ from kernex_provision.certificates import CertificateKind, new_key
 from kernex_provision.notice_keys import NOTICE_KEY, create_notice_key
 
 SERVICE_IDENTITY = broker_files.DEFAULT_SERVICE_IDENTITY
+RELOAD_LINE = "Reloading config."
 # Debian's package creates this user; Mosquitto drops to it when started as root.
 BROKER_USER = "mosquitto"
 
@@ -134,10 +136,19 @@ class EmbeddedBroker:
         self._process.start(timeout=20)
         self.layout.pid_file.write_text(str(self._process.pid))
 
-    def reload(self) -> None:
-        """SIGHUP: re-read the ACL and the CRL without dropping connections."""
-        if self._process is not None:
-            self._process.signal(signal.SIGHUP)
+    def reload(self, *, timeout: float = 10.0) -> None:
+        """SIGHUP: re-read the ACL and the CRL without dropping connections. Returns once the
+        broker has taken it up (it logs the reload before reading, in the same turn of its
+        single-threaded loop, so a connection it accepts later meets the new rules)."""
+        if self._process is None:
+            return
+        before = self._log_since_start().count(RELOAD_LINE)
+        self._process.signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while self._log_since_start().count(RELOAD_LINE) <= before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not reload within {timeout:.0f} s")
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """Stop the broker (it saves its persistence file first)."""

@@ -166,13 +166,17 @@ class SignedRelease:
     signature: str | None = None  # base64 Ed25519 signature over manifest.canonical()
     key_id: str | None = None
 
-    def to_json(self) -> str:
-        """The file/header form."""
+    def to_document(self) -> dict[str, Any]:
+        """The JSON object form (as carried in a notice)."""
         out: dict[str, Any] = {"manifest": self.manifest.document()}
         if self.signature is not None:
             out["signature"] = self.signature
             out["key_id"] = self.key_id
-        return json.dumps(out, sort_keys=True, separators=(",", ":"))
+        return out
+
+    def to_json(self) -> str:
+        """The file/header form."""
+        return json.dumps(self.to_document(), sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, data: str | bytes) -> "SignedRelease":

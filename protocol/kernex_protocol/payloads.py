@@ -502,10 +502,13 @@ class Notice:
             }
         )
 
-    def signed_with(self, key: "Ed25519PrivateKey") -> "Notice":
-        """This notice with the backend's signature over its claims."""
+    def signed_with(self, key: "Ed25519PrivateKey", *, kid: str | None = None) -> "Notice":
+        """This notice with the backend's signature over its claims; `kid` is the key's id
+        when the caller knows it already (a publisher signing thousands of notices)."""
         signature = base64.b64encode(key.sign(self.claims())).decode()
-        return dataclasses.replace(self, signature=signature, key_id=key_id(key.public_key()))
+        return dataclasses.replace(
+            self, signature=signature, key_id=kid or key_id(key.public_key())
+        )
 
     def verify(self, trusted: dict[str, "Ed25519PublicKey"]) -> str:
         """Check the notice signature against the trusted notice keys; returns the key id.
@@ -518,7 +521,7 @@ class Notice:
             {
                 "deployment_id": self.deployment_id,
                 "device_id": self.device_id,
-                "release": json.loads(self.release.to_json()),
+                "release": self.release.to_document(),
                 "issued_at": self.issued_at,
                 "expires_at": self.expires_at,
                 "url": self.url,

@@ -69,18 +69,24 @@ async def busy_with(
 async def explicit(session: AsyncSession, device_ids: list[str], *, device_type: str) -> Selection:
     """Explicit devices: every one must exist, be in service and be of the bundle's type."""
     ids = sorted(set(device_ids))
-    devices = {d.id: d for d in await session.exec(select(Device).where(col(Device.id).in_(ids)))}
+    # Only the columns checked: loading 10,000 whole devices took half a second.
+    devices = {
+        device_id: (status, kind)
+        for device_id, status, kind in await session.exec(
+            select(Device.id, Device.status, Device.device_type).where(col(Device.id).in_(ids))
+        )
+    }
     unknown = [i for i in ids if i not in devices]
     if unknown:
         raise InvalidInput(
             f"{len(unknown)} unknown device(s)", unknown_devices=unknown[:MAX_SAMPLE]
         )
-    retired = [i for i, d in devices.items() if d.status == DeviceStatus.DECOMMISSIONED]
+    retired = [i for i, (status, _) in devices.items() if status == DeviceStatus.DECOMMISSIONED]
     if retired:
         raise InvalidInput(
             "decommissioned devices cannot be deployed to", devices=retired[:MAX_SAMPLE]
         )
-    wrong_type = [i for i, d in devices.items() if d.device_type != device_type]
+    wrong_type = [i for i, (_, kind) in devices.items() if kind != device_type]
     if wrong_type:
         raise InvalidInput(
             f"the bundle is for device type {device_type}", devices=wrong_type[:MAX_SAMPLE]

@@ -1,0 +1,119 @@
+"""Benchmark: the notifier alone, against a bare publisher, with no fleet reacting.
+
+fleet_benchmarks.py measures notify with 10,000 simulated agents that start their updates the
+moment they hold a notice, on the same two cores: the product's share is then mixed with the
+fleet's reaction. Here the devices are registered but none is connected, so the figure is the
+backend's own: from POST /deployments until an observer subscribed to every deployment topic
+holds every device's notice (retained, as a device that connects later finds it), against a
+bare publisher putting a notice-sized retained QoS 1 message on the same topics just before,
+in the same round (fleet_benchmarks.bare_notify). Each round has devices of its own; medians.
+
+    .venv/bin/python bench/notify_benchmark.py [--devices 10000] [--rounds 3]
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fleet_benchmarks import BASELINE_PAYLOAD, bare_notify
+from fleet_stack import FleetStack
+from results import Figure, median, record
+
+from kernex_protocol.topics import Channel
+
+
+def product_notify(stack: FleetStack, ids: list[str], version: str) -> tuple[float, float, float]:
+    """(POST seconds, p50, p100): seconds from the POST until the observer held the notices."""
+    bundle = stack.upload(version, 1024)
+    wanted = set(ids)
+    held: dict[str, float] = {}
+    lock = threading.Lock()
+    everyone = threading.Event()
+
+    def seen(_topic: str, payload: bytes, at: float) -> None:
+        if not payload or payload == BASELINE_PAYLOAD:
+            return
+        notice = json.loads(payload)
+        if notice["device_id"] not in wanted:
+            return  # an earlier round's notice, retained on its own device's topic
+        with lock:
+            held.setdefault(notice["device_id"], at)
+            if len(held) == len(ids):
+                everyone.set()
+
+    with stack.subscriber(f"observer-{version}", Channel.DEPLOYMENT, seen):
+        started = time.time()
+        stack.deploy(bundle, ids)
+        post_s = time.time() - started
+        if not everyone.wait(600):
+            raise RuntimeError(f"the observer saw {len(held)} of {len(ids)} notices")
+    times = sorted(at - started for at in held.values())
+    return post_s, times[len(times) // 2], times[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--devices", type=int, default=10_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="kernex-bench-notify-"))
+    stack = FleetStack(root)
+    bare: list[float] = []
+    posts: list[float] = []
+    p50s: list[float] = []
+    p100s: list[float] = []
+    try:
+        stack.start()
+        for round_ in range(1, args.rounds + 1):
+            # Devices of their own per round: none is busy with the last round's deployment.
+            ids = [f"bench-r{round_}-{i:05d}" for i in range(1, args.devices + 1)]
+            stack.register(ids)
+            bare.append(bare_notify(stack, ids))
+            post_s, p50, p100 = product_notify(stack, ids, f"1.0.{round_}")
+            posts.append(post_s)
+            p50s.append(p50)
+            p100s.append(p100)
+            print(
+                f"round {round_}: bare {bare[-1]:.2f} s; POST {post_s:.2f} s, "
+                f"p50 {p50:.2f} s, p100 {p100:.2f} s",
+                flush=True,
+            )
+    finally:
+        stack.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+    n = args.devices
+    tag = f"{n // 1000}k" if n >= 1000 else str(n)
+    ratios = [p / b for p, b in zip(p100s, bare, strict=True)]
+    figures = [
+        Figure(f"notify.alone_post_s_{tag}", median(posts), "s"),
+        Figure(f"notify.alone_p50_s_{tag}", median(p50s), "s"),
+        Figure(f"notify.alone_p100_s_{tag}", median(p100s), "s", median(bare), None),
+        Figure("notify.alone_ratio", median(ratios), "x", 1.5, round(median(ratios) / 1.5, 2)),
+    ]
+    notes = [
+        f"{n} registered devices, none connected; {args.rounds} rounds, each a bare publisher "
+        "(64 QoS 1 messages in flight, as the backend allows itself) then a deployment of a "
+        "new 1 KiB release to every device; medians. notify.alone_ratio is the median of the "
+        "rounds' p100 over that round's bare publisher (goal 1.5).",
+        "Per round (bare / POST / p100, s): "
+        + "; ".join(
+            f"{b:.2f} / {p:.2f} / {t:.2f}" for b, p, t in zip(bare, posts, p100s, strict=True)
+        )
+        + ".",
+    ]
+    command = f".venv/bin/python bench/notify_benchmark.py --devices {n} --rounds {args.rounds}"
+    record("Notify, the backend alone", command, figures, notes)
+
+
+if __name__ == "__main__":
+    main()
