@@ -25,6 +25,8 @@ from kernex_provision.certificates import CertificateKind, new_key
 from kernex_provision.kit import BrokerAddress, write_kit
 
 MiB = 1024 * 1024
+FLOOR_IMPORTS = "import asyncio, ssl, paho.mqtt.client"
+FLOOR = f"{FLOOR_IMPORTS}; import time; time.sleep(3600)"
 
 
 def start_agent(broker: EmbeddedBroker, root: Path, index: int) -> subprocess.Popen[bytes]:
@@ -92,10 +94,11 @@ def main() -> None:
                 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
                 for _ in range(args.agents)
             ]
+            floors = [subprocess.Popen([sys.executable, "-c", FLOOR]) for _ in range(args.agents)]
             try:
-                rss, cpu = measure(agents + baselines, args.settle_s, args.window_s)
+                rss, cpu = measure(agents + baselines + floors, args.settle_s, args.window_s)
             finally:
-                for process in agents + baselines:
+                for process in agents + baselines + floors:
                     process.terminate()
                     process.wait(30)
             connected = sum(
@@ -108,10 +111,12 @@ def main() -> None:
             broker.stop()
 
     n = args.agents
-    agent_rss, base_rss = median(rss[:n]), median(rss[n:])
-    agent_cpu, base_cpu = median(cpu[:n]), median(cpu[n:])
+    agent_rss, base_rss, floor_rss = median(rss[:n]), median(rss[n : 2 * n]), median(rss[2 * n :])
+    agent_cpu, base_cpu = median(cpu[:n]), median(cpu[n : 2 * n])
     figures = [
         Figure("agent.idle_rss_mib", agent_rss, "MiB", base_rss, round(agent_rss / base_rss, 2)),
+        Figure("agent.library_floor_rss_mib", floor_rss, "MiB", base_rss, None),
+        Figure("agent.own_rss_mib", round(agent_rss - floor_rss, 2), "MiB", None, None),
         Figure("agent.idle_cpu_s_per_hour", agent_cpu, "CPU s/h", base_cpu, None),
     ]
     notes = [
@@ -119,6 +124,10 @@ def main() -> None:
         f"{args.window_s:.0f} s after {args.settle_s:.0f} s of settling; medians.",
         "Baseline: a bare interpreter (`python -c 'import time; time.sleep(3600)'`) in the same "
         "run: the floor any Python agent starts from.",
+        "Library floor (same run): an interpreter that only imports what an MQTT agent over TLS "
+        f"on asyncio cannot do without (`{FLOOR_IMPORTS}`: the event loop, OpenSSL, paho, "
+        "which imports urllib.request, http.client and email itself) and sleeps; "
+        "agent.own_rss_mib is the idle agent above that floor: Kernex's own code and state.",
         "Per agent RSS (MiB): "
         + ", ".join(f"{v:.1f}" for v in rss[:n])
         + "; CPU s/h: "

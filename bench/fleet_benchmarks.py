@@ -228,6 +228,21 @@ RECEIVED = (
 BASELINE_PAYLOAD = json.dumps({"v": 0, "pad": "x" * 1400}).encode()
 
 
+def service_publisher(stack: FleetStack, in_flight: int = 64) -> mqtt.Client:
+    """A paho client with a service identity of its own (granted on the broker), `in_flight`
+    QoS 1 messages in flight and an unbounded queue; not connected yet."""
+    name = f"bench-publisher-{uuid.uuid4().hex[:6]}"
+    folder = stack.root / name
+    stack.broker.add_service_identity(name, folder)
+    context = ssl.create_default_context(cafile=str(folder / "ca-chain.pem"))
+    context.load_cert_chain(str(folder / "service.crt"), str(folder / "service.key"))
+    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
+    publisher.tls_set_context(context)
+    publisher.max_inflight_messages_set(in_flight)
+    publisher.max_queued_messages_set(0)  # unbounded: paho paces them through the window
+    return publisher
+
+
 def bare_notify(stack: FleetStack, ids: list[str], in_flight: int = 64) -> float:
     """The notify baseline: seconds until an observer holds a retained QoS 1 message on every
     device's deployment topic, sent by a bare publisher with a service identity of its own and
@@ -244,15 +259,7 @@ def bare_notify(stack: FleetStack, ids: list[str], in_flight: int = 64) -> float
                 if held >= wanted:
                     all_held.set()
 
-    name = f"bench-publisher-{uuid.uuid4().hex[:6]}"
-    folder = stack.root / name
-    stack.broker.add_service_identity(name, folder)
-    context = ssl.create_default_context(cafile=str(folder / "ca-chain.pem"))
-    context.load_cert_chain(str(folder / "service.crt"), str(folder / "service.key"))
-    publisher = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=name, protocol=mqtt.MQTTv311)
-    publisher.tls_set_context(context)
-    publisher.max_inflight_messages_set(in_flight)
-    publisher.max_queued_messages_set(0)  # unbounded: paho paces them through the window
+    publisher = service_publisher(stack, in_flight)
     with stack.subscriber("bare-observer", Channel.DEPLOYMENT, seen):
         publisher.connect("localhost", stack.broker.port, keepalive=60)
         publisher.loop_start()

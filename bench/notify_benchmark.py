@@ -6,7 +6,8 @@ fleet's reaction. Here the devices are registered but none is connected, so the 
 backend's own: from POST /deployments until an observer subscribed to every deployment topic
 holds every device's notice (retained, as a device that connects later finds it), against a
 bare publisher putting a notice-sized retained QoS 1 message on the same topics just before,
-in the same round (fleet_benchmarks.bare_notify). Each round has devices of its own; medians.
+in the same round (fleet_benchmarks.bare_notify). Each round has devices of its own, and their
+topics are emptied after it; medians.
 
     .venv/bin/python bench/notify_benchmark.py [--devices 10000] [--rounds 3]
 """
@@ -21,11 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fleet_benchmarks import BASELINE_PAYLOAD, bare_notify
+from fleet_benchmarks import BASELINE_PAYLOAD, bare_notify, service_publisher
 from fleet_stack import FleetStack
 from results import Figure, median, record
 
-from kernex_protocol.topics import Channel
+from kernex_protocol.topics import Channel, topic_for
 
 
 def product_notify(stack: FleetStack, ids: list[str], version: str) -> tuple[float, float, float]:
@@ -57,15 +58,34 @@ def product_notify(stack: FleetStack, ids: list[str], version: str) -> tuple[flo
     return post_s, times[len(times) // 2], times[-1]
 
 
+def clear_notices(stack: FleetStack, ids: list[str]) -> None:
+    """Empty the round's retained deployment topics, so the next round's observers do not get
+    them all on subscribing (which slowed each round more than the last)."""
+    publisher = service_publisher(stack)
+    publisher.connect("localhost", stack.broker.port, keepalive=60)
+    publisher.loop_start()
+    try:
+        sent = [
+            publisher.publish(topic_for(device_id, Channel.DEPLOYMENT), b"", qos=1, retain=True)
+            for device_id in ids
+        ]
+        for info in sent:
+            info.wait_for_publish(120)
+    finally:
+        publisher.disconnect()
+        publisher.loop_stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
 
-    root = Path(tempfile.mkdtemp(prefix="kernex-bench-notify-"))
+    root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-notify-"))
     stack = FleetStack(root)
     bare: list[float] = []
     posts: list[float] = []
@@ -79,6 +99,7 @@ def main() -> None:
             stack.register(ids)
             bare.append(bare_notify(stack, ids))
             post_s, p50, p100 = product_notify(stack, ids, f"1.0.{round_}")
+            clear_notices(stack, ids)
             posts.append(post_s)
             p50s.append(p50)
             p100s.append(p100)
@@ -89,7 +110,8 @@ def main() -> None:
             )
     finally:
         stack.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(root, ignore_errors=True)
 
     n = args.devices
     tag = f"{n // 1000}k" if n >= 1000 else str(n)

@@ -65,6 +65,17 @@ def test_fleet_benchmark_runs_small(tmp_path: Path) -> None:
     assert figures[f"rollout.create_selector_{devices}_s"]["value"] > 0
 
 
+def test_notify_benchmark_runs_small(tmp_path: Path) -> None:
+    devices = 100
+    figures = run_benchmark(
+        "notify_benchmark.py", ["--devices", str(devices), "--rounds", "2"], tmp_path
+    )
+    assert figures[f"notify.alone_post_s_{devices}"]["value"] > 0
+    p50, p100 = (figures[f"notify.alone_p{q}_s_{devices}"] for q in (50, 100))
+    assert 0 < p50["value"] <= p100["value"] and p100["baseline"] > 0
+    assert figures["notify.alone_ratio"]["value"] > 0
+
+
 def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
     figures = run_benchmark(
         "ingest_benchmark.py",
