@@ -82,6 +82,9 @@ def main() -> None:
     )
     parser.add_argument("--devices", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--workers", type=int, default=0, help="`kernex-backend worker` processes beside serve"
+    )
     parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
 
@@ -93,6 +96,7 @@ def main() -> None:
     p100s: list[float] = []
     try:
         stack.start()
+        stack.start_workers(args.workers)
         for round_ in range(1, args.rounds + 1):
             # Devices of their own per round: none is busy with the last round's deployment.
             ids = [f"bench-r{round_}-{i:05d}" for i in range(1, args.devices + 1)]
@@ -123,7 +127,8 @@ def main() -> None:
         Figure("notify.alone_ratio", median(ratios), "x", 1.5, round(median(ratios) / 1.5, 2)),
     ]
     notes = [
-        f"{n} registered devices, none connected; {args.rounds} rounds, each a bare publisher "
+        f"{n} registered devices, none connected; `kernex-backend serve` and {args.workers} "
+        f"`kernex-backend worker` process(es); {args.rounds} rounds, each a bare publisher "
         "(64 QoS 1 messages in flight, as the backend allows itself) then a deployment of a "
         "new 1 KiB release to every device; medians. notify.alone_ratio is the median of the "
         "rounds' p100 over that round's bare publisher (goal 1.5).",
@@ -133,7 +138,9 @@ def main() -> None:
         )
         + ".",
     ]
-    command = f".venv/bin/python bench/notify_benchmark.py --devices {n} --rounds {args.rounds}"
+    command = f".venv/bin/python bench/notify_benchmark.py --devices {n} --rounds {args.rounds}" + (
+        f" --workers {args.workers}" if args.workers else ""
+    )
     record("Notify, the backend alone", command, figures, notes)
 
 
