@@ -190,19 +190,21 @@ def wait_executions(
     integer percentage of `count`."""
     started = time.monotonic()
     reached: list[float] = []
+    # Every state's count: the run is stalled when none of them moves (devices still
+    # downloading or checking are progress, although none has reached `states` yet).
     query = (
-        "SELECT count(*) FROM deployment_executions WHERE deployment_id = $1 "
-        "AND state = ANY($2::text[])"
+        "SELECT state, count(*) FROM deployment_executions WHERE deployment_id = $1 GROUP BY state"
     )
-    last_change, last_done = started, -1
+    last_change, last_seen, done = started, None, 0
     while time.monotonic() - started < timeout:
-        done = stack.sql(query, uuid.UUID(deployment), list(states))[0][0]
+        seen = {row[0]: row[1] for row in stack.sql(query, uuid.UUID(deployment))}
+        done = sum(seen.get(state, 0) for state in states)
         while len(reached) < 100 and done >= count * (len(reached) + 1) / 100:
             reached.append(time.monotonic() - started)
         if len(reached) == 100:
             return reached
-        if done != last_done:
-            last_change, last_done = time.monotonic(), done
+        if seen != last_seen:
+            last_change, last_seen = time.monotonic(), seen
         elif time.monotonic() - last_change > STALL_S:
             raise RuntimeError(
                 f"{deployment}: stuck at {done} of {count} in {states} for {STALL_S} s "
