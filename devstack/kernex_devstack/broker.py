@@ -112,12 +112,21 @@ class EmbeddedBroker:
         self.reload()
 
     def _log_since_start(self) -> str:
+        return self._log_from(self._log_offset)
+
+    def _log_from(self, offset: int) -> str:
         try:
             with (self.state_dir / "mosquitto.log").open("rb") as log:
-                log.seek(self._log_offset)
+                log.seek(offset)
                 return log.read().decode(errors="replace")
         except FileNotFoundError:
             return ""
+
+    def _log_size(self) -> int:
+        try:
+            return (self.state_dir / "mosquitto.log").stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def _ready(self) -> bool:
         return " running" in self._log_since_start()
@@ -142,10 +151,11 @@ class EmbeddedBroker:
         single-threaded loop, so a connection it accepts later meets the new rules)."""
         if self._process is None:
             return
-        before = self._log_since_start().count(RELOAD_LINE)
+        # Only what is logged after the signal is read: a long run's log is large.
+        offset = self._log_size()
         self._process.signal(signal.SIGHUP)
         deadline = time.monotonic() + timeout
-        while self._log_since_start().count(RELOAD_LINE) <= before:
+        while RELOAD_LINE not in self._log_from(offset):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"mosquitto did not reload within {timeout:.0f} s")
             time.sleep(0.02)

@@ -71,11 +71,14 @@ class UpdateRunner:
         self._on_enter = on_enter
         self._passes_through = passes_through
         self._pause_after_error_s = pause_after_error_s
-        # The state of the update in progress (IDLE between updates), for heartbeats.
-        self.state = State.IDLE
-        # The record entered last, and why it could not be saved (None: it was).
+        # The record entered last (None between updates), and why it could not be saved.
         self._record: UpdateRecord | None = None
         self._unsaved: str | None = None
+
+    @property
+    def state(self) -> State:
+        """The state of the update in progress (IDLE between updates), for heartbeats."""
+        return State.IDLE if self._record is None else self._record.state
 
     def _enter(self, current: UpdateRecord, state: State) -> UpdateRecord:
         attempt = current.attempt + 1 if state == current.state else 1
@@ -90,14 +93,12 @@ class UpdateRunner:
         else:
             self._unsaved = None
         self._record = record
-        self.state = state
         return record
 
     def _finish(self) -> UpdateRecord:
         """Back to IDLE: the record removed (which a full disk allows)."""
         self._store.clear()
         self._record, self._unsaved = None, None
-        self.state = State.IDLE
         return UpdateRecord()
 
     def begin(self, deployment: dict[str, Any]) -> UpdateRecord:
