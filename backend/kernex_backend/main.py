@@ -23,6 +23,7 @@ from kernex_backend.core.openapi import install_contract
 from kernex_backend.core.runtime import attach
 from kernex_backend.core.security_headers import SecurityHeadersMiddleware
 from kernex_backend.deployments.router import router as deployments_router
+from kernex_backend.devices.crl_router import router as crl_router
 from kernex_backend.devices.router import router as devices_router
 from kernex_backend.metrics.router import router as metrics_router
 from kernex_backend.metrics.service import MetricsService
@@ -76,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     api.include_router(health.router)
     for router in (
         devices_router,
+        crl_router,
         bundles_router,
         local_downloads_router,
         deployments_router,

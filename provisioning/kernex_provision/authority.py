@@ -8,7 +8,9 @@ Layout of a CA directory (created by `kernex-provision init-ca`):
     issuing-ca.key      0600
     ca-chain.pem        issuing CA + root: what devices and the broker trust
     crl.pem             revoked leaf certificates and those on hold, re-issued by
-                        `kernex-provision crl`
+                        `kernex-provision crl`: the file Mosquitto reads
+    crl.der             with a distribution URL set (`init-ca --crl-url`, `crl --url`): the
+                        same list naming that URL, for brokers that fetch it there (EMQX)
     index.json          every certificate issued: serial, CN, kind, expiry, revocation; and
                         the device identities on hold (quarantined by the backend)
     release-keys/       trusted release public keys, copied into device kits
@@ -24,6 +26,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import urllib.parse
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,10 +55,31 @@ ISSUING_CERT = "issuing-ca.crt"
 ISSUING_KEY = "issuing-ca.key"
 CHAIN = "ca-chain.pem"
 CRL = "crl.pem"
+DISTRIBUTED_CRL = "crl.der"
 INDEX = "index.json"
 RELEASE_KEYS = "release-keys"
 NOTICE_KEYS = "notice-keys"
 _LOCK = ".lock"
+
+
+_MAX_URL = 512
+
+
+def check_crl_url(url: str) -> str:
+    """A CRL distribution URL goes into every certificate: plain http(s) with a host, short."""
+    parsed = urllib.parse.urlsplit(url)
+    if (
+        parsed.scheme not in ("http", "https")
+        or not parsed.hostname
+        or parsed.username is not None
+        or len(url) > _MAX_URL
+        or any(c.isspace() or ord(c) < 0x20 for c in url)
+    ):
+        raise ValueError(
+            f"CRL URL must be http(s)://host/path, without credentials, at most {_MAX_URL} "
+            f"characters: {url!r}"
+        )
+    return url
 
 
 class AuthorityError(RuntimeError):
@@ -174,8 +198,12 @@ class CertificateAuthority:
         root_key_dir: Path | None = None,
         root_days: int = 20 * 365,
         issuing_days: int = 10 * 365,
+        crl_url: str | None = None,
     ) -> "CertificateAuthority":
-        """Create a root CA and an issuing CA under it in a new directory."""
+        """Create a root CA and an issuing CA under it in a new directory; `crl_url` is where
+        the CRL will be published, named in every certificate issued (see `set_crl_url`)."""
+        if crl_url is not None:
+            check_crl_url(crl_url)
         if (directory / ISSUING_KEY).exists():
             raise AuthorityError(f"{directory} already holds a CA; refusing to overwrite it")
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -203,7 +231,7 @@ class CertificateAuthority:
         (directory / RELEASE_KEYS).mkdir(exist_ok=True)
         authority = cls(directory, passphrase=passphrase)
         with authority._locked():
-            authority._save_index({"crl_number": 0, "certificates": []})
+            authority._save_index({"crl_number": 0, "certificates": [], "crl_url": crl_url})
             authority._write_crl_locked(valid_days=7)
         return authority
 
@@ -229,6 +257,24 @@ class CertificateAuthority:
         return Issuer(
             self.issuing_certificate, load_private_key(self._require(ISSUING_KEY), self._passphrase)
         )
+
+    @property
+    def crl_url(self) -> str | None:
+        """Where the CRL is published for brokers that fetch it (None: nowhere)."""
+        url = self._load_index().get("crl_url")
+        return str(url) if url else None
+
+    def set_crl_url(self, url: str | None, *, crl_valid_days: int = 7) -> None:
+        """Name (or, with None, stop naming) a CRL distribution URL. Certificates issued from
+        now on carry it; older ones do not, and brokers that only fetch CRLs from there (EMQX)
+        cannot check them: renew them, or rely on the ACL's deny and the kick (emqx-sync)."""
+        if url is not None:
+            check_crl_url(url)
+        with self._locked():
+            index = self._load_index()
+            index["crl_url"] = url
+            self._save_index(index)
+            self._write_crl_locked(valid_days=crl_valid_days)
 
     def certificates(self) -> list[IssuedCertificate]:
         """Every certificate in the index, oldest first."""
@@ -276,6 +322,7 @@ class CertificateAuthority:
             dns_names=dns_names,
             ip_addresses=ip_addresses,
             issued_at=issued_at,
+            crl_url=self.crl_url,
         )
         self._record([(certificate, common_name, kind)])
         return certificate
@@ -286,7 +333,7 @@ class CertificateAuthority:
         """Sign many device certificates at once (one index write): fleets and simulators."""
         names = [name for name, _ in requests]
         self._check_name_kinds(names, CertificateKind.DEVICE)
-        issuer, organization = self._issuer(), self._organization()
+        issuer, organization, crl_url = self._issuer(), self._organization(), self.crl_url
         certificates = [
             make_leaf(
                 public_key,
@@ -295,6 +342,7 @@ class CertificateAuthority:
                 common_name=name,
                 organization=organization,
                 days=days,
+                crl_url=crl_url,
             )
             for name, public_key in requests
         ]
@@ -324,6 +372,7 @@ class CertificateAuthority:
             common_name=common_name,
             organization=self._organization(),
             days=minutes / (24 * 60),
+            crl_url=self.crl_url,
         )
         self._record([(certificate, common_name, CertificateKind.TAKEOVER)])
         return certificate, key
@@ -453,16 +502,35 @@ class CertificateAuthority:
             and row["kind"] == CertificateKind.DEVICE.value
             and IssuedCertificate(**row).valid_at(now)
         ]
+        issuer = self._issuer()
         crl = make_crl(
-            self._issuer(),
-            revoked,
-            number=index["crl_number"],
-            valid_days=valid_days,
-            held=held,
+            issuer, revoked, number=index["crl_number"], valid_days=valid_days, held=held
         )
         write_public(self.directory / CRL, crl.public_bytes(serialization.Encoding.PEM))
+        distributed = self.directory / DISTRIBUTED_CRL
+        if url := index.get("crl_url"):
+            published = make_crl(
+                issuer,
+                revoked,
+                number=index["crl_number"],
+                valid_days=valid_days,
+                held=held,
+                distribution_url=url,
+            )
+            write_public(distributed, published.public_bytes(serialization.Encoding.DER))
+        else:
+            distributed.unlink(missing_ok=True)
         self._save_index(index)
         return crl
+
+    def published_crl(self) -> bytes:
+        """The CRL as served at the distribution URL (DER, RFC 5280 section 4.2.1.13): the one
+        naming that URL when one is set, else the broker's own list."""
+        distributed = self.directory / DISTRIBUTED_CRL
+        if distributed.exists():
+            return distributed.read_bytes()
+        crl = x509.load_pem_x509_crl(self._require(CRL).read_bytes())
+        return crl.public_bytes(serialization.Encoding.DER)
 
     def is_live(self, serial: int) -> bool:
         """Whether the certificate with `serial` is in the index, unrevoked and unexpired."""

@@ -165,10 +165,13 @@ def make_leaf(
     dns_names: list[str] | None = None,
     ip_addresses: list[str] | None = None,
     issued_at: dt.datetime | None = None,
+    crl_url: str | None = None,
 ) -> x509.Certificate:
     """A server, service or device certificate signed by the issuing CA.
 
     `issued_at` backdates the validity period (tests use it to make expired certificates).
+    `crl_url` names where the CRL is published (a CRL Distribution Point), for brokers that
+    fetch revocations from there instead of from a file (EMQX).
     """
     if kind in (CertificateKind.DEVICE, CertificateKind.TAKEOVER):
         validate_device_id(common_name)
@@ -196,7 +199,20 @@ def make_leaf(
         if not names:
             raise ValueError("a server certificate needs at least one DNS name or IP address")
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    if crl_url is not None:
+        builder = builder.add_extension(
+            x509.CRLDistributionPoints([_distribution_point(crl_url)]), critical=False
+        )
     return builder.sign(issuer.key, _signing_hash(issuer.key))
+
+
+def _distribution_point(url: str) -> x509.DistributionPoint:
+    return x509.DistributionPoint(
+        full_name=[x509.UniformResourceIdentifier(url)],
+        relative_name=None,
+        reasons=None,
+        crl_issuer=None,
+    )
 
 
 def make_csr(key: PrivateKey, common_name: str) -> x509.CertificateSigningRequest:
@@ -252,9 +268,15 @@ def make_crl(
     number: int,
     valid_days: int,
     held: list[tuple[int, dt.datetime]] | None = None,
+    distribution_url: str | None = None,
 ) -> x509.CertificateRevocationList:
     """A CRL listing (serial, revocation time) pairs, valid for `valid_days`; `held` ones are
-    listed with the reason certificateHold (RFC 5280: suspended, and may come off the list)."""
+    listed with the reason certificateHold (RFC 5280: suspended, and may come off the list).
+
+    With `distribution_url` the CRL names the distribution point it is published at (the
+    Issuing Distribution Point, which EMQX requires). Such a CRL covers only certificates that
+    name the same point, so the broker's own file CRL is made without it: certificates issued
+    before a distribution point was configured carry none."""
     now = _now()
     builder = (
         x509.CertificateRevocationListBuilder()
@@ -264,6 +286,19 @@ def make_crl(
         .add_extension(x509.CRLNumber(number), critical=False)
         .add_extension(_authority_key_id(issuer), critical=False)
     )
+    if distribution_url is not None:
+        builder = builder.add_extension(
+            x509.IssuingDistributionPoint(
+                full_name=[x509.UniformResourceIdentifier(distribution_url)],
+                relative_name=None,
+                only_contains_user_certs=False,
+                only_contains_ca_certs=False,
+                only_some_reasons=None,
+                indirect_crl=False,
+                only_contains_attribute_certs=False,
+            ),
+            critical=True,  # RFC 5280, 5.2.5
+        )
     for serial, when in revoked:
         builder = builder.add_revoked_certificate(
             x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()

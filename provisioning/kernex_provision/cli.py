@@ -65,6 +65,13 @@ def _ca(ca: Path, passphrase_file: Path | None) -> CertificateAuthority:
     return CertificateAuthority(ca, passphrase=_passphrase(passphrase_file))
 
 
+CrlUrlOption = typer.Option(
+    "--crl-url",
+    help="where the CRL is published (the backend serves it at /api/v1/pki/crl), named in "
+    "every certificate from now on: for brokers that fetch CRLs (EMQX)",
+)
+
+
 @app.command("init-ca")
 @_friendly_errors
 def init_ca(
@@ -74,6 +81,7 @@ def init_ca(
         Path | None, typer.Option(help="write the root key here (removable media) instead")
     ] = None,
     passphrase_file: PassphraseFile = None,
+    crl_url: Annotated[str | None, CrlUrlOption] = None,
 ) -> None:
     """Create a root CA and an issuing CA under it (ECDSA P-256)."""
     authority = CertificateAuthority.initialise(
@@ -81,6 +89,7 @@ def init_ca(
         organization=organization,
         passphrase=_passphrase(passphrase_file),
         root_key_dir=root_key_dir,
+        crl_url=crl_url,
     )
     typer.echo(f"CA created in {authority.directory}")
     typer.echo(f"  issuing CA: {describe(authority.issuing_certificate)}")
@@ -238,12 +247,17 @@ def crl(
     days: Annotated[int, typer.Option(help="validity of the new CRL")] = 7,
     broker_dir: BrokerDir = None,
     passphrase_file: PassphraseFile = None,
+    url: Annotated[str | None, CrlUrlOption] = None,
+    no_url: Annotated[bool, typer.Option("--no-url", help="stop naming a CRL URL")] = False,
 ) -> None:
-    """Re-issue the CRL with a fresh nextUpdate.
+    """Re-issue the CRL with a fresh nextUpdate (and set or drop its distribution URL).
 
     Run it daily: when the CRL expires, the broker refuses every device.
     """
     authority = _ca(ca, passphrase_file)
+    if url is not None or no_url:
+        authority.set_crl_url(None if no_url else url, crl_valid_days=days)
+        typer.echo(f"CRL distribution URL: {authority.crl_url or 'none'}")
     issued = authority.write_crl(valid_days=days)
     number = issued.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
     typer.echo(f"CRL #{number} valid until {issued.next_update_utc}")
@@ -296,6 +310,7 @@ def broker_config(
             bind_address=bind,
             blocked=authority.blocked_identities(),
             service_identities=broker_files.acl_identities(authority, service_identity),
+            crl_check=authority.crl_url is not None,
             templates_dir=templates,
         )
         typer.echo(f"EMQX configuration written to {conf} (see docs/security.md, EMQX)")

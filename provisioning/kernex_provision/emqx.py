@@ -1,11 +1,13 @@
 """The broker configuration for EMQX 5, the clustered path: the same listener, identity and ACL
 model as the Mosquitto files (broker.py), in EMQX's HOCON and Erlang-term ACL formats.
 
-What differs from Mosquitto (docs/security.md): EMQX checks CRLs through the CRL Distribution
-Point in client certificates, which ours do not carry, so a revoked device is refused by the
-ACL (denied everything, and disconnected on its next attempt by `deny_action = disconnect`)
-rather than at the handshake; and EMQX must be given the new rules and told to kick the client
-through its REST API: emqx_sync.py (`kernex-provision emqx-sync`) does that.
+What differs from Mosquitto (docs/security.md): EMQX checks CRLs only through the CRL
+Distribution Point in client certificates, which ours carry once the CA names one (`init-ca
+--crl-url`, `crl --url`; the backend serves the CRL there), so certificates issued before that
+are refused by the ACL alone (denied everything, and disconnected on their next attempt by
+`deny_action = disconnect`) rather than at the handshake; and EMQX must be given the new rules
+and told to kick the client through its REST API: emqx_sync.py (`kernex-provision emqx-sync`)
+does that.
 """
 
 from pathlib import Path
@@ -16,6 +18,9 @@ from kernex_provision.broker import MAX_PACKET_SIZE, TEMPLATES_DIR, BrokerLayout
 
 EMQX_CONF = "emqx.conf"
 EMQX_ACL = "acl.conf"
+# A revocation closes the session at once (emqx-sync); this bounds how long the next handshake
+# may still pass on a cached CRL.
+CRL_REFRESH = "1m"
 
 
 def render_emqx_acl(
@@ -51,9 +56,11 @@ def render_emqx(
     bind_address: str,
     blocked: list[str],
     service_identities: list[str],
+    crl_check: bool = False,
     templates_dir: Path = TEMPLATES_DIR,
 ) -> tuple[Path, Path]:
-    """Write emqx.conf and acl.conf into the broker directory; returns their paths."""
+    """Write emqx.conf and acl.conf into the broker directory; returns their paths.
+    `crl_check`: the CA names a CRL distribution URL, so EMQX can check certificates there."""
     acl = render_emqx_acl(
         layout, blocked=blocked, service_identities=service_identities, templates_dir=templates_dir
     )
@@ -69,6 +76,8 @@ def render_emqx(
             server_key=layout.server_key,
             max_packet_size=MAX_PACKET_SIZE,
             acl_file=acl,
+            crl_check="true" if crl_check else "false",
+            crl_refresh=CRL_REFRESH,
         )
         .encode(),
     )

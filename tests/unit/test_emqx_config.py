@@ -16,9 +16,11 @@ from kernex_provision.cli import app
 RULE = re.compile(r"^\{(allow|deny),\s*(.+)\}\.$")
 
 
-def rendered(tmp_path: Path) -> tuple[Path, Path, CertificateAuthority]:
+def rendered(
+    tmp_path: Path, *, crl_url: str | None = None
+) -> tuple[Path, Path, CertificateAuthority]:
     ca_dir = tmp_path / "ca"
-    authority = CertificateAuthority.initialise(ca_dir)
+    authority = CertificateAuthority.initialise(ca_dir, crl_url=crl_url)
     for name in ("good-1", "bad-1"):
         authority.issue(
             new_key().public_key(), kind=CertificateKind.DEVICE, common_name=name, days=30
@@ -68,6 +70,16 @@ def test_listener_is_mutual_tls_only_with_the_cn_as_identity(tmp_path: Path) -> 
     assert authorization["cache"]["enable"] is False  # a revocation applies at once
     assert Path(authorization["sources"][0]["path"]) == acl.resolve()
     assert config["authentication"] == []  # the TLS handshake is the authentication
+    # No distribution point named: EMQX has nowhere to fetch a CRL from.
+    assert options["enable_crl_check"] is False
+
+
+def test_a_crl_distribution_url_turns_the_crl_check_on(tmp_path: Path) -> None:
+    conf, _, authority = rendered(tmp_path, crl_url="http://kernex-api:8000/api/v1/pki/crl")
+    config = ConfigFactory.parse_file(str(conf))
+    assert config["listeners"]["ssl"]["default"]["ssl_options"]["enable_crl_check"] is True
+    assert config["crl_cache"]["refresh_interval"].total_seconds() == 60
+    assert authority.crl_url == "http://kernex-api:8000/api/v1/pki/crl"
 
 
 def test_acl_denies_the_revoked_first_grants_the_service_and_ends_in_deny(

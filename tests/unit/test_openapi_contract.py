@@ -43,7 +43,13 @@ def test_every_error_answer_is_declared_as_a_problem(
 
 def test_every_operation_but_probes_is_secured() -> None:
     open_paths = {p for m, p, op in OPERATIONS if not op.get("security")}
-    assert open_paths <= {"/api/v1/health", "/api/v1/ready", "/api/v1/metrics"}
+    # The probes, and the CRL at its distribution point (public by nature: brokers fetch it).
+    assert open_paths <= {
+        "/api/v1/health",
+        "/api/v1/ready",
+        "/api/v1/metrics",
+        "/api/v1/pki/crl",
+    }
 
 
 def test_page_size_limits_are_declared() -> None:

@@ -24,6 +24,15 @@ async def test_health_needs_no_key(client: httpx.AsyncClient) -> None:
     assert response.json()["status"] == "ok"
 
 
+async def test_the_crl_needs_no_key_and_says_when_there_is_no_ca(
+    client: httpx.AsyncClient,
+) -> None:
+    response = await client.get("/api/v1/pki/crl")  # these settings configure no CA
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "KERNEX_PKI__CA_DIR" in response.json()["detail"]
+
+
 async def test_ready_checks_the_database(client: httpx.AsyncClient) -> None:
     response = await client.get("/api/v1/ready")
     assert response.status_code == 200
