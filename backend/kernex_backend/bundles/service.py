@@ -67,15 +67,31 @@ async def unfinished_deployments(*, session: AsyncSession, bundle_id: uuid.UUID)
     return list(rows.scalars())
 
 
+# The class of the advisory locks on content addresses (two-key form, so apart from the
+# single-key locks of retention, partitions and migrations).
+_CONTENT_LOCK_CLASS = 0x4B42  # "KB"
+
+
+async def lock_content(*, session: AsyncSession, storage_key: str) -> None:
+    """Hold the lock on one content address until the session's transaction ends, so an upload
+    writing the object and a delete removing it never interleave (other addresses go on)."""
+    await session.exec(
+        select(sa.func.pg_advisory_xact_lock(_CONTENT_LOCK_CLASS, sa.func.hashtext(storage_key)))
+    )
+
+
 async def delete_object_if_unreferenced(
     *, session: AsyncSession, storage: BundleStorage, storage_key: str
 ) -> bool:
-    """Remove an object no bundle row refers to any more (content is shared by digest)."""
+    """Remove an object no bundle row refers to any more (content is shared by digest). Commits
+    the session's transaction, which must hold no unsaved changes, to release the lock."""
+    await lock_content(session=session, storage_key=storage_key)
     still_used = await session.exec(select(Bundle.id).where(Bundle.storage_key == storage_key))
-    if still_used.first() is not None:
-        return False
-    await storage.delete(storage_key)
-    return True
+    removed = still_used.first() is None
+    if removed:
+        await storage.delete(storage_key)
+    await session.commit()
+    return removed
 
 
 async def delete_row(*, session: AsyncSession, bundle: Bundle, actor: str, reason: str) -> None:

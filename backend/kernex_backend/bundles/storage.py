@@ -1,16 +1,20 @@
 """Bundle storage behind one Protocol: any S3 API through the minio SDK, or a local directory.
 
-Objects are content-addressed (`bundles/<sha256>`) and written once. Uploads stream into a
-temporary key and are moved under their digest only after the digest checked out, so a bad
-upload never touches a released object. The minio SDK is synchronous: every call runs in a
-worker thread, and the request body is handed to it chunk by chunk, never held whole.
+Objects are content-addressed (`bundles/<sha256>`) and written once. A write makes its object
+appear whole or not at all (an S3 multipart upload completes atomically; a local file is renamed
+into place), so the upload streams straight to the content address and removes the object again
+if the digest does not check out; no row refers to it before it did (see upload.py). The minio
+SDK is synchronous: every call runs in a worker thread, and the request body is handed to it
+part by part, never held whole.
 """
 
+import asyncio
 import base64
 import contextlib
 import datetime as dt
 import hashlib
 import hmac
+import io
 import os
 import time
 import uuid
@@ -26,7 +30,7 @@ import anyio.from_thread
 import anyio.to_thread
 from fastapi import Depends
 from minio import Minio
-from minio.commonconfig import CopySource
+from minio.datatypes import Part
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -38,7 +42,11 @@ T = TypeVar("T")
 UPLOAD_PREFIX = "uploads/"
 BUNDLE_PREFIX = "bundles/"
 _CHUNK = 256 * 1024
+# Parts of a multipart upload: while up to _S3_PARTS_IN_FLIGHT go to the store in worker threads,
+# the event loop keeps receiving the request into the next one, so at most (in flight + 1) parts
+# are in memory: 32 MiB however large the bundle (measured in bench/upload_1gib.py).
 _S3_PART_SIZE = 8 * 1024 * 1024
+_S3_PARTS_IN_FLIGHT = 3
 
 
 def bundle_key(sha256: str) -> str:
@@ -71,11 +79,9 @@ class BundleStorage(Protocol):
     async def check(self) -> None:
         """Raise StorageError unless the store answers (readiness)."""
 
-    async def write_temporary(self, chunks: AsyncIterator[bytes], size: int) -> str:
-        """Store exactly `size` bytes from `chunks` under a new temporary key; returns the key."""
-
-    async def promote(self, temporary_key: str, key: str) -> None:
-        """Move a verified upload to its final key (kept as is if that key already exists)."""
+    async def write(self, key: str, chunks: AsyncIterator[bytes], size: int) -> None:
+        """Store exactly `size` bytes from `chunks` under `key`, which shows them whole or not at
+        all; a body that ends early raises StorageError and leaves nothing."""
 
     async def delete(self, key: str) -> None:
         """Remove an object; a missing one is fine."""
@@ -90,35 +96,23 @@ class BundleStorage(Protocol):
         """A presigned GET URL valid for `expires`."""
 
 
-class _SyncReader:
-    """A file-like object for minio (in a worker thread) over an async chunk iterator.
-
-    Each read hops to the event loop once and gathers as many request chunks as minio asked for
-    (one 8 MiB part), because a hop costs far more than copying the bytes. Overlapping receiving
-    with uploading through a queue of parts was measured too: no faster on 2 cores (the path is
-    CPU-bound) and three times the memory, so this stays simple (see BENCHMARKS.md).
-    """
-
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buffer = bytearray()
-        self._done = False
-
-    async def _fill(self, wanted: int) -> None:
-        while not self._done and (wanted < 0 or len(self._buffer) < wanted):
-            try:
-                self._buffer += await anext(self._chunks)
-            except StopAsyncIteration:
-                self._done = True
-
-    def read(self, size: int = -1) -> bytes:
-        if not self._done and (size < 0 or len(self._buffer) < size):
-            anyio.from_thread.run(self._fill, size)
-        if size < 0:
-            size = len(self._buffer)
-        out = bytes(self._buffer[:size])
-        del self._buffer[:size]
-        return out
+async def _parts(chunks: AsyncIterator[bytes], size: int, part_size: int) -> AsyncIterator[bytes]:
+    """The first `size` bytes of `chunks` cut into parts of `part_size` (the last one shorter);
+    StorageError if the chunks end before `size` bytes."""
+    buffer = bytearray()
+    remaining = size
+    async for chunk in chunks:
+        buffer += chunk
+        while len(buffer) >= min(part_size, remaining) > 0:
+            take = min(part_size, remaining)
+            part = bytes(buffer[:take])
+            del buffer[:take]
+            remaining -= take
+            yield part
+        if remaining == 0:
+            return
+    if remaining:
+        raise StorageError(f"the body ended {remaining} bytes short of {size}")
 
 
 @dataclass
@@ -196,31 +190,72 @@ class S3Storage:
     async def check(self) -> None:
         await self._call(lambda: self._client.bucket_exists(self._bucket), "check")
 
-    async def write_temporary(self, chunks: AsyncIterator[bytes], size: int) -> str:
-        key = f"{UPLOAD_PREFIX}{uuid.uuid4().hex}"
-        reader = _SyncReader(chunks)
-        await self._call(
-            lambda: self._client.put_object(
-                self._bucket,
-                key,
-                reader,  # type: ignore[arg-type]  # minio only calls read(n)
-                length=size,
-                part_size=_S3_PART_SIZE,
-                num_parallel_uploads=1,  # one part in memory at a time
-            ),
-            "put",
-        )
-        return key
-
-    async def promote(self, temporary_key: str, key: str) -> None:
-        if not await self.exists(key):
+    async def write(self, key: str, chunks: AsyncIterator[bytes], size: int) -> None:
+        parts = _parts(chunks, size, _S3_PART_SIZE)
+        if size <= _S3_PART_SIZE:
+            data = b"".join([part async for part in parts])
             await self._call(
-                lambda: self._client.copy_object(
-                    self._bucket, key, CopySource(self._bucket, temporary_key)
-                ),
-                "copy",
+                lambda: self._client.put_object(self._bucket, key, io.BytesIO(data), size), "put"
             )
-        await self.delete(temporary_key)
+            return
+        # minio's put_object reads the body in its own thread and, with parallel parts, leaves
+        # its pool's threads behind when the body fails mid-way; the SDK's multipart calls are
+        # driven from here instead, so a failed upload is aborted and leaves no thread or part.
+        headers: dict[str, str | list[str] | tuple[str]] = {
+            "Content-Type": "application/octet-stream"
+        }
+        upload_id = await self._call(
+            lambda: self._client._create_multipart_upload(self._bucket, key, headers),
+            "create_multipart",
+        )
+        try:
+            etags = await self._send_parts(key, upload_id, parts)
+            done = [Part(number, etag) for number, etag in sorted(etags.items())]
+            await self._call(
+                lambda: self._client._complete_multipart_upload(self._bucket, key, upload_id, done),
+                "complete_multipart",
+            )
+        except BaseException:
+            with anyio.CancelScope(shield=True), contextlib.suppress(StorageError):
+                await self._call(
+                    lambda: self._client._abort_multipart_upload(self._bucket, key, upload_id),
+                    "abort_multipart",
+                )
+            raise
+
+    async def _send_parts(
+        self, key: str, upload_id: str, parts: AsyncIterator[bytes]
+    ) -> dict[int, str]:
+        """Upload `parts` with up to _S3_PARTS_IN_FLIGHT at once; their etags by part number."""
+        etags: dict[int, str] = {}
+        in_flight: set[asyncio.Task[None]] = set()
+
+        async def send(number: int, data: bytes) -> None:
+            etags[number] = await self._call(
+                lambda: self._client._upload_part(self._bucket, key, data, None, upload_id, number),
+                "put_part",
+            )
+
+        try:
+            number = 0
+            async for part in parts:
+                while len(in_flight) >= _S3_PARTS_IN_FLIGHT:
+                    finished, in_flight = await asyncio.wait(
+                        in_flight, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    for task in finished:
+                        task.result()  # a failed part fails the upload now
+                number += 1
+                in_flight.add(asyncio.create_task(send(number, part)))
+            while in_flight:
+                finished, in_flight = await asyncio.wait(in_flight)
+                for task in finished:
+                    task.result()
+        finally:
+            for task in in_flight:
+                task.cancel()  # a part already in its thread finishes first
+            await asyncio.gather(*in_flight, return_exceptions=True)
+        return etags
 
     async def delete(self, key: str) -> None:
         with contextlib.suppress(ObjectMissing):
@@ -297,9 +332,10 @@ class LocalStorage:
         if not await anyio.Path(self._root / BUNDLE_PREFIX).is_dir():
             raise StorageError(f"bundle directory {self._root} is missing")
 
-    async def write_temporary(self, chunks: AsyncIterator[bytes], size: int) -> str:
-        key = f"{UPLOAD_PREFIX}{uuid.uuid4().hex}"
-        path = self.path_for(key)
+    async def write(self, key: str, chunks: AsyncIterator[bytes], size: int) -> None:
+        # Written beside, then renamed into place: the final name never shows a partial file.
+        target = self.path_for(key)
+        path = self.path_for(f"{UPLOAD_PREFIX}{uuid.uuid4().hex}")
         written = 0
         try:
             async with await anyio.open_file(path, "wb") as handle:
@@ -308,20 +344,11 @@ class LocalStorage:
                     await handle.write(chunk)
                 await handle.flush()
                 await anyio.to_thread.run_sync(os.fsync, handle.wrapped.fileno())
-        except BaseException:
+            if written != size:
+                raise StorageError(f"the body ended {size - written} bytes short of {size}")
+            os.replace(path, target)
+        finally:
             path.unlink(missing_ok=True)
-            raise
-        if written != size:
-            path.unlink(missing_ok=True)
-            raise StorageError(f"stream having not enough data; expected {size}, got {written}")
-        return key
-
-    async def promote(self, temporary_key: str, key: str) -> None:
-        source, target = self.path_for(temporary_key), self.path_for(key)
-        if target.exists():
-            source.unlink(missing_ok=True)
-        else:
-            os.replace(source, target)
 
     async def delete(self, key: str) -> None:
         self.path_for(key).unlink(missing_ok=True)

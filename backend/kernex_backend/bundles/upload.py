@@ -1,8 +1,12 @@
-"""Streaming bundle upload: verify the release signature, stream into storage while hashing,
-check digest and size, then publish under the content address and record the row.
+"""Streaming bundle upload: verify the release signature, stream to the content address while
+hashing, check digest and size, then record the row.
 
-Whatever fails, nothing is left behind: the temporary object is always removed, and the final
-object only stays when a row refers to it.
+The upload holds the content address's lock (an advisory lock in its transaction) from before
+the first byte to its commit, and a delete takes the same lock, so they never interleave. Under
+it: content stored already is only hashed, never written again; new content streams straight to
+its final key, as fast as a direct upload, because no row refers to that key until the digest
+checked out and the row committed. Whatever fails, nothing is left behind: an object this upload
+wrote stays only when a row refers to it.
 """
 
 import hashlib
@@ -17,7 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.audit import service as audit
 from kernex_backend.bundles.models import Bundle
-from kernex_backend.bundles.service import delete_object_if_unreferenced
+from kernex_backend.bundles.service import delete_object_if_unreferenced, lock_content
 from kernex_backend.bundles.storage import BundleStorage, StorageError, bundle_key
 from kernex_backend.core.errors import (
     BadRequest,
@@ -76,30 +80,27 @@ class _Measured:
             yield chunk
 
 
-async def _store_and_measure(storage: BundleStorage, measured: _Measured, size: int) -> str:
-    """Stream the body into a temporary object and return its key. A body longer or shorter
-    than `size` is refused, and then no temporary object is left behind."""
+async def _store_and_measure(
+    storage: BundleStorage, measured: _Measured, key: str | None, size: int
+) -> None:
+    """Stream the body to `key` (or, with None, only through the hash). A body longer or
+    shorter than `size` is refused, and then nothing is left under `key`."""
     chunks = aiter(measured)
-    temporary: str | None = None
     try:
-        temporary = await storage.write_temporary(chunks, size)
+        if key is not None:
+            await storage.write(key, chunks, size)
         # A store that knows the length (S3) stops reading at `size`: whatever follows must
         # still be read, and is refused by the limit if it holds a single byte.
         async for _ in chunks:
             pass
-    except BaseException as exc:
-        if temporary is not None:
-            await storage.delete(temporary)
-        if isinstance(exc, _TooLong):
-            raise ContentMismatch(f"the body is longer than the manifest's {size} bytes") from None
-        if isinstance(exc, StorageError):
-            if measured.size < size:
-                raise ContentMismatch(
-                    f"the body ended after {measured.size} of {size} bytes"
-                ) from None
-            raise ServiceUnavailable(str(exc)) from None
-        raise
-    return temporary
+    except _TooLong:
+        raise ContentMismatch(f"the body is longer than the manifest's {size} bytes") from None
+    except StorageError as exc:
+        if measured.size < size:
+            raise ContentMismatch(f"the body ended after {measured.size} of {size} bytes") from None
+        raise ServiceUnavailable(str(exc)) from None
+    if measured.size < size:
+        raise ContentMismatch(f"the body ended after {measured.size} of {size} bytes")
 
 
 def parse_release(header: str | None) -> SignedRelease:
@@ -162,17 +163,17 @@ async def upload(
         raise BundleExists(f"{manifest.name} {manifest.version} is released already")
 
     measured = _Measured(body, manifest.size)
-    temporary: str | None = None
     final = bundle_key(manifest.sha256)
-    promoted = False
+    await lock_content(session=session, storage_key=final)
+    written = False  # whether this upload wrote `final`, which it then owns until the commit
     try:
-        temporary = await _store_and_measure(storage, measured, manifest.size)
-        if measured.size != manifest.size or measured.sha256.hexdigest() != manifest.sha256:
-            raise ContentMismatch("the body's sha256 or size differs from the signed manifest")
-        already_stored = await storage.exists(final)
-        await storage.promote(temporary, final)
-        temporary = None
-        promoted = not already_stored
+        if not await storage.exists(final):
+            written = True  # a failed write leaves nothing, and deleting nothing is fine
+            await _store_and_measure(storage, measured, final, manifest.size)
+        else:
+            await _store_and_measure(storage, measured, None, manifest.size)
+        if measured.sha256.hexdigest() != manifest.sha256:
+            raise ContentMismatch("the body's sha256 differs from the signed manifest")
 
         bundle = Bundle(
             name=manifest.name,
@@ -201,17 +202,23 @@ async def upload(
                 "key_id": key_id,
             },
         )
+        ours, written = written, False  # from the commit on, the rows decide
         try:
-            await session.commit()
-        except IntegrityError:
+            await session.commit()  # ends the transaction, and with it the content lock
+        except BaseException as exc:
             await session.rollback()
-            raise BundleExists(f"{manifest.name} {manifest.version} is released already") from None
-        promoted = False  # the row owns the object now
+            if ours:  # the bytes checked out, and another release may share them by now
+                await delete_object_if_unreferenced(
+                    session=session, storage=storage, storage_key=final
+                )
+            if isinstance(exc, IntegrityError):
+                raise BundleExists(
+                    f"{manifest.name} {manifest.version} is released already"
+                ) from None
+            raise
         return bundle
     finally:
-        if temporary is not None:
-            await storage.delete(temporary)
-        if promoted:
-            # We created the final object but our row did not land: remove it unless another
-            # release of the same content (uploaded concurrently) refers to it.
-            await delete_object_if_unreferenced(session=session, storage=storage, storage_key=final)
+        if written:
+            # Still under the lock, so no other upload can have found and kept this object:
+            # whatever it holds (wrong bytes, or right ones without a row), it goes.
+            await storage.delete(final)

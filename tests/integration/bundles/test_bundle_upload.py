@@ -40,6 +40,8 @@ async def no_leftovers(app: FastAPI, client: httpx.AsyncClient, headers: dict[st
     if hasattr(storage, "_client"):
         objects = list(storage._client.list_objects(storage._bucket, recursive=True))
         assert [o.object_name for o in objects] == []
+        pending = storage._client._list_multipart_uploads(storage._bucket).uploads
+        assert [u.object_name for u in pending] == []  # every failed multipart was aborted
     else:
         root = storage._root
         assert [p for p in root.rglob("*") if p.is_file()] == []
@@ -137,6 +139,87 @@ async def test_duplicate_release_is_409_and_same_content_is_shared(
     assert again.json()["type"] == "urn:kernex:problem:bundle-exists"
     other = await upload(client, write_headers, payload, make_release(payload, version="1.0.1"))
     assert other.status_code == 201  # same bytes, another release: one stored object
+
+
+class SlowBody:
+    """A request body that stops after its first chunk until released, so a test can act while
+    an upload is in the middle of its stream."""
+
+    def __init__(self, payload: bytes) -> None:
+        self.payload = payload
+        self.streaming = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.payload[:1024]
+        self.streaming.set()
+        await self.release.wait()
+        yield self.payload[1024:]
+
+
+async def test_a_delete_waits_for_an_upload_of_the_same_content(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    write_headers: dict[str, str],
+    make_release: ReleaseFactory,
+) -> None:
+    # The second release's upload finds the content stored already and only hashes its body;
+    # deleting the first release meanwhile must not take the object from under it.
+    payload = os.urandom(2 * MiB)
+    first = await upload(client, write_headers, payload, make_release(payload))
+    assert first.status_code == 201, first.text
+    body = SlowBody(payload)
+    second = asyncio.create_task(
+        client.post(
+            "/api/v1/bundles",
+            content=aiter(body),
+            headers={**write_headers, **make_release(payload, version="1.0.1")},
+        )
+    )
+    await asyncio.wait_for(body.streaming.wait(), 10)
+    delete = asyncio.create_task(
+        client.delete(f"/api/v1/bundles/{first.json()['id']}", headers=write_headers)
+    )
+    await asyncio.sleep(0.5)  # the delete's row goes; its object waits for the content lock
+    body.release.set()
+    assert (await second).status_code == 201, (await second).text
+    assert (await delete).status_code == 204
+    content = await client.get(
+        f"/api/v1/bundles/{(await second).json()['id']}/content", headers=write_headers
+    )
+    assert content.status_code == 200 and content.content == payload
+    storage: BundleStorage = storage_of(app)
+    assert await storage.exists(bundle_key(hashlib.sha256(payload).hexdigest()))
+
+
+async def test_a_wrong_upload_never_replaces_a_right_one_of_the_same_digest(
+    app: FastAPI,
+    client: httpx.AsyncClient,
+    write_headers: dict[str, str],
+    make_release: ReleaseFactory,
+) -> None:
+    # Both claim the same digest and the content is not stored yet: the wrong one streams to
+    # the content address first; the right one waits for it to fail, then stores its own.
+    payload = os.urandom(9 * MiB)
+    release = make_release(payload)
+    wrong = SlowBody(os.urandom(len(payload)))
+    first = asyncio.create_task(
+        client.post("/api/v1/bundles", content=aiter(wrong), headers={**write_headers, **release})
+    )
+    await asyncio.wait_for(wrong.streaming.wait(), 10)
+    second = asyncio.create_task(
+        upload(client, write_headers, payload, make_release(payload, version="1.0.1"))
+    )
+    await asyncio.sleep(0.5)
+    wrong.release.set()
+    refused, stored = await first, await second
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["type"] == "urn:kernex:problem:bundle-content-mismatch"
+    assert stored.status_code == 201, stored.text
+    content = await client.get(
+        f"/api/v1/bundles/{stored.json()['id']}/content", headers=write_headers
+    )
+    assert content.content == payload
 
 
 @pytest.mark.parametrize(
