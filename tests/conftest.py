@@ -65,6 +65,9 @@ class PostgresAdmin:
         await self._execute(f'CREATE DATABASE "{name}"{clause}')
         return self.url_for(name)
 
+    async def rename(self, name: str, new_name: str) -> None:
+        await self._execute(f'ALTER DATABASE "{name}" RENAME TO "{new_name}"')
+
     async def drop(self, name: str) -> None:
         await self._execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
