@@ -1,3 +1,8 @@
 """Kernex device agent."""
 
+from kernex_agent.lazy_modules import defer_unused
+
 __version__ = "0.1.0"
+
+# Before any module of the agent imports paho-mqtt: see lazy_modules.
+defer_unused()

@@ -13,7 +13,6 @@ last `rate_window_s`. What was received stays in the partial file; the next atte
 """
 
 import contextlib
-import http.client
 import os
 import socket
 import ssl
@@ -24,9 +23,12 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from kernex_agent.files import is_no_space, write_all
+
+if TYPE_CHECKING:  # loaded by the first download, not by an idle agent (with `email`: 1.6 MiB)
+    import http.client
 
 _CHUNK: Final = 64 * 1024
 _FSYNC_EVERY: Final = 4 * 1024 * 1024
@@ -154,7 +156,12 @@ class HttpDownloader:
             self.limits = TransferLimits(
                 self.limits.stall_s, rate_limit_bps // 2, self.limits.rate_window_s
             )
-        self._tls = tls or ssl.create_default_context()
+        self._tls = tls
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """The given context, or the system's trust store read afresh for this download: held
+        by an idle agent, the store costs over 2 MiB, and reading it takes milliseconds."""
+        return self._tls if self._tls is not None else ssl.create_default_context()
 
     def fetch(
         self,
@@ -175,6 +182,8 @@ class HttpDownloader:
             offset = 0
         if offset == size:
             return offset
+        import http.client  # lazily: see the imports
+
         with _Watchdog(self.limits, should_stop) as watchdog:
             try:
                 try:
@@ -199,8 +208,10 @@ class HttpDownloader:
 
     def _open(
         self, url: str, offset: int, watchdog: _Watchdog
-    ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    ) -> "tuple[http.client.HTTPConnection, http.client.HTTPResponse]":
         """Connect and send the request, following a few redirects to http(s) URLs."""
+        import http.client  # lazily: see the imports
+
         for _ in range(_MAX_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -208,7 +219,7 @@ class HttpDownloader:
             connection: http.client.HTTPConnection
             if parts.scheme == "https":
                 connection = http.client.HTTPSConnection(
-                    parts.hostname, parts.port, timeout=self.timeout_s, context=self._tls
+                    parts.hostname, parts.port, timeout=self.timeout_s, context=self._tls_context()
                 )
             else:
                 connection = http.client.HTTPConnection(
@@ -257,13 +268,15 @@ class HttpDownloader:
 
     def _receive(  # noqa: PLR0917 - private, called once
         self,
-        response: http.client.HTTPResponse,
+        response: "http.client.HTTPResponse",
         partial: Path,
         offset: int,
         size: int,
         on_progress: Callable[[int], None] | None,
         watchdog: _Watchdog,
     ) -> int:
+        import http.client  # lazily: see the imports
+
         resumed_from = offset
         if offset and response.status != 206:
             offset = resumed_from = 0  # the server ignored Range: take the whole body

@@ -21,19 +21,18 @@ import contextlib
 import errno
 import os
 import stat
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Final
+from typing import IO, TYPE_CHECKING, Final
 
 from kernex_agent.files import is_no_space, write_all
+
+if TYPE_CHECKING:  # loaded by the first install, not by an idle agent
+    import tarfile
 
 _CHUNK: Final = 1024 * 1024
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS: Final = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-_EXTENDED_HEADERS: Final = frozenset(
-    {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, b"X"}
-)
 
 
 class InstallRefused(Exception):
@@ -57,15 +56,20 @@ class UnpackLimits:
     max_header_bytes: int = 64 * 1024  # one GNU long-name or PAX header
 
 
-def _bounded_tarinfo(limit: int) -> type[tarfile.TarInfo]:
+def _bounded_tarinfo(limit: int) -> "type[tarfile.TarInfo]":
     """A TarInfo whose extended headers are refused before tarfile reads them into memory."""
+    import tarfile  # lazily: see the imports
+
+    extended_headers = frozenset(
+        {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE, b"X"}
+    )
 
     class BoundedTarInfo(tarfile.TarInfo):
         # tarfile reads a GNU long name or a PAX header whole, then builds the next member from
         # it: a few KiB of compressed archive can ask for hundreds of MiB. The size is known
         # from the header block before anything is read, which is where this checks it.
         def _proc_member(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
-            if self.type in _EXTENDED_HEADERS and self.size > limit:
+            if self.type in extended_headers and self.size > limit:
                 raise InstallRefused(
                     f"an extended header of {self.size} bytes is over the {limit}-byte limit"
                 )
@@ -190,6 +194,8 @@ def _check_links_stay_inside(root: Path, links: list[tuple[str, ...]]) -> None:
 def unpack(archive: Path, destination: Path, *, limits: UnpackLimits) -> None:
     """Unpack a tar(.gz/.bz2/.xz) into `destination`, which must not exist yet; raise
     InstallRefused for anything outside the rules above (the caller removes `destination`)."""
+    import tarfile  # lazily: see the imports
+
     destination.mkdir(parents=True)
     tree = _Tree(destination)
     try:
@@ -214,6 +220,8 @@ def _unpack_into(tree: _Tree, archive: Path, limits: UnpackLimits) -> None:
     regular: set[tuple[str, ...]] = set()  # files this archive wrote: the only hard-link targets
     links: list[tuple[str, ...]] = []
     total = 0
+    import tarfile  # lazily: see the imports
+
     info_class = _bounded_tarinfo(limits.max_header_bytes)
     with tarfile.open(archive, mode="r:*", tarinfo=info_class) as tar:
         for count, member in enumerate(tar, start=1):
@@ -252,7 +260,9 @@ def _unpack_into(tree: _Tree, archive: Path, limits: UnpackLimits) -> None:
     _check_links_stay_inside(tree.root, links)
 
 
-def _check_link_text(member: tarfile.TarInfo, parts: tuple[str, ...], limits: UnpackLimits) -> None:
+def _check_link_text(
+    member: "tarfile.TarInfo", parts: tuple[str, ...], limits: UnpackLimits
+) -> None:
     """Refuse a link text that is absolute or climbs above the tree from where the link sits.
 
     Checked by its text as well as by resolution: a link that leaves the tree and comes back in

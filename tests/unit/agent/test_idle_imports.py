@@ -1,0 +1,62 @@
+"""An idle agent loads only what it needs: the modules of downloads, installs and signature checks
+wait for the first update, and the standard-library modules paho imports but never uses wait
+for ever (bench/agent_footprint.py measures what this saves).
+
+Each check runs in a fresh interpreter: this test process has long since imported everything.
+"""
+
+import json
+import subprocess
+import sys
+
+# What `kernex-agent` imports before it connects and idles.
+AGENT_ENTRY = "import kernex_agent.cli, kernex_agent.agent, kernex_agent.transport"
+
+# Loaded by the first download (http.client, with email behind it), the first install (tarfile),
+# the first signature check (cryptography); urllib.request by nothing the agent does.
+NOT_LOADED_WHEN_IDLE = ("http.client", "email.parser", "tarfile", "cryptography", "urllib.request")
+
+
+def loaded_modules(code: str) -> dict[str, str]:
+    """Run `code` in a fresh interpreter; every module it left loaded, by its type's name."""
+    script = (
+        f"{code}\nimport json, sys\n"
+        "print(json.dumps({n: type(m).__name__ for n, m in list(sys.modules.items())}))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded: dict[str, str] = json.loads(result.stdout.splitlines()[-1])
+    return loaded
+
+
+def test_an_idle_agent_leaves_update_and_proxy_modules_unloaded() -> None:
+    loaded = loaded_modules(AGENT_ENTRY)
+    assert "paho.mqtt.client" in loaded  # the entry really is the agent's
+    executed = [n for n in NOT_LOADED_WHEN_IDLE if loaded.get(n, "_StandIn") != "_StandIn"]
+    assert executed == [], f"an idle agent loads {executed}"
+
+
+def test_a_deferred_module_loads_whole_on_first_use() -> None:
+    loaded = loaded_modules(
+        "import kernex_agent, sys\n"
+        "import urllib.request\n"
+        "from urllib.request import Request\n"
+        "assert isinstance(urllib.request.getproxies(), dict)\n"
+        "assert sys.modules['urllib.request'] is urllib.request\n"
+        "assert Request is urllib.request.Request"
+    )
+    assert loaded["urllib.request"] == "module"
+    assert loaded["http.client"] == "module"
+
+
+def test_paho_finds_no_proxy_without_loading_the_deferred_module() -> None:
+    # paho reads proxy settings from urllib.request only when PySocks is installed; with it
+    # absent the lookup must answer "no proxy" without loading the module.
+    loaded = loaded_modules(
+        "import kernex_agent\n"
+        "import paho.mqtt.client as mqtt\n"
+        "client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)\n"
+        "assert client._get_proxy() is None"
+    )
+    assert loaded["urllib.request"] == "_StandIn"
