@@ -23,7 +23,7 @@ class Page:
     offset: int
 
 
-def _page(
+async def _page(  # async: no I/O, so no thread hop (see core/runtime.py)
     settings: SettingsDep,
     limit: Annotated[
         int | None, Query(ge=1, description="page size (capped by the server)")

@@ -66,15 +66,16 @@ def runtime_of(app: FastAPI) -> Runtime:
     return runtime
 
 
-def get_runtime(request: Request) -> Runtime:
-    """FastAPI dependency: this process's runtime."""
+async def get_runtime(request: Request) -> Runtime:
+    """FastAPI dependency: this process's runtime. (Every dependency that does no I/O is
+    `async def`: FastAPI runs a plain `def` in its thread pool, a thread hop per request.)"""
     return runtime_of(request.app)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def get_settings_dep(runtime: RuntimeDep) -> Settings:
+async def get_settings_dep(runtime: RuntimeDep) -> Settings:
     """FastAPI dependency: the settings."""
     return runtime.settings
 
@@ -82,19 +83,19 @@ def get_settings_dep(runtime: RuntimeDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 
 
-def component(kind: type[T]) -> Callable[[Runtime], T]:
+def component(kind: type[T]) -> Callable[[Runtime], Awaitable[T]]:
     """A FastAPI dependency giving the component of type `kind` (for `Annotated[...]`)."""
 
-    def dependency(runtime: RuntimeDep) -> T:
+    async def dependency(runtime: RuntimeDep) -> T:
         return runtime.get(kind)
 
     return dependency
 
 
-def optional_component(kind: type[T]) -> Callable[[Runtime], T | None]:
+def optional_component(kind: type[T]) -> Callable[[Runtime], Awaitable[T | None]]:
     """A FastAPI dependency giving the component of type `kind`, or None."""
 
-    def dependency(runtime: RuntimeDep) -> T | None:
+    async def dependency(runtime: RuntimeDep) -> T | None:
         return runtime.find(kind)
 
     return dependency
