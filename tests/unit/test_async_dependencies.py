@@ -46,7 +46,7 @@ def test_no_route_or_dependency_runs_in_the_thread_pool() -> None:
             f"{route.path}: {getattr(call, '__qualname__', repr(call))}"
             for route in routes
             for call in [route.endpoint, *dependencies(route.dependant)]
-            if not is_async(call)
+            if call is not None and not is_async(call)
         }
     )
     assert sync == [], "sync routes or dependencies (each a thread hop per request):\n" + "\n".join(
