@@ -212,14 +212,16 @@ class HttpDownloader:
         """Connect and send the request, following a few redirects to http(s) URLs."""
         import http.client  # lazily: see the imports
 
+        tls: ssl.SSLContext | None = None  # read once per download, and only for https
         for _ in range(_MAX_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UrlRefused("only http(s) URLs are fetched")
             connection: http.client.HTTPConnection
             if parts.scheme == "https":
+                tls = tls or self._tls_context()
                 connection = http.client.HTTPSConnection(
-                    parts.hostname, parts.port, timeout=self.timeout_s, context=self._tls_context()
+                    parts.hostname, parts.port, timeout=self.timeout_s, context=tls
                 )
             else:
                 connection = http.client.HTTPConnection(

@@ -217,11 +217,11 @@ def unpack(archive: Path, destination: Path, *, limits: UnpackLimits) -> None:
 
 
 def _unpack_into(tree: _Tree, archive: Path, limits: UnpackLimits) -> None:
+    import tarfile  # lazily: see the imports
+
     regular: set[tuple[str, ...]] = set()  # files this archive wrote: the only hard-link targets
     links: list[tuple[str, ...]] = []
     total = 0
-    import tarfile  # lazily: see the imports
-
     info_class = _bounded_tarinfo(limits.max_header_bytes)
     with tarfile.open(archive, mode="r:*", tarinfo=info_class) as tar:
         for count, member in enumerate(tar, start=1):
