@@ -2,6 +2,7 @@
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -47,9 +48,23 @@ def _probe(args: argparse.Namespace, config: AgentConfig) -> int | None:
     return None
 
 
+def _help_formatter(prog: str) -> argparse.HelpFormatter:
+    # argparse's own formatter asks shutil for the terminal's width, and importing shutil loads
+    # bz2 and lzma too: 0.6 MiB an idle agent would hold for ever to format a --help it never
+    # prints. os answers the same question.
+    columns = 80
+    with contextlib.suppress(OSError):
+        columns = os.get_terminal_size().columns
+    with contextlib.suppress(ValueError):
+        columns = int(os.environ.get("COLUMNS", columns))
+    return argparse.HelpFormatter(prog, width=max(columns - 2, 20))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for a configuration problem)."""
-    parser = argparse.ArgumentParser(prog="kernex-agent", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="kernex-agent", description=__doc__, formatter_class=_help_formatter
+    )
     parser.add_argument(
         "--config", type=Path, default=Path("/etc/kernex/agent.toml"), help="agent.toml to read"
     )

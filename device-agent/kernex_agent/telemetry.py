@@ -3,8 +3,9 @@
 import contextlib
 import os
 import resource
-import shutil
 from pathlib import Path
+
+from kernex_agent.files import disk_space
 
 
 def system_uptime_s() -> int:
@@ -38,7 +39,7 @@ def system_metrics(disk_path: Path) -> dict[str, int]:
     if "MemAvailable" in memory:
         metrics["mem_available_kib"] = memory["MemAvailable"]
     try:
-        usage = shutil.disk_usage(disk_path if disk_path.exists() else disk_path.anchor or "/")
+        usage = disk_space(disk_path if disk_path.exists() else disk_path.anchor or "/")
         metrics["disk_free_kib"] = usage.free // 1024
         metrics["disk_total_kib"] = usage.total // 1024
     except OSError:

@@ -13,7 +13,6 @@ idempotent, because after a crash the state machine runs the interrupted state a
 
 import logging
 import os
-import shutil
 import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Protocol
@@ -56,6 +55,8 @@ def remove_tree(path: Path) -> bool:
     rollback or a commit, since the `current` link already says what runs."""
     if not path.exists() and not path.is_symlink():
         return True
+    import shutil  # lazily: an idle agent does without it (and the bz2 and lzma it loads)
+
     try:
         shutil.rmtree(path)
     except RecursionError:

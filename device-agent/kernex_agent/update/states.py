@@ -7,7 +7,6 @@ idempotent). Blocking work (HTTP, hashing, unpacking, the health command) runs i
 
 import asyncio
 import logging
-import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from typing import Protocol
 
 from kernex_agent.backoff import Backoff
 from kernex_agent.config import UpdateConfig
-from kernex_agent.files import is_no_space
+from kernex_agent.files import disk_space, is_no_space
 from kernex_agent.notices import Installed, save_installed
 from kernex_agent.update.download import (
     ContentTooLarge,
@@ -178,7 +177,7 @@ class UpdateStates:
         partial = self.paths.partial(notice.deployment_id)
         have = partial.stat().st_size if partial.exists() else 0
         needed = max(0, notice.manifest.size - have) + self.config.reserve_bytes
-        free = shutil.disk_usage(self.paths.downloads).free
+        free = disk_space(self.paths.downloads).free
         if free < needed:
             return Failed(ErrorCode.DISK_FULL, f"{free} bytes free, {needed} needed")
         url = self._urls.get(notice.deployment_id) or notice.url

@@ -9,8 +9,10 @@ import pytest
 from kernex_agent import counter
 from kernex_agent.counter import PersistentCounter
 from kernex_agent.faults import CrashOnce
+from kernex_agent.files import disk_space
 from kernex_agent.inbox import NoticeInbox
 from kernex_agent.reporting import WIRE_STATE
+from kernex_agent.telemetry import system_metrics
 from kernex_agent.update.machine import TERMINAL, State
 from kernex_protocol.payloads import FINAL_STATES, PayloadInvalid, ProgressState
 
@@ -85,3 +87,18 @@ def test_a_counter_on_a_full_disk_hands_out_its_reserve_then_unsaved_values(
     # Started on a full disk, nothing is reserved: values are handed out all the same.
     monkeypatch.setattr(counter, "write_atomic", full)
     assert PersistentCounter(path, block=3).advance() == 9
+
+
+def test_disk_space_answers_what_shutil_does(tmp_path: Path) -> None:
+    import shutil  # the reference the agent no longer imports when idle
+
+    ours, theirs = disk_space(tmp_path), shutil.disk_usage(tmp_path)
+    assert ours.total == theirs.total
+    # Other processes write meanwhile: the free space may move by a little.
+    assert abs(ours.free - theirs.free) <= 64 * 1024 * 1024
+
+
+def test_a_heartbeat_reports_the_root_disk_until_the_state_folder_exists(tmp_path: Path) -> None:
+    metrics = system_metrics(tmp_path / "not-yet-created")
+    assert metrics["disk_total_kib"] == disk_space("/").total // 1024
+    assert 0 < metrics["disk_free_kib"] <= metrics["disk_total_kib"]

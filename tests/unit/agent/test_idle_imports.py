@@ -9,12 +9,25 @@ import json
 import subprocess
 import sys
 
-# What `kernex-agent` imports before it connects and idles.
-AGENT_ENTRY = "import kernex_agent.cli, kernex_agent.agent, kernex_agent.transport"
+# What `kernex-agent` imports and runs before it connects and idles: its modules, and the
+# command line parsed (argparse's own help formatter would import shutil).
+AGENT_ENTRY = (
+    "import kernex_agent.cli, kernex_agent.agent, kernex_agent.transport\n"
+    "kernex_agent.cli.main(['--check-config', '--config', '/nonexistent/agent.toml'])"
+)
 
 # Loaded by the first download (http.client, with email behind it), the first install (tarfile),
-# the first signature check (cryptography); urllib.request by nothing the agent does.
-NOT_LOADED_WHEN_IDLE = ("http.client", "email.parser", "tarfile", "cryptography", "urllib.request")
+# the first signature check (cryptography), the first removal of an old version (shutil, with
+# bz2 and lzma behind it); urllib.request by nothing the agent does.
+NOT_LOADED_WHEN_IDLE = (
+    "http.client",
+    "email.parser",
+    "tarfile",
+    "cryptography",
+    "shutil",
+    "lzma",
+    "urllib.request",
+)
 
 
 def loaded_modules(code: str) -> dict[str, str]:
