@@ -338,6 +338,8 @@ def _content_range_starts_at(header: str | None, offset: int) -> bool:
 
 
 def _reason(exc: BaseException) -> str:
-    reason = getattr(exc, "reason", None) or exc
+    # A refused certificate says why ("self-signed certificate in certificate chain", "Hostname
+    # mismatch"), which its reason (CERTIFICATE_VERIFY_FAILED) does not.
+    reason = getattr(exc, "verify_message", None) or getattr(exc, "reason", None) or exc
     # Never the URL: it is a credential. urllib errors carry only the reason.
     return f"{type(exc).__name__}: {reason}"[:200]

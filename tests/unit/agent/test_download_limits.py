@@ -4,12 +4,7 @@ withdrawn notice ends a blocked read within a second, and what arrived is resume
 The servers are real sockets on loopback speaking just enough HTTP/1.1 to misbehave.
 """
 
-import contextlib
-import socket
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -20,85 +15,15 @@ from kernex_agent.update.download import (
     HttpDownloader,
     TransferLimits,
 )
-
-BODY = bytes(range(256)) * 40  # 10,240 bytes
-
-Behaviour = Callable[[socket.socket, bytes], None]
-
-
-@contextmanager
-def server(behaviour: Behaviour) -> Iterator[str]:
-    """Serve every connection with `behaviour(connection, request)` until the block ends."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(0.2)
-    done = threading.Event()
-
-    def serve() -> None:
-        while not done.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            with connection:
-                request = connection.recv(65536)
-                # OSError: the client cut us off, which is what the tests want.
-                with contextlib.suppress(OSError):
-                    behaviour(connection, request)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{listener.getsockname()[1]}/bundle?X-Amz-Signature=secret"
-    finally:
-        done.set()
-        thread.join()
-        listener.close()
-
-
-def _headers(length: int, status: str = "200 OK", extra: str = "") -> bytes:
-    return f"HTTP/1.1 {status}\r\nContent-Length: {length}\r\n{extra}\r\n".encode()
-
-
-def drip(interval_s: float) -> Behaviour:
-    def behaviour(connection: socket.socket, _: bytes) -> None:
-        connection.sendall(_headers(len(BODY)))
-        for i in range(len(BODY)):
-            connection.sendall(BODY[i : i + 1])
-            time.sleep(interval_s)
-
-    return behaviour
-
-
-def stall_after(count: int) -> Behaviour:
-    def behaviour(connection: socket.socket, _: bytes) -> None:
-        connection.sendall(_headers(len(BODY)) + BODY[:count])
-        connection.settimeout(30)
-        connection.recv(1)  # until the client goes away
-
-    return behaviour
-
-
-def slow_headers(connection: socket.socket, _: bytes) -> None:
-    for byte in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 1000:
-        connection.sendall(bytes([byte]))
-        time.sleep(0.2)
-
-
-def ranged(connection: socket.socket, request: bytes) -> None:
-    start = 0
-    for line in request.decode().split("\r\n"):
-        if line.lower().startswith("range: bytes="):
-            start = int(line.split("=")[1].rstrip("-"))
-    if start:
-        head = _headers(
-            len(BODY) - start,
-            "206 Partial Content",
-            f"Content-Range: bytes {start}-{len(BODY) - 1}/{len(BODY)}\r\n",
-        )
-    else:
-        head = _headers(len(BODY))
-    connection.sendall(head + BODY[start:])
-
+from tests.unit.agent.loopback_http import (
+    BODY,
+    Behaviour,
+    drip,
+    ranged,
+    server,
+    slow_headers,
+    stall_after,
+)
 
 FAST_LIMITS = TransferLimits(stall_s=1.0, min_rate_bps=2000, rate_window_s=1.5, poll_s=0.05)
 
