@@ -1,5 +1,6 @@
 """Where a heartbeat's time goes in the backend: a sampling profile of `kernex-backend serve`
-while it ingests a steady heartbeat load, summarised by stage.
+while it ingests a steady heartbeat load, summarised by stage; and what the whole host spends
+per heartbeat, stored and bare.
 
     py-spy must be on PATH (it is not a dependency of Kernex: `pip install py-spy`).
     .venv/bin/python bench/profile_ingest.py [--devices 1000] [--rate 4000] [--seconds 30]
@@ -10,10 +11,20 @@ each sample is attributed to the first stage whose marker appears in its stack, 
 first, so a stage's share is the CPU share of the work done on its behalf. The summary is
 printed and written next to the raw stacks; it is a reading aid, not a figure for
 BENCHMARKS.md.
+
+The CPU budget: over the same window, the CPU time (user and system, from /proc) of every
+process of the run, by role (backend, PostgreSQL, broker, the load processes, this process),
+per heartbeat published. Then the backend is stopped and a bare subscriber (the ingest
+benchmark's baseline, in this process) counts the same load at the same rate for as long.
+Divided into the host's cores, each path's CPU per heartbeat bounds the rate this host can
+carry it at, and so the ingest ratio it can show, whatever the code of any single process.
+Samples py-spy marks idle are left out of the profile, but a thread waiting for a core is
+not idle: on a busy host the profile also counts time the backend spent runnable.
 """
 
 import argparse
 import collections
+import os
 import shutil
 import subprocess
 import sys
@@ -21,9 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fleet_stack import FleetStack
 from heartbeat_load import HeartbeatLoad, start_load
+from profile_complete import role_of
+
+from kernex_protocol.topics import Channel
 
 # (stage, markers): the first stage with a marker in a frame wins, innermost frames first.
 STAGES: list[tuple[str, tuple[str, ...]]] = [
@@ -61,6 +77,99 @@ def summarise(collapsed: Path) -> list[tuple[str, int]]:
     return totals.most_common()
 
 
+def processes_by_role(root: Path) -> dict[psutil.Process, str]:
+    """Every process of the run: this one (the bare subscriber's), its descendants (the backend,
+    the broker, the load) and the daemons that name the run's folder (PostgreSQL's server
+    detaches), each with its children; py-spy is left out."""
+    me = psutil.Process()
+    roles: dict[psutil.Process, str] = {me: "this process (bare subscriber)"}
+    candidates = me.children(recursive=True)
+    for process in psutil.process_iter():
+        try:
+            if str(root) in " ".join(process.cmdline()):
+                candidates.append(process)
+        except psutil.Error:
+            continue
+    for process in candidates:
+        try:
+            if "py-spy" in " ".join(process.cmdline()):
+                continue
+            role = role_of(process) or "load"
+            roles.setdefault(process, role)
+            for child in process.children(recursive=True):
+                roles.setdefault(child, role_of(child) or role)
+        except psutil.Error:
+            continue
+    return roles
+
+
+class CpuMeter:
+    """CPU seconds by role since `start()`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._before: dict[psutil.Process, float] = {}
+
+    @staticmethod
+    def _cpu(process: psutil.Process) -> float | None:
+        try:
+            return float(sum(process.cpu_times()[:2]))
+        except psutil.Error:
+            return None
+
+    def start(self) -> None:
+        self._before = {}
+        for process in processes_by_role(self.root):
+            cpu = self._cpu(process)
+            if cpu is not None:
+                self._before[process] = cpu
+
+    def used(self) -> dict[str, float]:
+        totals: dict[str, float] = collections.defaultdict(float)
+        for process, role in processes_by_role(self.root).items():
+            cpu = self._cpu(process)
+            if cpu is not None:
+                totals[role] += cpu - self._before.get(process, 0.0)
+        return dict(totals)
+
+
+def budget_lines(name: str, used: dict[str, float], heartbeats: int, seconds: float) -> list[str]:
+    total = sum(used.values())
+    per = 1e6 / max(heartbeats, 1)
+    cores = os.cpu_count() or 1
+    return [
+        f"{name}: {heartbeats} heartbeats in {seconds:.0f} s, {total:.1f} CPU s in all, "
+        f"{total * per:.0f} us per heartbeat (this host's {cores} cores would carry at most "
+        f"{cores * 1e6 / (total * per):.0f}/s):",
+        *(
+            f"  {cpu * per:7.1f} us  {role}"
+            for role, cpu in sorted(used.items(), key=lambda item: -item[1])
+        ),
+    ]
+
+
+def bare_budget(
+    stack: FleetStack, load: HeartbeatLoad, meter: CpuMeter, seconds: float
+) -> tuple[list[str], float]:
+    """The backend stopped, a bare subscriber counting: CPU per heartbeat (lines, total us)."""
+    stack.stop_backend()
+    arrived = [0]
+
+    def counted(_topic: str, _payload: bytes, _at: float) -> None:
+        arrived[0] += 1
+
+    with stack.subscriber("bare", Channel.HEARTBEAT, counted):
+        time.sleep(5)  # warm
+        meter.start()
+        sent, got = load.published(), arrived[0]
+        time.sleep(seconds)
+        used = meter.used()
+        sent, got = load.published() - sent, arrived[0] - got
+    lines = budget_lines("bare subscriber", used, sent, seconds)
+    lines.append(f"  ({got} of {sent} arrived at the subscriber)")
+    return lines, sum(used.values()) * 1e6 / max(sent, 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -85,6 +194,10 @@ def main() -> None:
         time.sleep(5)  # warm
         assert stack.backend is not None
         collapsed = args.out / "stacks.txt"
+        stored_before = stack.sql("SELECT count(*) FROM heartbeats")[0][0]
+        meter = CpuMeter(root)
+        meter.start()
+        sent_before = load.published()
         subprocess.run(
             [
                 py_spy,
@@ -104,7 +217,15 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
+        stored_used = meter.used()
         sent = load.published()
+        stored = stack.sql("SELECT count(*) FROM heartbeats")[0][0] - stored_before
+        budget = budget_lines("stored", stored_used, sent - sent_before, args.seconds)
+        budget.append(f"  ({stored} of {sent - sent_before} stored by the end of the window)")
+        if stored < 0.95 * (sent - sent_before):
+            budget.append("  the backend fell behind: its figures are too low; lower --rate")
+        stored_us = sum(stored_used.values()) * 1e6 / max(sent - sent_before, 1)
+        bare, bare_us = bare_budget(stack, load, meter, args.seconds)
     finally:
         if load is not None:
             load.stop()
@@ -115,6 +236,12 @@ def main() -> None:
         f"{args.rate:.0f} heartbeats/s offered from {args.devices} devices for {args.seconds:.0f} s"
         f" ({sent} published in all); {total} CPU samples of the backend at 200/s:",
         *(f"  {count / total:6.1%}  {stage}" for stage, count in rows),
+        "",
+        "CPU per heartbeat published, whole host, by role:",
+        *budget,
+        *bare,
+        f"On this host the ingest ratio cannot exceed {bare_us / stored_us:.2f} "
+        "(bare CPU per heartbeat over stored) while both are CPU-bound.",
     ]
     (args.out / "summary.txt").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
