@@ -213,10 +213,15 @@ class HttpDownloader:
         import http.client  # lazily: see the imports
 
         tls: ssl.SSLContext | None = None  # read once per download, and only for https
+        secure = url.startswith("https://")
         for _ in range(_MAX_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise UrlRefused("only http(s) URLs are fetched")
+            if secure and parts.scheme != "https":
+                # The bundle's integrity does not need TLS (its digest and signature are
+                # checked), but its content and the next URL's signature would travel in clear.
+                raise UrlRefused("a redirect from https to plain http is refused")
             connection: http.client.HTTPConnection
             if parts.scheme == "https":
                 tls = tls or self._tls_context()

@@ -14,7 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from kernex_agent.update.download import DownloadError, HttpDownloader, TransferLimits
+from kernex_agent.update.download import (
+    DownloadError,
+    HttpDownloader,
+    TransferLimits,
+    UrlRefused,
+)
 from kernex_provision.authority import CHAIN, ROOT_CERT, CertificateAuthority, key_pem, pem
 from kernex_provision.certificates import CertificateKind, new_key
 from tests.unit.agent.loopback_http import BODY, Behaviour, ranged, server, stall_after
@@ -132,3 +137,38 @@ def test_a_stalled_tls_server_is_cut(pki: Pki, tmp_path: Path, downloader: HttpD
             downloader.fetch(url, tmp_path / "b", size=len(BODY))
         assert time.monotonic() - started < 4
     assert (tmp_path / "b").stat().st_size == 100  # kept, to resume from
+
+
+def test_a_redirect_from_https_to_plain_http_is_refused(
+    pki: Pki, tmp_path: Path, downloader: HttpDownloader
+) -> None:
+    plain = Recorded(ranged)
+    with server(plain) as plain_url:
+
+        def redirect(connection: socket.socket, _: bytes) -> None:
+            connection.sendall(
+                f"HTTP/1.1 302 Found\r\nLocation: {plain_url}\r\nContent-Length: 0\r\n\r\n".encode()
+            )
+
+        with (
+            server(redirect, tls=pki.loopback) as url,
+            pytest.raises(UrlRefused, match="https to plain http"),
+        ):
+            downloader.fetch(url, tmp_path / "b", size=len(BODY))
+    assert plain.requests == []
+
+
+def test_a_redirect_to_another_https_server_is_followed(
+    pki: Pki, tmp_path: Path, downloader: HttpDownloader
+) -> None:
+    with server(ranged, tls=pki.loopback) as target:
+
+        def redirect(connection: socket.socket, _: bytes) -> None:
+            connection.sendall(
+                f"HTTP/1.1 307 Temporary Redirect\r\nLocation: {target}\r\n"
+                "Content-Length: 0\r\n\r\n".encode()
+            )
+
+        with server(redirect, tls=pki.loopback) as url:
+            downloader.fetch(url, tmp_path / "b", size=len(BODY))
+    assert (tmp_path / "b").read_bytes() == BODY
