@@ -50,7 +50,7 @@ def _probe(args: argparse.Namespace, config: AgentConfig) -> int | None:
 
 def _help_formatter(prog: str) -> argparse.HelpFormatter:
     # argparse's own formatter asks shutil for the terminal's width, and importing shutil loads
-    # bz2 and lzma too: 0.6 MiB an idle agent would hold for ever to format a --help it never
+    # bz2 and lzma too: half a MiB an idle agent would hold for ever to format a --help it never
     # prints. os answers the same question.
     columns = 80
     with contextlib.suppress(OSError):

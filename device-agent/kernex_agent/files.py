@@ -24,7 +24,7 @@ def disk_space(path: Path | str) -> DiskSpace:
     """Bytes an unprivileged writer may still use, and the file system's size, at `path`.
 
     What `shutil.disk_usage` answers, without importing shutil (and the bz2 and lzma modules it
-    loads, about 0.6 MiB) into an idle agent."""
+    loads, about half a MiB) into an idle agent."""
     st = os.statvfs(path)
     return DiskSpace(free=st.f_bavail * st.f_frsize, total=st.f_blocks * st.f_frsize)
 
