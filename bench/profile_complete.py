@@ -22,55 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_roles import CpuMeter, processes_by_role
 from fleet_benchmarks import TMPFS, wait_executions
 from fleet_stack import FleetStack
 
 MiB = 1024 * 1024
-ROLES = (
-    ("backend", "kernex-backend"),
-    ("simulator", "kernex-sim"),
-    ("broker", "mosquitto"),
-    ("database", "postgres"),
-    ("store", "weed"),
-)
-
-
-def role_of(process: psutil.Process) -> str | None:
-    try:
-        command = " ".join(process.cmdline())
-    except psutil.Error:
-        return None
-    return next((role for role, marker in ROLES if marker in command), None)
-
-
-def by_role() -> dict[psutil.Process, str]:
-    """Our stack's processes and their roles; a process's children (the simulator's worker
-    processes) take its role."""
-    roles: dict[psutil.Process, str] = {}
-    for process in psutil.process_iter():
-        role = role_of(process)
-        if role is None or process in roles:
-            continue
-        roles[process] = role
-        try:
-            for child in process.children(recursive=True):
-                roles.setdefault(child, role)
-        except psutil.Error:
-            continue
-    return roles
-
-
-def cpu_by_role() -> dict[str, float]:
-    totals: collections.Counter[str] = collections.Counter()
-    for process, role in by_role().items():
-        try:
-            totals[role] += sum(process.cpu_times()[:2])
-        except psutil.Error:
-            continue
-    return dict(totals)
 
 
 def frame_label(frame: str) -> str:
@@ -128,7 +85,7 @@ def main() -> None:
         time.sleep(3)
         targets = {
             process.pid: role
-            for process, role in by_role().items()
+            for process, role in processes_by_role(root).items()
             if role in ("backend", "simulator")
         }
         spies = {
@@ -153,17 +110,18 @@ def main() -> None:
             )
             for pid, role in targets.items()
         }
-        before = cpu_by_role()
+        meter = CpuMeter(root)
+        meter.start()
         started = time.monotonic()
         deployment = stack.deploy(bundle, ids)
         wait_executions(stack, deployment, len(ids), ("succeeded",), timeout=1800)
         took = time.monotonic() - started
-        after = cpu_by_role()
+        used = meter.used()
         for spy in spies.values():
             spy.wait()
         lines.append(f"{args.devices} devices to SUCCEEDED (1 MiB) in {took:.1f} s; CPU seconds:")
-        for role in sorted(after, key=lambda r: after[r] - before.get(r, 0.0), reverse=True):
-            lines.append(f"  {after[role] - before.get(role, 0.0):7.1f}  {role}")
+        for role in sorted(used, key=lambda r: -used[r]):
+            lines.append(f"  {used[role]:7.1f}  {role}")
         for role in ("backend", "simulator"):
             totals: collections.Counter[str] = collections.Counter()
             for pid, r in targets.items():

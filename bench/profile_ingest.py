@@ -32,12 +32,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import psutil
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_roles import CpuMeter
 from fleet_stack import FleetStack
 from heartbeat_load import HeartbeatLoad, start_load
-from profile_complete import role_of
 
 from kernex_protocol.topics import Channel
 
@@ -75,62 +73,6 @@ def summarise(collapsed: Path) -> list[tuple[str, int]]:
         if stack and count.isdigit():
             totals[stage_of(stack)] += int(count)
     return totals.most_common()
-
-
-def processes_by_role(root: Path) -> dict[psutil.Process, str]:
-    """Every process of the run: this one (the bare subscriber's), its descendants (the backend,
-    the broker, the load) and the daemons that name the run's folder (PostgreSQL's server
-    detaches), each with its children; py-spy is left out."""
-    me = psutil.Process()
-    roles: dict[psutil.Process, str] = {me: "this process (bare subscriber)"}
-    candidates = me.children(recursive=True)
-    for process in psutil.process_iter():
-        try:
-            if str(root) in " ".join(process.cmdline()):
-                candidates.append(process)
-        except psutil.Error:
-            continue
-    for process in candidates:
-        try:
-            if "py-spy" in " ".join(process.cmdline()):
-                continue
-            role = role_of(process) or "load"
-            roles.setdefault(process, role)
-            for child in process.children(recursive=True):
-                roles.setdefault(child, role_of(child) or role)
-        except psutil.Error:
-            continue
-    return roles
-
-
-class CpuMeter:
-    """CPU seconds by role since `start()`."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self._before: dict[psutil.Process, float] = {}
-
-    @staticmethod
-    def _cpu(process: psutil.Process) -> float | None:
-        try:
-            return float(sum(process.cpu_times()[:2]))
-        except psutil.Error:
-            return None
-
-    def start(self) -> None:
-        self._before = {}
-        for process in processes_by_role(self.root):
-            cpu = self._cpu(process)
-            if cpu is not None:
-                self._before[process] = cpu
-
-    def used(self) -> dict[str, float]:
-        totals: dict[str, float] = collections.defaultdict(float)
-        for process, role in processes_by_role(self.root).items():
-            cpu = self._cpu(process)
-            if cpu is not None:
-                totals[role] += cpu - self._before.get(process, 0.0)
-        return dict(totals)
 
 
 def budget_lines(name: str, used: dict[str, float], heartbeats: int, seconds: float) -> list[str]:
@@ -195,7 +137,7 @@ def main() -> None:
         assert stack.backend is not None
         collapsed = args.out / "stacks.txt"
         stored_before = stack.sql("SELECT count(*) FROM heartbeats")[0][0]
-        meter = CpuMeter(root)
+        meter = CpuMeter(root, own="this process (bare subscriber)")
         meter.start()
         sent_before = load.published()
         subprocess.run(
