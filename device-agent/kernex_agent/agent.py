@@ -10,8 +10,7 @@ cancels the current one if it has not reached INSTALLING, and is considered next
 import asyncio
 import datetime as dt
 import logging
-import random
-import secrets
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import kernex_agent
 from kernex_agent import liveness
+from kernex_agent.backoff import uniform
 from kernex_agent.certificate import serial_number
 from kernex_agent.config import AgentConfig
 from kernex_agent.counter import PersistentCounter
@@ -286,7 +286,7 @@ class Agent:
         """Ask over url/request and wait for the matching url/response."""
         if not await self._wait_connected(self.config.update.url_wait_s):
             return None
-        request_id = secrets.token_hex(8)
+        request_id = os.urandom(8).hex()  # what secrets.token_hex does, without loading it
         waiter: asyncio.Future[UrlResponse] = asyncio.get_running_loop().create_future()
         self._url_waiters[request_id] = waiter
         self.transport.publish(
@@ -483,7 +483,7 @@ class Agent:
         telemetry = self.config.telemetry
         interval = telemetry.heartbeat_interval_s
         if telemetry.start_jitter:
-            await asyncio.sleep(random.uniform(0, interval))  # noqa: S311 - jitter only
+            await asyncio.sleep(uniform(0, interval))
         started = time.monotonic()
         seq = 0
         while True:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from kernex_agent.backoff import Backoff
+from kernex_agent.backoff import Backoff, random_fraction, uniform
 from kernex_agent.config import ConfigError, load_config
 
 KIT_CONFIG = """
@@ -93,12 +93,29 @@ def test_backoff_grows_with_jitter_within_bounds_and_resets() -> None:
         delay = backoff.next_delay()
         assert 1.0 <= delay <= ceilings[-1]
     assert ceilings[:4] == [1.0, 2.0, 4.0, 8.0] and ceilings[-1] == 60.0
-    delays = {Backoff(1.0, 60.0, rng=None).next_delay() for _ in range(3)} | {
-        _delay_after(6) for _ in range(20)
-    }
+    delays = {_delay_after(6) for _ in range(20)}
     assert len(delays) > 5  # randomised, not lockstep
     backoff.reset()
     assert backoff.ceiling() == 1.0
+
+
+def test_backoff_spans_from_minimum_to_ceiling() -> None:
+    lowest = Backoff(1.0, 60.0, fraction=lambda: 0.0)
+    highest = Backoff(1.0, 60.0, fraction=lambda: 0.999)
+    for _ in range(3):
+        assert lowest.next_delay() == 1.0
+    assert [round(highest.next_delay(), 3) for _ in range(3)] == [1.0, 1.999, 3.997]
+
+
+def test_jitter_draws_are_uniform_over_the_interval() -> None:
+    draws = [random_fraction() for _ in range(20_000)]
+    assert all(0.0 <= d < 1.0 for d in draws)
+    # Each tenth of [0, 1) gets its share: 2,000 expected, 5 standard deviations either side.
+    tenths = [0] * 10
+    for d in draws:
+        tenths[int(d * 10)] += 1
+    assert all(1_790 < n < 2_210 for n in tenths), tenths
+    assert all(5.0 <= uniform(5.0, 7.0) < 7.0 for _ in range(1_000))
 
 
 def _delay_after(failures: int) -> float:

@@ -18,7 +18,8 @@ AGENT_ENTRY = (
 
 # Loaded by the first download (http.client, with email behind it), the first install (tarfile),
 # the first signature check (cryptography), the first removal of an old version (shutil, with
-# bz2 and lzma behind it); urllib.request by nothing the agent does.
+# bz2 and lzma behind it); urllib.request by nothing the agent does; random and secrets by
+# nothing (the agent's jitter and request ids come from os.urandom).
 NOT_LOADED_WHEN_IDLE = (
     "http.client",
     "email.parser",
@@ -27,6 +28,8 @@ NOT_LOADED_WHEN_IDLE = (
     "shutil",
     "lzma",
     "urllib.request",
+    "random",
+    "secrets",
 )
 
 
