@@ -6,6 +6,11 @@ samples each one's RSS and the CPU it uses over a window. The baseline, measured
 run, is a bare `python -c` process sleeping: the interpreter's own floor.
 
     .venv/bin/python bench/agent_footprint.py [--agents 3] [--settle-s 10] [--window-s 120]
+        [--against-tree DIR]
+
+--against-tree runs as many agents again from another checkout's code (its device-agent and
+protocol folders first on PYTHONPATH), interleaved with these in the same run: a change's saving
+is smaller than the figure's drift between runs on a busy host, so it is read side by side.
 """
 
 import argparse
@@ -33,7 +38,9 @@ FLOOR = (
 )
 
 
-def start_agent(broker: EmbeddedBroker, root: Path, index: int) -> subprocess.Popen[bytes]:
+def start_agent(
+    broker: EmbeddedBroker, root: Path, index: int, code_tree: Path | None = None
+) -> subprocess.Popen[bytes]:
     device_id = f"bench-agent-{index}"
     key = new_key()
     cert = broker.authority.issue(
@@ -55,6 +62,8 @@ def start_agent(broker: EmbeddedBroker, root: Path, index: int) -> subprocess.Po
         "KERNEX_AGENT_TELEMETRY__START_JITTER": "false",
         "PATH": "/usr/bin:/bin",
     }
+    if code_tree is not None:
+        env["PYTHONPATH"] = f"{code_tree / 'device-agent'}:{code_tree / 'protocol'}"
     return subprocess.Popen(
         [sys.executable, "-m", "kernex_agent", "--config", str(kit / "agent.toml")],
         env=env,
@@ -81,40 +90,64 @@ def measure(
     return rss, cpu
 
 
+def _describe(tree: Path) -> str:
+    """The checkout's commit, for the record."""
+    head = subprocess.run(
+        ["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return f"commit {head.stdout.strip()}" if head.returncode == 0 else str(tree)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--agents", type=int, default=3)
     parser.add_argument("--settle-s", type=float, default=10.0)
     parser.add_argument("--window-s", type=float, default=120.0)
+    parser.add_argument("--against-tree", type=Path, help="another checkout to compare with")
     args = parser.parse_args()
+    n = args.agents
+    other = args.against_tree.resolve() if args.against_tree else None
+    if other is not None and not (other / "device-agent" / "kernex_agent").is_dir():
+        raise SystemExit(f"{other} is not a Kernex checkout")
 
     with tempfile.TemporaryDirectory(prefix="kernex-bench-agent-") as tmp:
         root = Path(tmp)
         broker = EmbeddedBroker(root / "broker")
         broker.start()
         try:
-            agents = [start_agent(broker, root, i) for i in range(args.agents)]
+            agents = []
+            others = []
+            for i in range(n):  # interleaved, so neither group starts on a quieter host
+                agents.append(start_agent(broker, root, i))
+                if other is not None:
+                    others.append(start_agent(broker, root, n + i, other))
             baselines = [
                 subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
                 for _ in range(args.agents)
             ]
             floors = [subprocess.Popen([sys.executable, "-c", FLOOR]) for _ in range(args.agents)]
             try:
-                rss, cpu = measure(agents + baselines + floors, args.settle_s, args.window_s)
+                rss, cpu = measure(
+                    agents + baselines + floors + others, args.settle_s, args.window_s
+                )
             finally:
-                for process in agents + baselines + floors:
+                for process in agents + baselines + floors + others:
                     process.terminate()
                     process.wait(30)
             connected = sum(
                 "mqtt.connected" in (root / f"bench-agent-{i}" / "agent.log").read_text()
-                for i in range(args.agents)
+                for i in range(len(agents) + len(others))
             )
-            if connected != args.agents:
-                raise SystemExit(f"only {connected} of {args.agents} agents connected")
+            if connected != len(agents) + len(others):
+                raise SystemExit(
+                    f"only {connected} of {len(agents) + len(others)} agents connected"
+                )
         finally:
             broker.stop()
 
-    n = args.agents
     agent_rss, base_rss, floor_rss = median(rss[:n]), median(rss[n : 2 * n]), median(rss[2 * n :])
     agent_cpu, base_cpu = median(cpu[:n]), median(cpu[n : 2 * n])
     figures = [
@@ -143,6 +176,15 @@ def main() -> None:
         f".venv/bin/python bench/agent_footprint.py --agents {n} --settle-s {args.settle_s:.0f} "
         f"--window-s {args.window_s:.0f}"
     )
+    if other is not None:
+        other_rss = median(rss[3 * n :])
+        notes.append(
+            f"Against {_describe(other)} in the same run ({n} agents started alternately with "
+            f"these): idle RSS {other_rss:.2f} MiB (per agent "
+            + ", ".join(f"{v:.1f}" for v in rss[3 * n :])
+            + f"); this code {agent_rss - other_rss:+.2f} MiB."
+        )
+        command += f" --against-tree {other}"
     record("Device agent idle footprint", command, figures, notes)
 
 
