@@ -148,7 +148,11 @@ def main() -> None:
         finally:
             broker.stop()
 
-    agent_rss, base_rss, floor_rss = median(rss[:n]), median(rss[n : 2 * n]), median(rss[2 * n :])
+    agent_rss, base_rss, floor_rss = (
+        median(rss[:n]),
+        median(rss[n : 2 * n]),
+        median(rss[2 * n : 3 * n]),
+    )
     agent_cpu, base_cpu = median(cpu[:n]), median(cpu[n : 2 * n])
     figures = [
         Figure("agent.idle_rss_mib", agent_rss, "MiB", base_rss, round(agent_rss / base_rss, 2)),
