@@ -17,6 +17,7 @@ reason is put back and retried with backoff; a report the database refuses is is
 dropped without holding up the others (core/write_buffer.py).
 """
 
+import datetime as dt
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -25,8 +26,9 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 import structlog
+from sqlalchemy.dialects import postgresql as pg
 from sqlalchemy.ext.asyncio import async_sessionmaker
-from sqlmodel import col, select
+from sqlmodel import col
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.core.db import utc_now
@@ -57,12 +59,107 @@ EXECUTION_STATE: Final[dict[ProgressState, ExecutionState]] = {
 }
 
 
+_TABLE: Any = DeploymentExecution.__table__  # type: ignore[attr-defined]
+_E: Any = _TABLE.c
+# What applying a report reads and writes: the rules' inputs and the columns a report sets.
+# The key first, then _Execution's fields in their order: a row is unpacked by position
+# (reading a Row's columns by name costs more than applying the report).
+_READ: Final = (
+    _E.deployment_id,
+    _E.device_id,
+    _E.id,
+    _E.state,
+    _E.attempt,
+    _E.report_seq,
+    _E.device_state,
+    _E.started_at,
+    _E.progress,
+    _E.error_code,
+    _E.error_detail,
+    _E.finished_at,
+)
+
+# The batch's executions, locked in id order. The keys travel as two arrays: one cached
+# statement whatever the batch's size, where `IN` with a list of pairs is compiled anew for
+# each batch, its 1,000 parameters and all.
+_KEYS: Any = (
+    sa.func.unnest(
+        sa.bindparam("deployment_ids", type_=pg.ARRAY(pg.UUID(as_uuid=True))),
+        sa.bindparam("device_ids", type_=pg.ARRAY(sa.String)),
+    )
+    .table_valued("deployment_id", "device_id")
+    .render_derived(name="batch_keys")
+)
+_LOCK_EXECUTIONS: Any = (
+    sa.select(*_READ)
+    .where(
+        sa.tuple_(_E.deployment_id, _E.device_id).in_(
+            sa.select(_KEYS.c.deployment_id, _KEYS.c.device_id)
+        )
+    )
+    .order_by(_E.id)
+    .with_for_update(of=_TABLE)
+)
+
+
+@dataclass(slots=True)
+class _Execution:
+    """One execution as read under its lock, with the batch's reports applied in order."""
+
+    id: int
+    state: ExecutionState
+    attempt: int
+    report_seq: int | None
+    device_state: str | None
+    started_at: dt.datetime | None
+    progress: int
+    error_code: str | None
+    error_detail: str | None
+    finished_at: dt.datetime | None
+    reported_at: dt.datetime | None = None
+
+    def apply(self, progress: Progress, state: ExecutionState, now: dt.datetime) -> None:
+        """What one report changes."""
+        self.state = state
+        self.device_state = progress.state.value
+        self.report_seq = progress.seq
+        self.reported_at = now
+        self.started_at = self.started_at or now
+        if progress.percent is not None:
+            self.progress = progress.percent
+        if state == ExecutionState.SUCCEEDED:
+            self.progress = 100
+        if progress.error is not None:
+            self.error_code = progress.error.code.value
+            self.error_detail = progress.error.detail[:1024]
+        if state.terminal:
+            self.finished_at = now
+
+    def parameters(self) -> dict[str, Any]:
+        """The UPDATE's parameters: every column a report sets, the same keys for each row."""
+        return {
+            "execution_id": self.id,
+            "state": self.state,
+            "device_state": self.device_state,
+            "report_seq": self.report_seq,
+            "reported_at": self.reported_at,
+            "updated_at": self.reported_at,
+            "started_at": self.started_at,
+            "progress": self.progress,
+            "error_code": self.error_code,
+            "error_detail": self.error_detail,
+            "finished_at": self.finished_at,
+        }
+
+
 @dataclass(slots=True)
 class _Batch:
     """What one batch did, for counting and for the work after its commit."""
 
     finished: list[tuple[str, uuid.UUID, ExecutionState, str | None]] = field(default_factory=list)
     counts: Counter[str] = field(default_factory=Counter)
+    versions: list[dict[str, Any]] = field(default_factory=list)  # installed, by device
+    to_settle: set[uuid.UUID] = field(default_factory=set)  # deployments with a final report
 
 
 class ProgressIngest:
@@ -158,86 +255,83 @@ class ProgressIngest:
             .with_for_update()
         )
         await session.exec(deployments)
-        executions = (
-            await session.exec(
-                select(DeploymentExecution)
-                .where(
-                    sa.tuple_(
-                        col(DeploymentExecution.deployment_id), col(DeploymentExecution.device_id)
-                    ).in_(list(by_execution))
-                )
-                .order_by(col(DeploymentExecution.id))
-                .with_for_update()
-            )
-        ).all()
-        found = {(e.deployment_id, e.device_id): e for e in executions}
-        versions: list[dict[str, Any]] = []
-        finished_deployments: set[uuid.UUID] = set()
+        keys: dict[str, Any] = {
+            "deployment_ids": [deployment_id for deployment_id, _ in by_execution],
+            "device_ids": [device_id for _, device_id in by_execution],
+        }
+        rows = (await session.exec(_LOCK_EXECUTIONS, params=keys)).all()
+        found = {(row[0], row[1]): _Execution(*row[2:]) for row in rows}
+        changed: list[_Execution] = []
+        now = utc_now()
         for key, progresses in by_execution.items():
             execution = found.get(key)
             if execution is None:
                 done.counts["progress.unknown_execution"] += len(progresses)
-                continue
-            for progress in progresses:
-                if execution.state.terminal:
-                    done.counts["progress.after_final"] += 1
-                    continue
-                if execution.report_seq is not None and progress.seq <= execution.report_seq:
-                    done.counts["progress.duplicate"] += 1
-                    continue
-                if execution.state == ExecutionState.QUEUED or (
-                    progress.attempt is not None and progress.attempt != execution.attempt
-                ):
-                    done.counts["progress.stale_attempt"] += 1  # about an earlier attempt
-                    continue
-                state = EXECUTION_STATE[progress.state]
-                self._update(execution, progress, state)
-                done.counts["progress.applied"] += 1
-                if state == ExecutionState.SUCCEEDED and progress.version is not None:
-                    versions.append({"device": key[1], "version": progress.version})
-                if state.terminal:
-                    finished_deployments.add(key[0])
-                    error = progress.error.code.value if progress.error else None
-                    done.finished.append((key[1], key[0], state, error))
-                    if state in (ExecutionState.FAILED, ExecutionState.ROLLED_BACK):
-                        outbox.add(
-                            session,
-                            EventType.EXECUTION_FAILED,
-                            key[1],
-                            deployment_id=str(key[0]),
-                            device_id=key[1],
-                            state=state.value,
-                            error=error,
-                        )
-            session.add(execution)
-        await session.flush()
-        if versions:
-            now = utc_now()
-            connection = await session.connection()
+            elif self._walk(session, key, execution, progresses, done=done, now=now):
+                changed.append(execution)
+        connection = await session.connection()
+        if changed:
+            # One statement for the batch, sent as a pipelined executemany: the ORM's unit of
+            # work (identity map, change tracking, a flush) was a fifth of the backend's CPU
+            # during a fleet's update.
+            await connection.execute(
+                sa.update(_TABLE).where(_E.id == sa.bindparam("execution_id")),
+                [execution.parameters() for execution in changed],
+            )
+        await session.flush()  # the outbox's events
+        if done.versions:
             await connection.execute(
                 sa.update(Device)
                 .where(col(Device.id) == sa.bindparam("device"))
                 .values(current_version=sa.bindparam("version"), updated_at=now),
-                versions,
+                done.versions,
             )
-        for deployment_id in sorted(finished_deployments):
+        for deployment_id in sorted(done.to_settle):
             await rollout.settle(session, deployment_id)
 
     @staticmethod
-    def _update(execution: DeploymentExecution, progress: Progress, state: ExecutionState) -> None:
-        now = utc_now()
-        execution.state = state
-        execution.device_state = progress.state.value
-        execution.report_seq = progress.seq
-        execution.reported_at = now
-        execution.updated_at = now
-        execution.started_at = execution.started_at or now
-        if progress.percent is not None:
-            execution.progress = progress.percent
-        if state == ExecutionState.SUCCEEDED:
-            execution.progress = 100
-        if progress.error is not None:
-            execution.error_code = progress.error.code.value
-            execution.error_detail = progress.error.detail[:1024]
-        if state.terminal:
-            execution.finished_at = now
+    def _walk(
+        session: AsyncSession,
+        key: tuple[uuid.UUID, str],
+        execution: _Execution,
+        progresses: list[Progress],
+        *,
+        done: _Batch,
+        now: dt.datetime,
+    ) -> bool:
+        """Apply one execution's reports in arrival order; whether any was applied."""
+        deployment_id, device_id = key
+        applied = 0
+        for progress in progresses:
+            if execution.state.terminal:
+                done.counts["progress.after_final"] += 1
+                continue
+            if execution.report_seq is not None and progress.seq <= execution.report_seq:
+                done.counts["progress.duplicate"] += 1
+                continue
+            if execution.state == ExecutionState.QUEUED or (
+                progress.attempt is not None and progress.attempt != execution.attempt
+            ):
+                done.counts["progress.stale_attempt"] += 1  # about an earlier attempt
+                continue
+            state = EXECUTION_STATE[progress.state]
+            execution.apply(progress, state, now)
+            applied += 1
+            if state == ExecutionState.SUCCEEDED and progress.version is not None:
+                done.versions.append({"device": device_id, "version": progress.version})
+            if state.terminal:
+                done.to_settle.add(deployment_id)
+                error = progress.error.code.value if progress.error else None
+                done.finished.append((device_id, deployment_id, state, error))
+                if state in (ExecutionState.FAILED, ExecutionState.ROLLED_BACK):
+                    outbox.add(
+                        session,
+                        EventType.EXECUTION_FAILED,
+                        device_id,
+                        deployment_id=str(deployment_id),
+                        device_id=device_id,
+                        state=state.value,
+                        error=error,
+                    )
+        done.counts["progress.applied"] += applied
+        return applied > 0

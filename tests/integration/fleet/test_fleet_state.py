@@ -264,11 +264,20 @@ async def test_progress_is_applied_in_order_once_and_finishes_the_deployment(
     await ingest.apply("pg-1", report(deployment, ProgressState.DOWNLOADING, 9, percent=10))
     row = await execution(engine, deployment)
     assert (row["state"], row["progress"], row["report_seq"]) == ("downloading", 50, 10)
+    started_at = row["started_at"]
+    assert started_at is not None and row["reported_at"] == row["updated_at"] >= started_at
     await ingest.apply("pg-1", report(deployment, ProgressState.COMMITTING, 14))
-    assert (await execution(engine, deployment))["device_state"] == "committing"
+    row = await execution(engine, deployment)
+    assert (row["device_state"], row["state"], row["progress"]) == (
+        "committing",
+        "health_check",
+        50,
+    )
     await ingest.apply("pg-1", report(deployment, ProgressState.COMMITTED, 15))
     row = await execution(engine, deployment)
-    assert (row["state"], row["progress"]) == ("succeeded", 100) and row["finished_at"]
+    assert (row["state"], row["progress"]) == ("succeeded", 100)
+    assert row["started_at"] == started_at  # the first report's time, kept
+    assert row["finished_at"] == row["reported_at"] and row["finished_at"] > started_at
     assert (await device(engine, "pg-1"))["current_version"] == "9.0.0"
     # After the final state nothing changes it: not even a "newer" failure.
     await ingest.apply(
