@@ -36,6 +36,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
+from kernex_backend.core.concurrency import map_bounded
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.messaging import DevicePublisher, PublishFailed, TrafficCounters
@@ -179,10 +180,9 @@ class NoticeService:
                 ).all()
             }
             notices = self._notices(await self._urls(bundles.values()))
-            slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
 
             async def publish(row: Any) -> bool:
-                async with slots, self._device_locks[row.device_id]:
+                async with self._device_locks[row.device_id]:
                     try:
                         payload = notices.payload(
                             row, bundles[row.bundle_id], row.rollback_approval
@@ -194,8 +194,11 @@ class NoticeService:
 
             # Published concurrently (each waits for its acknowledgement); a row becomes
             # NOTIFIED only once the broker has its notice.
-            published = await asyncio.gather(*(publish(row) for row in rows))
-            notified = [row.id for row, ok in zip(rows, published, strict=True) if ok]
+            published = await map_bounded(publish, rows, self._settings.mqtt.publish_concurrency)
+            for outcome in published:
+                if isinstance(outcome, Exception):
+                    raise outcome
+            notified = [row.id for row, ok in zip(rows, published, strict=True) if ok is True]
             if notified:
                 now = utc_now()
                 mark: Any = (
@@ -256,24 +259,22 @@ class NoticeService:
             # A device's newest live execution wins (later rows overwrite earlier ones).
             live = {row[0].device_id: row for row in rows}
             notices = self._notices(await self._urls(bundle for _, bundle, _ in live.values()))
-            slots = asyncio.Semaphore(self._settings.mqtt.publish_concurrency)
 
             async def refresh(device_id: str) -> None:
-                async with slots:
-                    row = live.get(device_id)
-                    if row is None:
-                        await self._publish_notice(device_id, b"")
-                        self._stats.count("notices.cleared")
-                    elif row[0].state != ExecutionState.PENDING:
-                        payload = notices.payload(*row)
-                        await self._publish_notice(device_id, payload)
+                row = live.get(device_id)
+                if row is None:
+                    await self._publish_notice(device_id, b"")
+                    self._stats.count("notices.cleared")
+                elif row[0].state != ExecutionState.PENDING:
+                    payload = notices.payload(*row)
+                    await self._publish_notice(device_id, payload)
 
-            results = await asyncio.gather(*(refresh(d) for d in ids), return_exceptions=True)
+            results = await map_bounded(refresh, ids, self._settings.mqtt.publish_concurrency)
         for device_id in ids:
             if not self._device_locks[device_id].locked():
                 self._device_locks.pop(device_id, None)
         for result in results:
-            if isinstance(result, BaseException):
+            if isinstance(result, Exception):
                 raise result
 
     async def reconcile(self) -> int:
