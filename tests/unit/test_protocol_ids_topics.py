@@ -1,5 +1,7 @@
 """Device ID rules and topic building/parsing."""
 
+import re
+
 import pytest
 
 from kernex_protocol.canonical import NotCanonicalisable, canonical_json
@@ -90,3 +92,24 @@ def test_canonical_json_is_stable() -> None:
 def test_canonical_json_refuses_ambiguous_values(value: object) -> None:
     with pytest.raises(NotCanonicalisable):
         canonical_json({"v": value})
+
+
+@pytest.mark.parametrize(
+    ("document", "path"),
+    [
+        ({"a": [1, "x", {"b": 1.5}]}, "$.a[2].b"),
+        ({"a": {"b": [None, True, b"raw"]}}, "$.a.b[2]"),
+        ({"a": {"b": {"c": {2: 1}}}}, "$.a.b.c"),
+    ],
+)
+def test_a_refused_value_deep_in_a_document_is_named_by_its_path(
+    document: dict[str, object], path: str
+) -> None:
+    with pytest.raises(NotCanonicalisable, match=rf"^{re.escape(path)}: "):
+        canonical_json(document)
+
+
+def test_values_of_subclassed_json_types_are_accepted_as_their_base() -> None:
+    assert canonical_json({"c": Channel.HEARTBEAT, "n": [Channel.PROGRESS]}) == (
+        b'{"c":"heartbeat","n":["progress"]}'
+    )

@@ -336,6 +336,10 @@ class _NoticeBatch:
     ) -> None:
         now = utc_now()
         self._key, self._kid, self._urls = key, kid, urls
+        self._url_expiry = {
+            bundle_id: url.expires_at.isoformat(timespec="seconds")
+            for bundle_id, url in urls.items()
+        }
         self._issued_at = now.isoformat(timespec="seconds")
         self._expires_at = (now + ttl).isoformat(timespec="seconds")
         self._releases: dict[uuid.UUID, SignedRelease] = {}
@@ -366,7 +370,7 @@ class _NoticeBatch:
             issued_at=self._issued_at,
             expires_at=self._expires_at,
             url=url.url,
-            url_expires_at=url.expires_at.isoformat(timespec="seconds"),
+            url_expires_at=self._url_expiry[bundle.id],
             rollback=approval,
             attempt=max(1, execution.attempt),
             start_delay_s=execution.start_delay_s,
