@@ -17,9 +17,9 @@ _PLAIN: frozenset[type] = frozenset({str, int, bool, type(None)})
 
 
 def _check(value: Any, path: str) -> None:
-    # The path of a nested value is formatted only when that value needs a closer look: a
-    # backend signs thousands of notices a second, and building a path for every plain field
-    # cost more than encoding the document.
+    # The path of a nested value is formatted only when that value needs a closer look: the
+    # backend signs a notice per device, and formatting a path for every plain field, read only
+    # in an error message, was a third of the time of canonical_json on a notice's claims.
     if value is None or isinstance(value, (bool, str, int)):
         return
     if isinstance(value, float):
