@@ -515,8 +515,18 @@ class Notice:
         Raises UnknownKey or SignatureInvalid (also when unsigned)."""
         return verify_detached("notice", self.signature, self.key_id, self.claims(), trusted)
 
+    def signed_payload(self, key: "Ed25519PrivateKey", *, kid: str) -> bytes:
+        """The wire form of this notice signed with `key` (whose id is `kid`): the bytes of
+        `signed_with(key, kid=kid).to_payload()`, without the signed copy in between (a
+        backend signs one notice per device)."""
+        signature = base64.b64encode(key.sign(self.claims())).decode()
+        return self._wire(signature, kid)
+
     def to_payload(self) -> bytes:
         """The wire form."""
+        return self._wire(self.signature, self.key_id)
+
+    def _wire(self, signature: str | None, kid: str | None) -> bytes:
         return _encode(
             {
                 "deployment_id": self.deployment_id,
@@ -529,8 +539,8 @@ class Notice:
                 "rollback": None if self.rollback is None else self.rollback.to_document(),
                 "attempt": self.attempt,
                 "start_delay_s": self.start_delay_s,
-                "signature": self.signature,
-                "key_id": self.key_id,
+                "signature": signature,
+                "key_id": kid,
             }
         )
 

@@ -115,6 +115,16 @@ def test_notice_with_rollback_and_signature_round_trips() -> None:
     assert parsed.verify({key_id(notice_key.public_key()): notice_key.public_key()})
 
 
+def test_a_notice_signed_straight_to_the_wire_is_the_signed_notices_wire_form() -> None:
+    notice_key = Ed25519PrivateKey.generate()
+    kid = key_id(notice_key.public_key())
+    notice = Notice("dep-3", "dev-2", sign(MANIFEST, KEY), issued_at="t", expires_at="u")
+    raw = notice.signed_payload(notice_key, kid=kid)
+    assert raw == notice.signed_with(notice_key, kid=kid).to_payload()  # Ed25519 is deterministic
+    assert Notice.parse(raw).verify({kid: notice_key.public_key()}) == kid
+    assert notice.signature is None  # the notice itself is not changed
+
+
 @pytest.mark.parametrize(
     ("cls", "raw", "message"),
     [

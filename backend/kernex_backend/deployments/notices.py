@@ -375,4 +375,4 @@ class _NoticeBatch:
             attempt=max(1, execution.attempt),
             start_delay_s=execution.start_delay_s,
         )
-        return notice.signed_with(self._key, kid=self._kid).to_payload()
+        return notice.signed_payload(self._key, kid=self._kid)
