@@ -4,12 +4,16 @@ A fleet's update sends several progress reports per device within seconds, and t
 applies them in batches (deployments/progress.py): lock the executions, walk each one's reports
 by the ingest rules, write the changed rows, settle finished deployments. This measures that
 path alone against a real PostgreSQL (the embedded one, durable), without MQTT or the simulator
-that bound the fleet benchmarks on this machine: N devices each send four reports
-(downloading, verifying, installing, health check), shuffled, applied in batches of 500.
+that bound the fleet benchmarks on this machine: N devices each send five reports
+(downloading, verifying, installing, health check, committed), each round shuffled, applied
+in batches of 500; the last round is final (the installed version recorded, the deployment
+settled and at the end completed).
 
 The baseline, measured in the same run on the same database, is the least any implementation
 must do for the same effect: per batch one transaction through asyncpg that locks the same
-executions and writes the same columns with one executemany, no rules and no SQLAlchemy.
+executions and writes the same columns with one executemany (for final reports also the
+devices' installed version, and a count of the deployment's unfinished executions), no rules
+and no SQLAlchemy.
 Figures are the backend process's CPU and the wall time per report, medians over the repeats,
 each repeat a new deployment to the same devices.
 
@@ -53,6 +57,7 @@ STATES = (
     ProgressState.VERIFYING,
     ProgressState.INSTALLING,
     ProgressState.HEALTH_CHECK,
+    ProgressState.COMMITTED,
 )
 
 # The bare path: lock the batch's executions, write the columns a report sets.
@@ -63,17 +68,34 @@ ORDER BY id FOR UPDATE
 """
 WRITE = """
 UPDATE deployment_executions SET state = $2, device_state = $3, report_seq = $4,
-  reported_at = now(), updated_at = now(), started_at = coalesce(started_at, now()), progress = $5
+  reported_at = now(), updated_at = now(), started_at = coalesce(started_at, now()), progress = $5,
+  finished_at = CASE WHEN $6 THEN now() ELSE finished_at END
 WHERE id = $1
 """
+INSTALLED = "UPDATE devices SET current_version = $2, updated_at = now() WHERE id = $1"
+UNFINISHED = """
+SELECT count(*) FROM deployment_executions
+WHERE deployment_id = $1 AND state <> ALL($2::text[])
+"""
+TERMINAL = [state.value for state in ExecutionState if state.terminal]
 
 
 def reports(deployment: uuid.UUID, devices: list[str], seed: int) -> list[tuple[str, Progress]]:
-    """Four reports per device, each round shuffled: the order they reach the backend in."""
+    """Five reports per device, each round shuffled: the order they reach the backend in."""
     out: list[tuple[str, Progress]] = []
     for seq, state in enumerate(STATES, start=1):
         block = [
-            (d, Progress(str(deployment), state, seq=seq, sent_at="t", percent=seq * 20))
+            (
+                d,
+                Progress(
+                    str(deployment),
+                    state,
+                    seq=seq,
+                    sent_at="t",
+                    percent=None if state == ProgressState.COMMITTED else seq * 20,
+                    version="2.0.0" if state == ProgressState.COMMITTED else None,
+                ),
+            )
             for d in devices
         ]
         random.Random(seed * 10 + seq).shuffle(block)
@@ -115,19 +137,27 @@ async def bare(pool: asyncpg.Pool, batch: list[tuple[str, Progress]]) -> None:
         last = {device: progress for device, progress in batch}
         deployment = uuid.UUID(next(iter(last.values())).deployment_id)
         rows = await conn.fetch(LOCK, [deployment] * len(last), list(last))
-        await conn.executemany(
-            WRITE,
-            [
+        writes = []
+        final = []
+        for row in rows:
+            report = last[row["device_id"]]
+            done = report.version is not None
+            if done:
+                final.append((row["device_id"], report.version))
+            writes.append(
                 (
                     row["id"],
-                    EXECUTION_STATE[last[row["device_id"]].state].value,
-                    last[row["device_id"]].state.value,
-                    last[row["device_id"]].seq,
-                    last[row["device_id"]].percent,
+                    EXECUTION_STATE[report.state].value,
+                    report.state.value,
+                    report.seq,
+                    100 if done else report.percent or 0,
+                    done,
                 )
-                for row in rows
-            ],
-        )
+            )
+        await conn.executemany(WRITE, writes)
+        if final:
+            await conn.executemany(INSTALLED, final)
+            await conn.fetchval(UNFINISHED, deployment, TERMINAL)
 
 
 async def timed(apply: Any, batches: list[list[tuple[str, Progress]]]) -> tuple[float, float]:
@@ -176,6 +206,14 @@ async def run(url: str, devices: int, repeats: int) -> dict[str, list[float]]:
                 stream = reports(deployment, ids, repeat)
                 batches = [stream[i : i + BATCH] for i in range(0, len(stream), BATCH)]
                 cpu, wall = await timed(apply, batches)
+                succeeded = await pool.fetchval(
+                    "SELECT count(*) FROM deployment_executions "
+                    "WHERE deployment_id = $1 AND state = 'succeeded' AND report_seq = $2",
+                    deployment,
+                    len(STATES),
+                )
+                if succeeded != len(ids):  # a run that did not do the work measures nothing
+                    raise SystemExit(f"{name or 'product'}: {succeeded} of {len(ids)} succeeded")
                 results[f"{name}cpu"].append(cpu)
                 results[f"{name}wall"].append(wall)
                 print(f"repeat {repeat + 1} {name or 'product_'}: {cpu:.0f} us CPU, {wall:.0f} us")
@@ -225,11 +263,13 @@ def main() -> None:
         ),
     ]
     notes = [
-        f"{args.devices} devices x 4 reports, shuffled per round, applied in batches of {BATCH} "
-        f"by ProgressIngest.apply_batch; medians of {args.repeats} repeats, per report.",
+        f"{args.devices} devices x {len(STATES)} reports (the last one final), shuffled per "
+        f"round, applied in batches of {BATCH} by ProgressIngest.apply_batch; medians of "
+        f"{args.repeats} repeats, per report.",
         "Baseline (same run, same database, alternating with the product): one asyncpg "
         "transaction per batch that locks the same executions and writes the same columns with "
-        "one executemany.",
+        "one executemany; for final reports also the devices' installed version and a count of "
+        "the deployment's unfinished executions.",
         "CPU is the benchmark process's (the backend's side); PostgreSQL's own is not counted.",
         "Per repeat CPU us (product / bare): "
         + ", ".join(
