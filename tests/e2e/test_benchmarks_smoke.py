@@ -17,11 +17,16 @@ pytestmark = pytest.mark.e2e
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
-def run_benchmark(script: str, args: list[str], tmp_path: Path) -> dict[str, dict[str, Any]]:
+def run_benchmark(
+    script: str, args: list[str], tmp_path: Path, *, keeps_stack: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Run `script` at toy size; `keeps_stack` for the ones that start the whole stack (their
+    `--keep` leaves its folder for a failed run's logs)."""
     output = tmp_path / "results"
     output.mkdir()
+    keep = ["--keep", str(tmp_path / "run")] if keeps_stack else []
     finished = subprocess.run(
-        [sys.executable, str(BENCH / script), *args, "--keep", str(tmp_path / "run")],
+        [sys.executable, str(BENCH / script), *args, *keep],
         env={**os.environ, "KERNEX_BENCH_OUTPUT": str(output)},
         capture_output=True,
         text=True,
@@ -89,3 +94,20 @@ def test_ingest_benchmark_runs_small(tmp_path: Path) -> None:
     assert 90 <= rate["value"] <= 210 and 90 <= rate["baseline"] <= 210
     assert figures["ingest.ratio"]["value"] == rate["ratio"] > 0
     assert 0 < figures["ingest.lag_p99_ms"]["value"] < 1000
+
+
+def test_progress_benchmark_runs_small(tmp_path: Path) -> None:
+    # It fails by itself if a run did not take every execution to SUCCEEDED.
+    figures = run_benchmark(
+        "progress_benchmark.py", ["--devices", "300", "--repeats", "1"], tmp_path, keeps_stack=False
+    )
+    for name in ("progress.apply_cpu_us", "progress.apply_wall_us"):
+        assert figures[name]["value"] > 0 and figures[name]["baseline"] > 0
+
+
+def test_notice_building_benchmark_runs_small(tmp_path: Path) -> None:
+    figures = run_benchmark(
+        "notice_building.py", ["--notices", "200", "--repeats", "2"], tmp_path, keeps_stack=False
+    )
+    built = figures["notice.build_cpu_us"]
+    assert built["value"] > built["baseline"] > 0  # a notice costs its signature and more
