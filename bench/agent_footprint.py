@@ -6,14 +6,23 @@ samples each one's RSS and the CPU it uses over a window. The baseline, measured
 run, is a bare `python -c` process sleeping: the interpreter's own floor.
 
     .venv/bin/python bench/agent_footprint.py [--agents 3] [--settle-s 10] [--window-s 120]
-        [--against-tree DIR]
+        [--against-tree DIR] [--install device|dev]
 
---against-tree runs as many agents again from another checkout's code (its device-agent and
-protocol folders first on PYTHONPATH), interleaved with these in the same run: a change's saving
-is smaller than the figure's drift between runs on a busy host, so it is read side by side.
+Every process runs from an agent installed as on a device (device-agent/README.md: a venv holding
+kernex-agent and its dependencies, no editable installs): the development venv's seven
+editable-install finders load importlib, pathlib and urllib.parse into every interpreter at
+start-up, some 1.8 MiB a device never carries. `--install dev` measures in the development venv
+instead, as the rows before 2026-12-05 did.
+
+--against-tree runs as many agents again from another checkout's code, interleaved with these in
+the same run: a change's saving is smaller than the figure's drift between runs on a busy host,
+so it is read side by side.
 """
 
 import argparse
+import importlib.metadata
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,6 +30,7 @@ import time
 from pathlib import Path
 
 import psutil
+from packaging.requirements import Requirement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import Figure, median, record
@@ -30,6 +40,12 @@ from kernex_provision.certificates import CertificateKind, new_key
 from kernex_provision.kit import BrokerAddress, write_kit
 
 MiB = 1024 * 1024
+REPO = Path(__file__).resolve().parent.parent
+# Our distributions the agent installs, and where their package is in a checkout.
+OUR_PACKAGES = {
+    "kernex-agent": Path("device-agent/kernex_agent"),
+    "kernex-protocol": Path("protocol/kernex_protocol"),
+}
 # kernex_agent first: its package defers what paho imports and never uses (lazy_modules).
 FLOOR_IMPORTS = "import kernex_agent, asyncio, ssl, paho.mqtt.client"
 FLOOR = (
@@ -38,8 +54,64 @@ FLOOR = (
 )
 
 
+def _agent_distributions() -> list[importlib.metadata.Distribution]:
+    """kernex-agent and everything it requires on this interpreter, extras left out."""
+    found: dict[str, importlib.metadata.Distribution] = {}
+    pending = ["kernex-agent"]
+    while pending:
+        name = pending.pop()
+        if name in found:
+            continue
+        found[name] = importlib.metadata.distribution(name)
+        for line in found[name].requires or []:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    return list(found.values())
+
+
+def device_install(dest: Path, code_tree: Path) -> Path:
+    """A venv holding the agent as a device does; its interpreter.
+
+    Third-party packages are copied file by file from this venv's install records (what pip
+    installed); our two packages from `code_tree`'s sources, then everything byte-compiled, as
+    pip does at install time.
+    """
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(dest)], check=True)
+    python = dest / "bin" / "python"
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    for dist in _agent_distributions():
+        name = dist.metadata["Name"]
+        if name in OUR_PACKAGES:
+            package = OUR_PACKAGES[name]
+            shutil.copytree(
+                code_tree / package,
+                site / package.name,
+                ignore=shutil.ignore_patterns("__pycache__"),
+            )
+            continue
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")
+        if direct.get("dir_info", {}).get("editable"):
+            raise SystemExit(f"{name} is installed editable here: cannot copy it to a device")
+        for file in dist.files or []:
+            if file.parts[0] == ".." or "__pycache__" in file.parts:
+                continue  # scripts outside site-packages; bytecode is compiled below
+            target = site / file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(file.locate(), target)
+    subprocess.run([str(python), "-m", "compileall", "-q", str(site)], check=True)
+    return python
+
+
 def start_agent(
-    broker: EmbeddedBroker, root: Path, index: int, code_tree: Path | None = None
+    broker: EmbeddedBroker, root: Path, index: int, python: Path
 ) -> subprocess.Popen[bytes]:
     device_id = f"bench-agent-{index}"
     key = new_key()
@@ -62,10 +134,8 @@ def start_agent(
         "KERNEX_AGENT_TELEMETRY__START_JITTER": "false",
         "PATH": "/usr/bin:/bin",
     }
-    if code_tree is not None:
-        env["PYTHONPATH"] = f"{code_tree / 'device-agent'}:{code_tree / 'protocol'}"
     return subprocess.Popen(
-        [sys.executable, "-m", "kernex_agent", "--config", str(kit / "agent.toml")],
+        [str(python), "-m", "kernex_agent", "--config", str(kit / "agent.toml")],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=(kit / "agent.log").open("wb"),
@@ -107,6 +177,12 @@ def main() -> None:
     parser.add_argument("--settle-s", type=float, default=10.0)
     parser.add_argument("--window-s", type=float, default=120.0)
     parser.add_argument("--against-tree", type=Path, help="another checkout to compare with")
+    parser.add_argument(
+        "--install",
+        choices=("device", "dev"),
+        default="device",
+        help="run from a venv as on a device (default) or from this development venv",
+    )
     args = parser.parse_args()
     n = args.agents
     other = args.against_tree.resolve() if args.against_tree else None
@@ -115,20 +191,28 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="kernex-bench-agent-") as tmp:
         root = Path(tmp)
+        if args.install == "device":
+            python = device_install(root / "device-venv", REPO)
+            other_python = device_install(root / "other-venv", other) if other else None
+        else:
+            python = Path(sys.executable)
+            other_python = None
+            if other is not None:
+                raise SystemExit("--against-tree runs from a device install: leave --install")
         broker = EmbeddedBroker(root / "broker")
         broker.start()
         try:
             agents = []
             others = []
             for i in range(n):  # interleaved, so neither group starts on a quieter host
-                agents.append(start_agent(broker, root, i))
-                if other is not None:
-                    others.append(start_agent(broker, root, n + i, other))
+                agents.append(start_agent(broker, root, i, python))
+                if other_python is not None:
+                    others.append(start_agent(broker, root, n + i, other_python))
             baselines = [
-                subprocess.Popen([sys.executable, "-c", "import time; time.sleep(3600)"])
+                subprocess.Popen([str(python), "-c", "import time; time.sleep(3600)"])
                 for _ in range(args.agents)
             ]
-            floors = [subprocess.Popen([sys.executable, "-c", FLOOR]) for _ in range(args.agents)]
+            floors = [subprocess.Popen([str(python), "-c", FLOOR]) for _ in range(args.agents)]
             try:
                 rss, cpu = measure(
                     agents + baselines + floors + others, args.settle_s, args.window_s
@@ -160,9 +244,15 @@ def main() -> None:
         Figure("agent.own_rss_mib", round(agent_rss - floor_rss, 2), "MiB", None, None),
         Figure("agent.idle_cpu_s_per_hour", agent_cpu, "CPU s/h", base_cpu, None),
     ]
+    where = (
+        "installed as on a device (a venv holding kernex-agent and its dependencies, "
+        "byte-compiled, no editable installs; the baseline and floor run from it too)"
+        if args.install == "device"
+        else "run from the development venv (its editable-install finders load at start-up)"
+    )
     notes = [
-        f"{n} agents connected over mTLS to our Mosquitto, idle (heartbeat every 30 s), measured "
-        f"{args.window_s:.0f} s after {args.settle_s:.0f} s of settling; medians.",
+        f"{n} agents connected over mTLS to our Mosquitto, idle (heartbeat every 30 s), {where}, "
+        f"measured {args.window_s:.0f} s after {args.settle_s:.0f} s of settling; medians.",
         "Baseline: a bare interpreter (`python -c 'import time; time.sleep(3600)'`) in the same "
         "run: the floor any Python agent starts from.",
         "Library floor (same run): an interpreter that only imports what an MQTT agent over TLS "
@@ -179,7 +269,7 @@ def main() -> None:
     command = (
         f".venv/bin/python bench/agent_footprint.py --agents {n} --settle-s {args.settle_s:.0f} "
         f"--window-s {args.window_s:.0f}"
-    )
+    ) + (" --install dev" if args.install == "dev" else "")
     if other is not None:
         other_rss = median(rss[3 * n :])
         notes.append(
