@@ -1,14 +1,13 @@
 """`kernex-agent --config /etc/kernex/agent.toml`: run the agent until SIGTERM or SIGINT."""
 
-import argparse
 import asyncio
-import contextlib
 import logging
 import os
 import signal
 import ssl
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 
 from kernex_agent import liveness, logs
 from kernex_agent.agent import AGENT_VERSION, Agent
@@ -17,11 +16,33 @@ from kernex_agent.faults import CrashOnce
 from kernex_agent.self_update import RESTART_EXIT_CODE, connect_probe, execute_from, launch_target
 from kernex_agent.update.machine import State
 
+if TYPE_CHECKING:  # argparse is loaded only for a command line _plain does not read
+    import argparse
+
 # Fault injection for the power-cut tests only: the agent dies once, right after entering the
 # named state. Deliberately outside the KERNEX_AGENT_ namespace of configuration options.
 FAULT_ENV = "KERNEX_FAULT_CRASH_IN"
 
 log = logging.getLogger("kernex_agent")
+
+DEFAULT_CONFIG = Path("/etc/kernex/agent.toml")
+
+
+class Options(NamedTuple):
+    """What the command line asks for (a tuple: a dataclass would generate eight methods)."""
+
+    config: Path = DEFAULT_CONFIG
+    check_config: bool = False
+    health: bool = False
+    connect_probe: bool = False
+
+
+# The flags, spelled in full, and the option each sets.
+_FLAGS = {
+    "--check-config": "check_config",
+    "--health": "health",
+    "--connect-probe": "connect_probe",
+}
 
 
 async def _serve(agent: Agent) -> bool:
@@ -32,7 +53,7 @@ async def _serve(agent: Agent) -> bool:
     return await agent.run(stop)
 
 
-def _probe(args: argparse.Namespace, config: AgentConfig) -> int | None:
+def _probe(args: Options, config: AgentConfig) -> int | None:
     """The one-shot checks (--health, --connect-probe): their exit status, or None to run."""
     if args.health:
         healthy, reason = liveness.check(config.update.state_dir)
@@ -48,7 +69,37 @@ def _probe(args: argparse.Namespace, config: AgentConfig) -> int | None:
     return None
 
 
-def _help_formatter(prog: str) -> argparse.HelpFormatter:
+def _plain(argv: list[str]) -> Options | None:
+    """The command lines the agent is run with, read without argparse; None for any other.
+
+    argparse (with gettext behind it) is 0.4 MiB an idle agent would hold for ever to read two
+    words. `--config PATH` (or `--config=PATH`) and the flags, each spelled in full, are read
+    here with argparse's meaning; anything else (--help, --version, an abbreviation, a mistake)
+    goes to argparse, which answers it. tests/unit/agent/test_cli.py holds the two to the same
+    answers.
+    """
+    config = DEFAULT_CONFIG
+    flags: dict[str, bool] = {}
+    words = iter(argv)
+    for word in words:
+        if word in _FLAGS:
+            flags[_FLAGS[word]] = True
+        elif word == "--config":
+            value = next(words, "")
+            if not value or value.startswith("-"):
+                return None
+            config = Path(value)
+        elif word.startswith("--config=") and len(word) > len("--config="):
+            config = Path(word.removeprefix("--config="))
+        else:
+            return None
+    return Options(config, **flags)
+
+
+def _help_formatter(prog: str) -> "argparse.HelpFormatter":
+    import argparse
+    import contextlib
+
     # argparse's own formatter asks shutil for the terminal's width, and importing shutil loads
     # bz2 and lzma too: half a MiB an idle agent would hold for ever to format a --help it never
     # prints. os answers the same question.
@@ -60,14 +111,14 @@ def _help_formatter(prog: str) -> argparse.HelpFormatter:
     return argparse.HelpFormatter(prog, width=max(columns - 2, 20))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2 for a configuration problem)."""
+def parse_with_argparse(argv: list[str]) -> Options:
+    """Every command line: --help and --version exit here, mistakes exit 2 with a usage line."""
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="kernex-agent", description=__doc__, formatter_class=_help_formatter
     )
-    parser.add_argument(
-        "--config", type=Path, default=Path("/etc/kernex/agent.toml"), help="agent.toml to read"
-    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="agent.toml to read")
     parser.add_argument(
         "--check-config", action="store_true", help="validate the configuration and exit"
     )
@@ -84,6 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--version", action="version", version=f"kernex-agent {AGENT_VERSION}")
     args = parser.parse_args(argv)
+    return Options(args.config, args.check_config, args.health, args.connect_probe)
+
+
+def parse_args(argv: list[str]) -> Options:
+    return _plain(argv) or parse_with_argparse(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for a configuration problem)."""
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         config = load_config(args.config)
     except ConfigError as exc:

@@ -19,8 +19,11 @@ AGENT_ENTRY = (
 # Loaded by the first download (http.client, with email behind it), the first install (tarfile),
 # the first signature check (cryptography), the first removal of an old version (shutil, with
 # bz2 and lzma behind it); urllib.request by nothing the agent does; random and secrets by
-# nothing (the agent's jitter and request ids come from os.urandom).
+# nothing (the agent's jitter and request ids come from os.urandom); argparse (and gettext) by a
+# command line other than the usual ones.
 NOT_LOADED_WHEN_IDLE = (
+    "argparse",
+    "gettext",
     "http.client",
     "email.parser",
     "tarfile",
