@@ -46,7 +46,7 @@ OUR_PACKAGES = {
     "kernex-agent": Path("device-agent/kernex_agent"),
     "kernex-protocol": Path("protocol/kernex_protocol"),
 }
-# kernex_agent first: its package defers what paho imports and never uses (lazy_modules).
+# kernex_agent first: its package defers what its dependencies import and never use (lazy_modules).
 FLOOR_IMPORTS = "import kernex_agent, asyncio, ssl, paho.mqtt.client"
 FLOOR = (
     f"{FLOOR_IMPORTS}; context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT); "
@@ -257,7 +257,8 @@ def main() -> None:
         "run: the floor any Python agent starts from.",
         "Library floor (same run): an interpreter that only imports what an MQTT agent over TLS "
         f"on asyncio cannot do without (`{FLOOR_IMPORTS}`: the event loop, OpenSSL, paho "
-        "without the urllib.request it never uses, which the agent defers), holds one TLS client "
+        "with the standard modules it and they import but an idle agent never uses deferred, as "
+        "the agent does (lazy_modules.py)), holds one TLS client "
         "context (OpenSSL's own start-up) and sleeps; "
         "agent.own_rss_mib is the idle agent above that floor: Kernex's own code and state.",
         "Per agent RSS (MiB): "

@@ -2,12 +2,28 @@
 wait for the first update, and the standard-library modules paho imports but never uses wait
 for ever (bench/agent_footprint.py measures what this saves).
 
-Each check runs in a fresh interpreter: this test process has long since imported everything.
+Each check runs in a fresh interpreter (this test process has long since imported everything)
+that sees the packages as a device's venv holds them: without `site`, whose processing of this
+development venv's editable-install finders loads pathlib, urllib.parse and ipaddress into every
+interpreter here before the agent's first line runs.
 """
 
 import json
+import os
 import subprocess
 import sys
+import sysconfig
+from pathlib import Path
+
+import kernex_agent
+import kernex_protocol
+
+# Our two packages' folders and the third-party packages', and nothing else.
+DEVICE_PATH = [
+    str(Path(kernex_agent.__file__).parents[1]),
+    str(Path(kernex_protocol.__file__).parents[1]),
+    sysconfig.get_path("purelib"),
+]
 
 # What `kernex-agent` imports and runs before it connects and idles: its modules, and the
 # command line parsed (argparse's own help formatter would import shutil).
@@ -20,10 +36,14 @@ AGENT_ENTRY = (
 # the first signature check (cryptography), the first removal of an old version (shutil, with
 # bz2 and lzma behind it); urllib.request by nothing the agent does; random and secrets by
 # nothing (the agent's jitter and request ids come from os.urandom); argparse (and gettext) by a
-# command line other than the usual ones.
+# command line other than the usual ones; ipaddress, tokenize and uuid by nothing an idle agent
+# does (their importers use them for bracketed URL hosts, tracebacks and client ids).
 NOT_LOADED_WHEN_IDLE = (
     "argparse",
     "gettext",
+    "ipaddress",
+    "tokenize",
+    "uuid",
     "http.client",
     "email.parser",
     "tarfile",
@@ -43,7 +63,12 @@ def loaded_modules(code: str) -> dict[str, str]:
         "print(json.dumps({n: type(m).__name__ for n, m in list(sys.modules.items())}))"
     )
     result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-S", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(DEVICE_PATH)},
     )
     loaded: dict[str, str] = json.loads(result.stdout.splitlines()[-1])
     return loaded
@@ -79,3 +104,27 @@ def test_paho_finds_no_proxy_without_loading_the_deferred_module() -> None:
         "assert client._get_proxy() is None"
     )
     assert loaded["urllib.request"] == "_StandIn"
+
+
+def test_the_deferred_modules_load_for_the_uses_their_importers_have() -> None:
+    loaded = loaded_modules(
+        "import kernex_agent, json, traceback, urllib.parse\n"
+        "import paho.mqtt.client as mqtt\n"
+        "assert urllib.parse.urlsplit('https://[::1]:8443/b').port == 8443\n"
+        "try:\n"
+        "    urllib.parse.urlsplit('https://[not-an-address]/b')\n"
+        "    raise SystemExit('a bracketed host that is no address was accepted')\n"
+        "except ValueError:\n"
+        "    pass\n"
+        "try:\n"
+        "    json.loads('{')\n"
+        "except ValueError as exc:\n"
+        "    text = ''.join(traceback.format_exception(exc))\n"
+        "source = [line for line in text.splitlines() if line.startswith('    ')]\n"
+        "assert source, text  # the traceback shows its source lines: tokenize read the files\n"
+        # paho invents a client id (with uuid) for MQTT 3.1 when it is given none
+        "client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv31)\n"
+        "assert len(client._client_id) == 22, client._client_id"
+    )
+    for name in ("ipaddress", "tokenize", "uuid"):
+        assert loaded[name] == "module", name
