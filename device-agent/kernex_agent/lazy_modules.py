@@ -3,10 +3,13 @@
 The agent targets small devices, so an idle agent holds only what it needs. paho-mqtt's client
 module imports `urllib.request` when it loads (with `http.client` and the `email` package behind
 it: about 3 MiB of an idle agent's memory) only to read proxy settings, which it consults only
-when PySocks is installed; the agent does not install it. Three more are imported at start-up
-for a use an idle agent never has (0.4 MiB together): `ipaddress` by urllib.parse (which pathlib
+when PySocks is installed; the agent does not install it. More are imported at start-up for a
+use an idle agent never has (0.8 MiB together): `ipaddress` by urllib.parse (which pathlib
 imports) to check a bracketed IPv6 host in a URL, `tokenize` by linecache and inspect to read
-source files for a traceback, `uuid` by paho to invent a client id the agent always gives.
+source files for a traceback, `uuid` by paho to invent a client id the agent always gives,
+`hashlib`, `hmac` and `base64` by paho for WebSockets, by ssl for PEM conversions and by our own
+update code for the first bundle's digest and the first signature (hashlib's import alone
+builds OpenSSL's digests).
 
 A deferred module is a stand-in that `import` accepts; reading any of its attributes loads the
 real module, which then replaces the stand-in everywhere the import system looks.
@@ -21,7 +24,7 @@ import threading
 import types
 
 # Modules imported by our dependencies and not used by an idle agent.
-DEFERRED = ("urllib.request", "ipaddress", "tokenize", "uuid")
+DEFERRED = ("urllib.request", "ipaddress", "tokenize", "uuid", "hashlib", "hmac", "base64")
 
 _loading = threading.RLock()
 

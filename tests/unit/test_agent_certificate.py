@@ -10,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from kernex_agent.certificate import serial_number
+from tests.unit.agent.test_idle_imports import loaded_modules
 
 
 def certificate(serial: int, *, rsa_key: bool = False) -> bytes:
@@ -57,3 +58,13 @@ def test_a_long_rsa_certificate_and_a_chain_read_the_first() -> None:
 def test_what_is_not_a_certificate_is_refused(pem: bytes) -> None:
     with pytest.raises(ValueError):
         serial_number(pem)
+
+
+def test_reading_the_serial_loads_no_deferred_module() -> None:
+    # Every connection reads it (the presence message carries it): it must not load base64,
+    # which the agent defers (lazy_modules).
+    pem = certificate(4242)
+    loaded = loaded_modules(
+        f"from kernex_agent.certificate import serial_number\nassert serial_number({pem!r}) == 4242"
+    )
+    assert loaded["base64"] == "_StandIn"

@@ -37,13 +37,18 @@ AGENT_ENTRY = (
 # bz2 and lzma behind it); urllib.request by nothing the agent does; random and secrets by
 # nothing (the agent's jitter and request ids come from os.urandom); argparse (and gettext) by a
 # command line other than the usual ones; ipaddress, tokenize and uuid by nothing an idle agent
-# does (their importers use them for bracketed URL hosts, tracebacks and client ids).
+# does (their importers use them for bracketed URL hosts, tracebacks and client ids); hashlib,
+# hmac and base64 by the first verification of a bundle or signature.
 NOT_LOADED_WHEN_IDLE = (
     "argparse",
     "gettext",
     "ipaddress",
     "tokenize",
     "uuid",
+    "hashlib",
+    "_hashlib",
+    "hmac",
+    "base64",
     "http.client",
     "email.parser",
     "tarfile",
@@ -124,7 +129,12 @@ def test_the_deferred_modules_load_for_the_uses_their_importers_have() -> None:
         "assert source, text  # the traceback shows its source lines: tokenize read the files\n"
         # paho invents a client id (with uuid) for MQTT 3.1 when it is given none
         "client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv31)\n"
-        "assert len(client._client_id) == 22, client._client_id"
+        "assert len(client._client_id) == 22, client._client_id\n"
+        "import hashlib, hmac, ssl\n"
+        "digest = hashlib.sha256(b'abc').hexdigest()\n"
+        "assert digest.startswith('ba7816bf'), digest\n"
+        "assert hmac.compare_digest(digest, hashlib.sha256(b'abc').hexdigest())\n"
+        "assert ssl.DER_cert_to_PEM_cert(b'x').startswith('-----BEGIN CERTIFICATE-----')"
     )
-    for name in ("ipaddress", "tokenize", "uuid"):
+    for name in ("ipaddress", "tokenize", "uuid", "hashlib", "hmac", "base64"):
         assert loaded[name] == "module", name
