@@ -111,3 +111,24 @@ def test_notice_building_benchmark_runs_small(tmp_path: Path) -> None:
     )
     built = figures["notice.build_cpu_us"]
     assert built["value"] > built["baseline"] > 0  # a notice costs its signature and more
+
+
+def test_agent_footprint_benchmark_runs_small(tmp_path: Path) -> None:
+    # Against this checkout itself: both of its device venvs are built and their agents connect.
+    figures = run_benchmark(
+        "agent_footprint.py",
+        [
+            "--agents",
+            "1",
+            "--settle-s",
+            "2",
+            "--window-s",
+            "2",
+            "--against-tree",
+            str(BENCH.parent),
+        ],
+        tmp_path,
+        keeps_stack=False,
+    )
+    agent, floor = figures["agent.idle_rss_mib"], figures["agent.library_floor_rss_mib"]
+    assert agent["value"] > floor["value"] > agent["baseline"] > 0
