@@ -6,35 +6,32 @@ encodings.idna, imports unicodedata and stringprep (Unicode tables an idle agent
 ever) for the non-ASCII names it supports, and has a fast path for ASCII names that needs
 neither. This module stands in for encodings.idna: ASCII names take that same fast path here,
 and anything else (non-ASCII names, decoding, incremental or stream use) loads the standard
-module, which then replaces the stand-in in sys.modules, as lazy_modules does.
+module, which then replaces the stand-in in sys.modules (the stand-in is lazy_modules' own, told
+which attributes the codec search probes for and the real module lacks).
 
 tests/unit/agent/test_ascii_idna.py checks the fast path against the standard codec's answers.
 """
 
 import codecs
-import encodings
-import importlib
-import sys
-import threading
 import types
 from typing import TYPE_CHECKING, Any
+
+from kernex_agent import lazy_modules
 
 if TYPE_CHECKING:
     from _typeshed import ReadableBuffer
 
 _NAME = "encodings.idna"
 _MAX_LABEL = 63  # octets, RFC 1035; encodings.idna refuses longer labels with the same check
-_loading = threading.Lock()
-# What the codec search reads that encodings.idna does not define.
+# The codec search imports the module with fromlist ["*"] (which asks for __path__ and __all__),
+# then asks for getaliases: encodings.idna defines none of them, so the stand-in answers them
+# without loading it.
 _ABSENT = frozenset({"__path__", "__all__", "getaliases"})
 
 
 def _standard_codec() -> types.ModuleType:
     """The standard encodings.idna, loaded on first need."""
-    with _loading:
-        if isinstance(sys.modules.get(_NAME), _StandIn):
-            del sys.modules[_NAME]
-        return importlib.import_module(_NAME)
+    return lazy_modules.load(_NAME)
 
 
 def encode(text: str, errors: str = "strict") -> tuple[bytes, int]:
@@ -91,25 +88,9 @@ def _regentry() -> codecs.CodecInfo:
     )
 
 
-class _StandIn(types.ModuleType):
-    """What encodings' codec search finds under encodings.idna until the real one is loaded."""
-
-    def __getattr__(self, attr: str) -> object:
-        # The codec search imports the module with fromlist ["*"] (which asks for __path__ and
-        # __all__), then asks for getaliases: encodings.idna defines none of them, so they load
-        # nothing. Anything else the stand-in lacks (it has getregentry) loads the real module.
-        if attr in _ABSENT:
-            raise AttributeError(f"module {_NAME!r} has no attribute {attr!r}")
-        return getattr(_standard_codec(), attr)
-
-
 def install() -> None:
-    """Stand in for encodings.idna, unless the "idna" codec was already looked up."""
-    if _NAME in sys.modules:
-        return  # loaded already (and the codec registry caches what it found)
-    stand_in = _StandIn(_NAME)
-    stand_in.getregentry = _regentry  # type: ignore[attr-defined]
-    sys.modules[_NAME] = stand_in
-    # What the import system does for a submodule: `import encodings.idna` then reads the
-    # package's attribute.
-    encodings.idna = stand_in
+    """Stand in for encodings.idna, unless the "idna" codec was already looked up.
+
+    If it was, encodings.idna is loaded (and the codec registry caches what it found).
+    """
+    lazy_modules.defer(_NAME, absent=_ABSENT, provides={"getregentry": _regentry})

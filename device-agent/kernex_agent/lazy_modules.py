@@ -22,11 +22,15 @@ import importlib
 import sys
 import threading
 import types
+from collections.abc import Callable, Iterable
 
 # Modules imported by our dependencies and not used by an idle agent.
 DEFERRED = ("urllib.request", "ipaddress", "tokenize", "uuid", "hashlib", "hmac", "base64")
 
 _loading = threading.RLock()
+# Per deferred module: attributes the real module does not define either, so reading them on the
+# stand-in raises AttributeError instead of loading it (see defer's `absent`).
+_absent: dict[str, frozenset[str]] = {}
 
 
 class _StandIn(types.ModuleType):
@@ -34,22 +38,39 @@ class _StandIn(types.ModuleType):
 
     def __getattr__(self, attr: str) -> object:
         # Called only for what the stand-in lacks: every attribute of the real module.
-        return getattr(_load(self.__name__, self), attr)
+        if attr in _absent.get(self.__name__, ()):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {attr!r}")
+        return getattr(load(self.__name__), attr)
 
 
-def _load(name: str, stand_in: _StandIn) -> types.ModuleType:
+def load(name: str) -> types.ModuleType:
+    """The real module `name`, loaded now if a stand-in holds its place."""
     with _loading:
-        if sys.modules.get(name) is stand_in:
+        if isinstance(sys.modules.get(name), _StandIn):
             del sys.modules[name]
         # Loads the real module and binds it as an attribute of its package, like any import.
         return importlib.import_module(name)
 
 
-def defer(name: str) -> None:
-    """Make `import name` cheap: the module is loaded when one of its attributes is first read."""
+def defer(
+    name: str,
+    *,
+    absent: Iterable[str] = (),
+    provides: dict[str, Callable[..., object]] | None = None,
+) -> None:
+    """Make `import name` cheap: the module is loaded when one of its attributes is first read.
+
+    `absent` names attributes the real module lacks but an importer probes for (the codec
+    search asks for `__all__`, `__path__` and `getaliases`): the stand-in answers them as the
+    real module would, without loading it. `provides` gives the stand-in attributes of its own,
+    read without loading the real module.
+    """
     if name in sys.modules:
         return
     stand_in = _StandIn(name)
+    for attr, value in (provides or {}).items():
+        setattr(stand_in, attr, value)
+    _absent[name] = frozenset(absent)
     sys.modules[name] = stand_in
     parent, _, child = name.rpartition(".")
     if parent:
