@@ -358,6 +358,10 @@ class RolloutController:
             await session.commit()
         if result.admitted:
             self.on_admitted()
+        if result.admitted >= ADMIT_BATCH:
+            # The step stopped at its cap, not at a limit of the deployment's: admit the next
+            # devices now rather than at the next tick.
+            self.wake()
         if result.withdraw and self.on_withdrawn is not None:
             try:
                 await self.on_withdrawn(result.withdraw)

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kernex_backend.core.errors import InvalidInput
-from kernex_backend.deployments import service
+from kernex_backend.deployments import rollout, service
 from kernex_backend.deployments.models import ExecutionState
 from kernex_backend.deployments.schemas import DeploymentCreate
 from kernex_backend.deployments.service import DevicesBusy
@@ -535,3 +535,36 @@ async def test_start_and_end_times(engine: AsyncEngine) -> None:
     assert (await r.row(d))["status"] == "running"
     await r.report(d, await r.in_state(d, "notified"), OK)
     assert (await r.row(d))["status"] == "completed"
+
+
+async def test_a_step_stopped_at_its_cap_has_the_next_one_come_at_once(
+    engine: AsyncEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step admits at most ADMIT_BATCH devices; when it stops there (and not at a rate, a
+    # window or a wave), the controller wakes itself instead of waiting for its next tick.
+    monkeypatch.setattr(rollout, "ADMIT_BATCH", 4)
+    ids = devices("cap", 10)
+    bundle = await fleet(engine, ids)
+    r = Rollout(engine)
+    d = await r.create({"name": "cap", "bundle_id": str(bundle), "device_ids": ids})
+    steps = []
+    for _ in range(3):
+        r.controller.wake_event.clear()
+        await r.step(d)
+        steps.append((len(await r.in_state(d, "pending")), r.controller.wake_event.is_set()))
+    assert steps == [(4, True), (8, True), (10, False)]
+    # A rate below the cap stops a step too, but that is the deployment's limit: no wake.
+    ids = devices("capr", 10)
+    bundle = await fleet(engine, ids, name="rated")
+    d = await r.create(
+        {
+            "name": "rated",
+            "bundle_id": str(bundle),
+            "device_ids": ids,
+            "strategy": {"rate": {"per_minute": 20}},
+        }
+    )
+    r.controller.wake_event.clear()
+    await r.step(d)
+    assert len(await r.in_state(d, "pending")) == 2  # a tenth of a minute's 20
+    assert not r.controller.wake_event.is_set()
