@@ -24,7 +24,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import sqlalchemy as sa
 import structlog
@@ -64,6 +64,35 @@ def load_notice_key(path: Path) -> Ed25519PrivateKey:
 
 
 _RECONCILE_LOCK = 0x4B4E5801  # "KNX" + 1: one reconciler across replicas
+_LANES = 2  # batches in flight in publish_pending: one read and signed, one published
+
+# The PENDING executions of running deployments, oldest first, locked for this transaction;
+# rows another replica (or lane) has locked are skipped, not waited for.
+_PENDING: Final = (
+    sa.select(
+        col(DeploymentExecution.id),
+        col(DeploymentExecution.deployment_id),
+        col(DeploymentExecution.device_id),
+        col(DeploymentExecution.attempt),
+        col(DeploymentExecution.start_delay_s),
+        col(Deployment.bundle_id),
+        col(Deployment.rollback_approval),
+    )
+    .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
+    .where(
+        col(Deployment.status) == DeploymentStatus.RUNNING,
+        col(DeploymentExecution.state) == ExecutionState.PENDING,
+    )
+    .order_by(col(DeploymentExecution.id))
+    .limit(sa.bindparam("limit"))
+    .with_for_update(of=DeploymentExecution, skip_locked=True)
+)
+# The batch's ids as one array: one cached statement, where `IN` over 1,000 ids was compiled
+# for every batch.
+_MARK_NOTIFIED: Final = sa.text(
+    "UPDATE deployment_executions SET state = :state, notified_at = :now, updated_at = :now"
+    " WHERE id = ANY(CAST(:ids AS bigint[]))"
+).bindparams(state=ExecutionState.NOTIFIED.value)
 
 
 def signed_release(bundle: Bundle) -> SignedRelease:
@@ -138,40 +167,35 @@ class NoticeService:
 
     async def publish_pending(self) -> int:
         """Notify PENDING executions of running deployments, a batch at a time until none is
-        left (or the broker is gone); returns how many were notified."""
+        left (or the broker is gone); returns how many were notified.
+
+        Two lanes take batches in turn, so one batch is read and signed while the one before
+        it is published: each lane holds its rows locked (SKIP LOCKED keeps the lanes' rows
+        apart) and publishes only when the other is done publishing.
+        """
+        turn = asyncio.Lock()
+        lanes = await asyncio.gather(*(self._lane(turn) for _ in range(_LANES)))
+        return sum(lanes)
+
+    async def _lane(self, turn: asyncio.Lock) -> int:
         total = 0
         while True:
-            taken, notified = await self._publish_batch()
+            taken, notified = await self._publish_batch(turn)
             total += notified
             if taken < self._settings.mqtt.notify_batch_size or notified < taken:
                 return total
 
-    async def _publish_batch(self) -> tuple[int, int]:
+    async def _publish_batch(self, turn: asyncio.Lock) -> tuple[int, int]:
         """One batch of PENDING executions: (how many were taken, how many notified)."""
         async with self._sessionmaker() as session:
-            # Columns, not entities: building 1,000 ORM objects per batch cost more than
+            connection = await session.connection()
+            # Core rows, not the ORM's: building 1,000 ORM objects per batch cost more than
             # signing their notices. The batch's few bundles are loaded as entities apart.
-            rows: Sequence[Any] = (
-                await session.exec(  # type: ignore[call-overload]
-                    sa.select(
-                        col(DeploymentExecution.id),
-                        col(DeploymentExecution.deployment_id),
-                        col(DeploymentExecution.device_id),
-                        col(DeploymentExecution.attempt),
-                        col(DeploymentExecution.start_delay_s),
-                        col(Deployment.bundle_id),
-                        col(Deployment.rollback_approval),
-                    )
-                    .join(Deployment, col(Deployment.id) == col(DeploymentExecution.deployment_id))
-                    .where(
-                        col(Deployment.status) == DeploymentStatus.RUNNING,
-                        col(DeploymentExecution.state) == ExecutionState.PENDING,
-                    )
-                    .order_by(col(DeploymentExecution.id))
-                    .limit(self._settings.mqtt.notify_batch_size)
-                    .with_for_update(of=DeploymentExecution, skip_locked=True)
-                )
+            rows = (
+                await connection.execute(_PENDING, {"limit": self._settings.mqtt.notify_batch_size})
             ).all()
+            if not rows:
+                return 0, 0
             wanted = {row.bundle_id for row in rows}
             bundles = {
                 bundle.id: bundle
@@ -180,35 +204,36 @@ class NoticeService:
                 ).all()
             }
             notices = self._notices(await self._urls(bundles.values()))
+            # Signing releases the GIL: in a thread, the batch's signatures are made while the
+            # event loop publishes the batch before it.
+            payloads = await asyncio.to_thread(
+                lambda: [
+                    notices.payload(row, bundles[row.bundle_id], row.rollback_approval)
+                    for row in rows
+                ]
+            )
 
-            async def publish(row: Any) -> bool:
-                async with self._device_locks[row.device_id]:
+            async def publish(index: int) -> bool:
+                device_id = rows[index].device_id
+                async with self._device_locks[device_id]:
                     try:
-                        payload = notices.payload(
-                            row, bundles[row.bundle_id], row.rollback_approval
-                        )
-                        await self._publish_notice(row.device_id, payload)
+                        await self._publish_notice(device_id, payloads[index])
                     except PublishFailed:
                         return False  # stays PENDING for the next round
                     return True
 
-            # Published concurrently (each waits for its acknowledgement); a row becomes
-            # NOTIFIED only once the broker has its notice.
-            published = await map_bounded(publish, rows, self._settings.mqtt.publish_concurrency)
+            async with turn:
+                # Published concurrently (each waits for its acknowledgement); a row becomes
+                # NOTIFIED only once the broker has its notice.
+                published = await map_bounded(
+                    publish, range(len(rows)), self._settings.mqtt.publish_concurrency
+                )
             for outcome in published:
                 if isinstance(outcome, Exception):
                     raise outcome
             notified = [row.id for row, ok in zip(rows, published, strict=True) if ok is True]
             if notified:
-                now = utc_now()
-                mark: Any = (
-                    sa.update(DeploymentExecution)
-                    .where(col(DeploymentExecution.id).in_(notified))
-                    .values(state=ExecutionState.NOTIFIED, notified_at=now, updated_at=now)
-                    # The rows loaded above are not used after this: no need to update them.
-                    .execution_options(synchronize_session=False)
-                )
-                await session.exec(mark)
+                await connection.execute(_MARK_NOTIFIED, {"ids": notified, "now": utc_now()})
             await session.commit()
         if notified:
             self._stats.count("notices.published", len(notified))

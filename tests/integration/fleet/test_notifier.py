@@ -1,0 +1,141 @@
+"""The notifier against real PostgreSQL and our Mosquitto: PENDING executions of running
+deployments get one signed, retained notice each and become NOTIFIED, batch after batch."""
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from kernex_backend.core.config import MqttSettings, Settings
+from kernex_backend.core.db import create_sessionmaker
+from kernex_backend.core.messaging import TrafficCounters
+from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
+from kernex_backend.deployments.notices import NoticeService
+from kernex_backend.mqtt.bridge import MqttBridge
+from kernex_devstack.broker import EmbeddedBroker
+from kernex_protocol.manifest import key_id
+from kernex_protocol.payloads import Notice
+from kernex_protocol.topics import Channel, subscription_for_all, topic_for
+from tests.conftest import Connector
+from tests.factories import add_bundle, add_deployment, add_devices
+from tests.integration.conftest import storage_of
+from tests.integration.mqtt_client import Identity, Received
+
+pytestmark = pytest.mark.integration
+
+BATCH = 4  # small batches, so one call takes many and both lanes take turns
+
+
+@contextlib.asynccontextmanager
+async def connected_bridge(broker: EmbeddedBroker, mqtt: MqttSettings) -> AsyncIterator[MqttBridge]:
+    bridge = MqttBridge(mqtt)
+    task = asyncio.create_task(bridge.run())
+    try:
+        await asyncio.wait_for(bridge.connected.wait(), 15)
+        yield bridge
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+def observer_identity(broker: EmbeddedBroker, tmp_path: Path) -> Identity:
+    """A second service identity: the broker makes the CN the client id, so an observer with
+    the backend's own would end the backend's session."""
+    folder = tmp_path / "observer"
+    name = f"test-observer-{uuid.uuid4().hex[:6]}"
+    broker.add_service_identity(name, folder)
+    return Identity(name, folder / "ca-chain.pem", folder / "service.crt", folder / "service.key")
+
+
+async def states(engine: AsyncEngine, deployment: uuid.UUID) -> dict[str, tuple[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT device_id, state, notified_at FROM deployment_executions"
+                " WHERE deployment_id = :d"
+            ),
+            {"d": deployment},
+        )
+        return {row.device_id: (row.state, row.notified_at) for row in rows}
+
+
+def notices_by_device(messages: list[Received]) -> dict[str, list[Notice]]:
+    seen: dict[str, list[Notice]] = {}
+    for message in messages:
+        if message.payload:  # an empty retained message withdraws a notice
+            notice = Notice.parse(message.payload)
+            assert message.topic == topic_for(notice.device_id, Channel.DEPLOYMENT)
+            seen.setdefault(notice.device_id, []).append(notice)
+    return seen
+
+
+async def test_every_pending_execution_is_notified_once_in_batches(
+    app: FastAPI,
+    settings: Settings,
+    engine: AsyncEngine,
+    broker: EmbeddedBroker,
+    mqtt_connect: Connector,
+    observer_identity: Identity,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    running = [f"nt-{run}-{i:02d}" for i in range(23)]  # 5 full batches and a partial one
+    paused = [f"nt-{run}-p{i}" for i in range(3)]
+    await add_devices(engine, *running, *paused)
+    bundle = await add_bundle(engine)
+    deployment = await add_deployment(
+        engine, dict.fromkeys(running, ExecutionState.PENDING), bundle_id=bundle
+    )
+    held_back = await add_deployment(
+        engine,
+        dict.fromkeys(paused, ExecutionState.PENDING),
+        bundle_id=bundle,
+        status=DeploymentStatus.PAUSED,
+    )
+    observer = mqtt_connect(observer_identity)
+    assert observer.connected.wait(10), observer.error
+    observer.subscribe(subscription_for_all(Channel.DEPLOYMENT))
+
+    mqtt = MqttSettings(
+        host=broker.host,
+        port=broker.port,
+        ca_file=broker.layout.ca_chain,
+        cert_file=broker.service_dir / "service.crt",
+        key_file=broker.service_dir / "service.key",
+        notify_batch_size=BATCH,
+        publish_concurrency=3,
+    )
+    key = Ed25519PrivateKey.generate()
+    async with connected_bridge(broker, mqtt) as bridge:
+        notices = NoticeService(
+            sessionmaker=create_sessionmaker(engine),
+            publisher=bridge,
+            storage=storage_of(app),
+            settings=settings.model_copy(update={"mqtt": mqtt}),
+            stats=TrafficCounters(),
+            signing_key=key,
+        )
+        assert await notices.publish_pending() == len(running)
+        assert await notices.publish_pending() == 0  # nothing is left, nothing sent twice
+
+    after = await states(engine, deployment)
+    assert {state for state, _ in after.values()} == {"notified"}
+    assert all(notified_at is not None for _, notified_at in after.values())
+    assert {state for state, _ in (await states(engine, held_back)).values()} == {"pending"}
+
+    seen = notices_by_device(observer.drain(wait=1.0))
+    assert sorted(seen) == sorted(running)  # the paused deployment's devices got nothing
+    trusted = {key_id(key.public_key()): key.public_key()}
+    for device_id, received in seen.items():
+        assert len(received) == 1, (device_id, received)
+        assert received[0].deployment_id == str(deployment)
+        received[0].verify(trusted)  # raises unless signed with the notice key
