@@ -39,6 +39,7 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.audit import service as audit
+from kernex_backend.core import db_events
 from kernex_backend.core.db import utc_now
 from kernex_backend.deployments import events, targets
 from kernex_backend.deployments.models import (
@@ -355,6 +356,10 @@ class RolloutController:
                 await _follow_up_rollback(session, deployment, now)
             else:
                 await self._step_locked(session, deployment, now, result)
+            if result.admitted:
+                # Every replica's notifier takes batches of them: wake them all on commit.
+                connection = await session.connection()
+                await connection.execute(db_events.notify(db_events.NOTICES_PENDING))
             await session.commit()
         if result.admitted:
             self.on_admitted()

@@ -21,6 +21,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.background import Supervisor, run_periodically
 from kernex_backend.core.config import MqttSettings, Settings
+from kernex_backend.core.db_events import NOTICES_PENDING, Listener
 from kernex_backend.core.messaging import PublishFailed
 from kernex_backend.deployments import lifecycle
 from kernex_backend.deployments.notices import NoticeService, load_notice_key
@@ -201,6 +202,8 @@ def start(
     supervisor.start("mqtt_bridge", bridge.run)
     supervisor.start("heartbeat_ingest", heartbeats.run)
     supervisor.start("progress_ingest", progress.run)
+    # Admissions committed by any replica wake this one's notifier too (its poll stays).
+    supervisor.start("notice_wakeups", Listener(engine, NOTICES_PENDING, notices.wake).run)
     supervisor.start(
         "notify",
         lambda: run_periodically(
