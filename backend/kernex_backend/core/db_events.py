@@ -9,7 +9,6 @@ interval and loses nothing, and a listener wakes its job once on every (re)conne
 """
 
 import asyncio
-import contextlib
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -23,6 +22,7 @@ log = structlog.get_logger(__name__)
 NOTICES_PENDING: Final = "kernex_notices_pending"
 
 _CHECK_EVERY_S: Final = 30.0  # an idle connection is checked this often (a silent network)
+_RETRY_MIN_S: Final = 0.5
 _RETRY_MAX_S: Final = 30.0
 
 
@@ -45,20 +45,19 @@ class Listener:
 
     async def run(self) -> None:
         """Listen until cancelled, reconnecting with backoff whatever ends a connection."""
-        delay = 0.5
+        delay = _RETRY_MIN_S
         while True:
             try:
                 async with self._engine.connect() as connection:
-                    await self._listen(connection)
-                    delay = 0.5
-            except asyncio.CancelledError:
-                raise
+                    await self._listen(connection)  # returns only by raising
             except Exception as exc:  # the database is away: the poll still runs meanwhile
                 log.warning("db_listener_lost", channel=self._channel, error=type(exc).__name__)
             finally:
+                listened = self.listening.is_set()
                 self.listening.clear()
+            # A connection that was listening is retried soon; one that never got there backs off.
+            delay = _RETRY_MIN_S if listened else min(delay * 2, _RETRY_MAX_S)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _RETRY_MAX_S)
 
     async def _listen(self, connection: AsyncConnection) -> None:
         raw = await connection.get_raw_connection()
@@ -74,12 +73,13 @@ class Listener:
             await driver.add_listener(self._channel, received)
             self.listening.set()
             self._on_notify()  # what was committed while nobody listened here
-            while not lost.is_set():
-                with contextlib.suppress(TimeoutError):
+            while True:
+                try:
                     await asyncio.wait_for(lost.wait(), _CHECK_EVERY_S)
-                    break
-                await asyncio.wait_for(driver.execute("SELECT 1"), 10)
-            raise ConnectionError("the listening connection closed")
+                except TimeoutError:
+                    await asyncio.wait_for(driver.execute("SELECT 1"), 10)  # a silent network
+                else:
+                    raise ConnectionError("the listening connection closed")
         finally:
             # Never back into the pool: it still LISTENs, or it is gone.
             await connection.invalidate()
