@@ -176,6 +176,18 @@ class FleetStack:
                         [str(BIN / "kernex-backend"), "worker"], env=env, stdout=log, stderr=log
                     )
                 )
+            self._wait_connected(name, self.workers[-1])
+
+    def _wait_connected(self, client_id: str, process: subprocess.Popen[bytes]) -> None:
+        """Until the broker has `client_id` connected: a worker still starting up (a second of
+        imports) would take CPU from whatever the benchmark measures first."""
+        deadline = time.monotonic() + 60
+        while f" as {client_id} " not in self.broker.log():
+            if process.poll() is not None:
+                raise RuntimeError(f"{client_id} exited with {process.returncode} while starting")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{client_id} did not connect to the broker within 60 s")
+            time.sleep(0.2)
 
     def stop_workers(self) -> None:
         for worker in self.workers:
