@@ -715,9 +715,12 @@ class RolloutController:
                 started_at=None,
                 finished_at=None,
             )
-            .returning(col(DeploymentExecution.id))
+            # Counted, not returned, and no ORM objects of these rows are in the session to
+            # bring up to date: returning 5,000 ids and looking each up in the session took
+            # two thirds of a 5,000-device admission (0.17 s against 0.06 s).
+            .execution_options(synchronize_session=False)
         )
-        admitted = len(result.all())
+        admitted = result.rowcount
         if admitted:
             events.record(session, deployment.id, "admitted", devices=admitted)
         return admitted, None
