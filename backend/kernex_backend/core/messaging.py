@@ -8,6 +8,7 @@ the bridge (`make check` enforces it).
 """
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -19,11 +20,18 @@ class PublishFailed(RuntimeError):
 
 
 class DevicePublisher(Protocol):
-    """Sends a payload to one device's channel and waits for the broker's acknowledgement."""
+    """Sends payloads to devices' channels and waits for the broker's acknowledgements."""
 
     async def publish_to(self, device_id: str, channel: Channel, payload: bytes) -> None:
         """Publish on `channel` of `device_id` (QoS and retain from the topic table);
         PublishFailed if it was not acknowledged."""
+
+    async def publish_many(
+        self, channel: Channel, messages: Sequence[tuple[str, bytes]]
+    ) -> list[bool]:
+        """Publish each (device_id, payload) on that device's `channel`, all handed over at
+        once (the transport paces them); whether each was acknowledged, in order. Never raises
+        for a message that failed: False, and the caller sends it again later."""
 
 
 class SessionEnder(Protocol):

@@ -18,10 +18,8 @@ URL requests are answered by url_requests.py; timeouts and completion are lifecy
 """
 
 import asyncio
-import contextlib
 import datetime as dt
 import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -39,7 +37,8 @@ from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
 from kernex_backend.core.concurrency import map_bounded
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import utc_now
-from kernex_backend.core.messaging import DevicePublisher, PublishFailed, TrafficCounters
+from kernex_backend.core.keyed_locks import KeyedLocks
+from kernex_backend.core.messaging import DevicePublisher, TrafficCounters
 from kernex_backend.deployments.models import (
     LIVE_STATES,
     Deployment,
@@ -131,7 +130,9 @@ class NoticeService:
         self._storage = storage
         self._settings = settings
         self._stats = stats
-        self._device_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Held from reading a device's notice to publishing it: a clear and a notice for one
+        # device cannot overtake each other in this replica.
+        self._device_locks = KeyedLocks()
         # Set when there may be PENDING executions to notify (a deployment was just created).
         self.pending = asyncio.Event()
 
@@ -213,25 +214,15 @@ class NoticeService:
                 ]
             )
 
-            async def publish(index: int) -> bool:
-                device_id = rows[index].device_id
-                async with self._device_locks[device_id]:
-                    try:
-                        await self._publish_notice(device_id, payloads[index])
-                    except PublishFailed:
-                        return False  # stays PENDING for the next round
-                    return True
-
-            async with turn:
-                # Published concurrently (each waits for its acknowledgement); a row becomes
-                # NOTIFIED only once the broker has its notice.
-                published = await map_bounded(
-                    publish, range(len(rows)), self._settings.mqtt.publish_concurrency
+            devices = [row.device_id for row in rows]
+            async with turn, self._device_locks.holding(devices):
+                # Handed over at once, paced by the publisher's in-flight window; a row becomes
+                # NOTIFIED only once the broker has acknowledged its notice, and one that was
+                # not stays PENDING for the next round.
+                published = await self._publisher.publish_many(
+                    Channel.DEPLOYMENT, list(zip(devices, payloads, strict=True))
                 )
-            for outcome in published:
-                if isinstance(outcome, Exception):
-                    raise outcome
-            notified = [row.id for row, ok in zip(rows, published, strict=True) if ok is True]
+            notified = [row.id for row, ok in zip(rows, published, strict=True) if ok]
             if notified:
                 await connection.execute(_MARK_NOTIFIED, {"ids": notified, "now": utc_now()})
             await session.commit()
@@ -254,9 +245,7 @@ class NoticeService:
         and a notice cannot overtake each other. PublishFailed if the broker is gone.
         """
         ids = sorted(set(device_ids))
-        async with contextlib.AsyncExitStack() as held:
-            for device_id in ids:  # in one order, so two refreshes cannot deadlock
-                await held.enter_async_context(self._device_locks[device_id])
+        async with self._device_locks.holding(ids):
             async with self._sessionmaker() as session:
                 rows = (
                     await session.exec(
@@ -295,9 +284,6 @@ class NoticeService:
                     await self._publish_notice(device_id, payload)
 
             results = await map_bounded(refresh, ids, self._settings.mqtt.publish_concurrency)
-        for device_id in ids:
-            if not self._device_locks[device_id].locked():
-                self._device_locks.pop(device_id, None)
         for result in results:
             if isinstance(result, Exception):
                 raise result
