@@ -486,21 +486,23 @@ class Notice:
     def claims(self) -> bytes:
         """What the notice signature covers: the canonical JSON of device, deployment, the
         release's identity and digest, and the validity window."""
-        return canonical_json(
-            {
-                "v": PAYLOAD_VERSION,
-                "kind": "notice",
-                "device_id": self.device_id,
-                "deployment_id": self.deployment_id,
-                "name": self.manifest.name,
-                "version": self.manifest.version,
-                "sha256": self.manifest.sha256,
-                "issued_at": self.issued_at,
-                "expires_at": self.expires_at,
-                "attempt": self.attempt,
-                "start_delay_s": self.start_delay_s,
-            }
-        )
+        return canonical_json(self.claims_document())
+
+    def claims_document(self) -> dict[str, Any]:
+        """The claims before encoding."""
+        return {
+            "v": PAYLOAD_VERSION,
+            "kind": "notice",
+            "device_id": self.device_id,
+            "deployment_id": self.deployment_id,
+            "name": self.manifest.name,
+            "version": self.manifest.version,
+            "sha256": self.manifest.sha256,
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+            "attempt": self.attempt,
+            "start_delay_s": self.start_delay_s,
+        }
 
     def signed_with(self, key: "Ed25519PrivateKey", *, kid: str | None = None) -> "Notice":
         """This notice with the backend's signature over its claims; `kid` is the key's id
@@ -527,22 +529,24 @@ class Notice:
         return self._wire(self.signature, self.key_id)
 
     def _wire(self, signature: str | None, kid: str | None) -> bytes:
-        return _encode(
-            {
-                "deployment_id": self.deployment_id,
-                "device_id": self.device_id,
-                "release": self.release.to_document(),
-                "issued_at": self.issued_at,
-                "expires_at": self.expires_at,
-                "url": self.url,
-                "url_expires_at": self.url_expires_at,
-                "rollback": None if self.rollback is None else self.rollback.to_document(),
-                "attempt": self.attempt,
-                "start_delay_s": self.start_delay_s,
-                "signature": signature,
-                "key_id": kid,
-            }
-        )
+        return _encode(self.wire_document(signature, kid))
+
+    def wire_document(self, signature: str | None, kid: str | None) -> dict[str, Any]:
+        """The wire form before encoding, with this signature and key id."""
+        return {
+            "deployment_id": self.deployment_id,
+            "device_id": self.device_id,
+            "release": self.release.to_document(),
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+            "url": self.url,
+            "url_expires_at": self.url_expires_at,
+            "rollback": None if self.rollback is None else self.rollback.to_document(),
+            "attempt": self.attempt,
+            "start_delay_s": self.start_delay_s,
+            "signature": signature,
+            "key_id": kid,
+        }
 
     @classmethod
     def parse(cls, raw: bytes) -> Self:

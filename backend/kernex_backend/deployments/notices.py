@@ -47,7 +47,7 @@ from kernex_backend.deployments.models import (
     ExecutionState,
 )
 from kernex_protocol.manifest import ReleaseManifest, SignedRelease, SignedRollback, key_id
-from kernex_protocol.payloads import Notice
+from kernex_protocol.notice_template import NoticeTemplate
 from kernex_protocol.topics import Channel
 
 log = structlog.get_logger(__name__)
@@ -332,10 +332,10 @@ class _Addressee(Protocol):
 
 
 class _NoticeBatch:
-    """Builds the notices of one query's rows. What they share is built once (the signed
-    release per bundle, the rollback approval per deployment, the validity window, the key's
-    id); per device only its claims are signed: 10,000 notices cost 10,000 signatures and
-    little else."""
+    """Builds the notices of one query's rows. What they share is encoded once per bundle and
+    deployment (a NoticeTemplate: the signed release, the rollback approval, the URL, the
+    validity window); per device only its values are written in and its claims signed: 10,000
+    notices cost 10,000 signatures and little else."""
 
     def __init__(
         self,
@@ -347,14 +347,9 @@ class _NoticeBatch:
     ) -> None:
         now = utc_now()
         self._key, self._kid, self._urls = key, kid, urls
-        self._url_expiry = {
-            bundle_id: url.expires_at.isoformat(timespec="seconds")
-            for bundle_id, url in urls.items()
-        }
         self._issued_at = now.isoformat(timespec="seconds")
         self._expires_at = (now + ttl).isoformat(timespec="seconds")
-        self._releases: dict[uuid.UUID, SignedRelease] = {}
-        self._rollbacks: dict[uuid.UUID, SignedRollback] = {}
+        self._templates: dict[tuple[uuid.UUID, uuid.UUID], NoticeTemplate] = {}
 
     def payload(
         self,
@@ -364,26 +359,23 @@ class _NoticeBatch:
     ) -> bytes:
         """The signed notice (re-signed at every publish); a rollback deployment's carries the
         release team's signed rollback approval."""
-        release = self._releases.get(bundle.id)
-        if release is None:
-            release = self._releases[bundle.id] = signed_release(bundle)
-        approval = None
-        if rollback is not None:
-            approval = self._rollbacks.get(execution.deployment_id)
-            if approval is None:
-                approval = SignedRollback.from_document(dict(rollback))
-                self._rollbacks[execution.deployment_id] = approval
-        url = self._urls[bundle.id]
-        notice = Notice(
+        shared = (bundle.id, execution.deployment_id)
+        template = self._templates.get(shared)
+        if template is None:
+            url = self._urls[bundle.id]
+            template = self._templates[shared] = NoticeTemplate(
+                release=signed_release(bundle),
+                issued_at=self._issued_at,
+                expires_at=self._expires_at,
+                url=url.url,
+                url_expires_at=url.expires_at.isoformat(timespec="seconds"),
+                rollback=None if rollback is None else SignedRollback.from_document(dict(rollback)),
+            )
+        return template.signed_payload(
+            self._key,
+            kid=self._kid,
             deployment_id=str(execution.deployment_id),
             device_id=execution.device_id,
-            release=release,
-            issued_at=self._issued_at,
-            expires_at=self._expires_at,
-            url=url.url,
-            url_expires_at=self._url_expiry[bundle.id],
-            rollback=approval,
             attempt=max(1, execution.attempt),
             start_delay_s=execution.start_delay_s,
         )
-        return notice.signed_payload(self._key, kid=self._kid)
