@@ -1,11 +1,7 @@
 """The notifier against real PostgreSQL and our Mosquitto: PENDING executions of running
 deployments get one signed, retained notice each and become NOTIFIED, batch after batch."""
 
-import asyncio
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +10,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernex_backend.core.config import MqttSettings, Settings
+from kernex_backend.core.config import Settings
 from kernex_backend.core.db import create_sessionmaker
 from kernex_backend.core.messaging import TrafficCounters
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
 from kernex_backend.deployments.notices import NoticeService
-from kernex_backend.mqtt.bridge import MqttBridge
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.manifest import key_id
 from kernex_protocol.payloads import Notice
@@ -27,34 +22,12 @@ from kernex_protocol.topics import Channel, subscription_for_all, topic_for
 from tests.conftest import Connector
 from tests.factories import add_bundle, add_deployment, add_devices
 from tests.integration.conftest import storage_of
+from tests.integration.fleet.conftest import bridge_settings, connected_bridge
 from tests.integration.mqtt_client import Identity, Received
 
 pytestmark = pytest.mark.integration
 
 BATCH = 4  # small batches, so one call takes many and both lanes take turns
-
-
-@contextlib.asynccontextmanager
-async def connected_bridge(broker: EmbeddedBroker, mqtt: MqttSettings) -> AsyncIterator[MqttBridge]:
-    bridge = MqttBridge(mqtt)
-    task = asyncio.create_task(bridge.run())
-    try:
-        await asyncio.wait_for(bridge.connected.wait(), 15)
-        yield bridge
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-@pytest.fixture
-def observer_identity(broker: EmbeddedBroker, tmp_path: Path) -> Identity:
-    """A second service identity: the broker makes the CN the client id, so an observer with
-    the backend's own would end the backend's session."""
-    folder = tmp_path / "observer"
-    name = f"test-observer-{uuid.uuid4().hex[:6]}"
-    broker.add_service_identity(name, folder)
-    return Identity(name, folder / "ca-chain.pem", folder / "service.crt", folder / "service.key")
 
 
 async def states(engine: AsyncEngine, deployment: uuid.UUID) -> dict[str, tuple[str, Any]]:
@@ -108,12 +81,8 @@ async def test_every_pending_execution_is_notified_once_in_batches(
     assert observer.connected.wait(10), observer.error
     observer.subscribe(subscription_for_all(Channel.DEPLOYMENT))
 
-    mqtt = MqttSettings(
-        host=broker.host,
-        port=broker.port,
-        ca_file=broker.layout.ca_chain,
-        cert_file=broker.service_dir / "service.crt",
-        key_file=broker.service_dir / "service.key",
+    mqtt = bridge_settings(
+        broker,
         notify_batch_size=BATCH,
         publish_concurrency=3,
     )

@@ -12,26 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from kernex_backend.core.config import MqttSettings
 from kernex_backend.core.messaging import PublishFailed
 from kernex_backend.mqtt import bridge as bridge_module
 from kernex_devstack.broker import EmbeddedBroker
 from kernex_protocol.topics import Channel
-from tests.integration.fleet.test_notifier import connected_bridge
+from tests.integration.fleet.conftest import bridge_settings, connected_bridge
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 0.5
-
-
-def settings_for(broker: EmbeddedBroker) -> MqttSettings:
-    return MqttSettings(
-        host=broker.host,
-        port=broker.port,
-        ca_file=broker.layout.ca_chain,
-        cert_file=broker.service_dir / "service.crt",
-        key_file=broker.service_dir / "service.key",
-    )
 
 
 @contextlib.contextmanager
@@ -54,7 +43,7 @@ async def test_an_unacknowledged_publish_fails_within_the_timeout(
 ) -> None:
     monkeypatch.setattr(bridge_module, "_PUBLISH_TIMEOUT_S", TIMEOUT_S)
     with EmbeddedBroker(tmp_path / "broker") as broker:
-        async with connected_bridge(broker, settings_for(broker)) as bridge:
+        async with connected_bridge(broker, bridge_settings(broker)) as bridge:
             # Acknowledged while the broker runs: the timeout does not cut a normal publish.
             await bridge.publish_to("timeout-dev", Channel.DEPLOYMENT, b"")
             with frozen(broker):
@@ -72,7 +61,7 @@ async def test_a_batch_ends_when_no_acknowledgement_comes_for_the_timeout(
 ) -> None:
     monkeypatch.setattr(bridge_module, "_PUBLISH_TIMEOUT_S", TIMEOUT_S)
     with EmbeddedBroker(tmp_path / "broker") as broker:
-        async with connected_bridge(broker, settings_for(broker)) as bridge:
+        async with connected_bridge(broker, bridge_settings(broker)) as bridge:
             # More than the in-flight window: paho sends the rest as acknowledgements come.
             assert await bridge.publish_many(Channel.DEPLOYMENT, batch("ok", 300)) == [True] * 300
             with frozen(broker):
@@ -91,7 +80,7 @@ async def test_a_batch_ends_when_the_connection_is_lost(
     # A long stall limit: only the lost connection can end this batch in time.
     monkeypatch.setattr(bridge_module, "_PUBLISH_TIMEOUT_S", 60.0)
     with EmbeddedBroker(tmp_path / "broker") as broker:
-        async with connected_bridge(broker, settings_for(broker)) as bridge:
+        async with connected_bridge(broker, bridge_settings(broker)) as bridge:
             with frozen(broker):
                 pending = asyncio.create_task(
                     bridge.publish_many(Channel.DEPLOYMENT, batch("lost", 100))
