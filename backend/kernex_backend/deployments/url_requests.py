@@ -3,9 +3,7 @@ asking device's own, at most `mqtt.url_requests_per_minute` a minute per device 
 device's traffic budget, which the bridge applies before parsing)."""
 
 import datetime as dt
-import time
 import uuid
-from collections import defaultdict, deque
 
 from sqlalchemy.ext.asyncio import async_sessionmaker
 from sqlmodel import col, select
@@ -15,6 +13,7 @@ from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.config import Settings
 from kernex_backend.core.messaging import DevicePublisher, TrafficCounters
+from kernex_backend.core.sliding_window import SlidingWindowLimit
 from kernex_backend.deployments.models import (
     LIVE_STATES,
     Deployment,
@@ -42,21 +41,11 @@ class UrlRequests:
         self._storage = storage
         self._settings = settings
         self._stats = stats
-        self._url_requests: dict[str, deque[float]] = defaultdict(deque)
-
-    def _allow_url_request(self, device_id: str) -> bool:
-        window = self._url_requests[device_id]
-        now = time.monotonic()
-        while window and window[0] < now - 60:
-            window.popleft()
-        if len(window) >= self._settings.mqtt.url_requests_per_minute:
-            return False
-        window.append(now)
-        return True
+        self._per_device = SlidingWindowLimit(settings.mqtt.url_requests_per_minute, 60.0)
 
     async def answer(self, device_id: str, request: UrlRequest) -> None:
         """Answer a url/request with a fresh URL, or say why there is none."""
-        if not self._allow_url_request(device_id):
+        if not self._per_device.allow(device_id):
             self._stats.count("url_requests.rate_limited")
             return
         response = UrlResponse(
