@@ -96,7 +96,8 @@ class _GatedClient(aiomqtt.Client):
         for index, (topic, payload) in enumerate(messages):
             info = self._client.publish(topic, payload, qos, retain)
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                continue  # not connected: stays unacknowledged
+                acks.refuse(index)  # not connected, or paho's queue is full: failed now
+                continue
             if info.is_published():  # QoS 0: sent is all there is
                 acks.ack(index)
             else:
@@ -130,6 +131,12 @@ class _Acks:
     def ack(self, index: int) -> None:
         if not self.acked[index]:
             self.acked[index] = True
+            self._missing -= 1
+            self._news.set()
+
+    def refuse(self, index: int) -> None:
+        """paho did not take this message: it failed, and no acknowledgement will come."""
+        if not self.acked[index]:
             self._missing -= 1
             self._news.set()
 
