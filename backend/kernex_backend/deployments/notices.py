@@ -34,11 +34,10 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.bundles.models import Bundle
 from kernex_backend.bundles.storage import BundleStorage, DownloadUrl
-from kernex_backend.core.concurrency import map_bounded
 from kernex_backend.core.config import Settings
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.keyed_locks import KeyedLocks
-from kernex_backend.core.messaging import DevicePublisher, TrafficCounters
+from kernex_backend.core.messaging import DevicePublisher, PublishFailed, TrafficCounters
 from kernex_backend.deployments.models import (
     LIVE_STATES,
     Deployment,
@@ -163,9 +162,6 @@ class NoticeService:
             urls=urls,
         )
 
-    async def _publish_notice(self, device_id: str, payload: bytes) -> None:
-        await self._publisher.publish_to(device_id, Channel.DEPLOYMENT, payload)
-
     async def publish_pending(self) -> int:
         """Notify PENDING executions of running deployments, a batch at a time until none is
         left (or the broker is gone); returns how many were notified.
@@ -274,19 +270,21 @@ class NoticeService:
             live = {row[0].device_id: row for row in rows}
             notices = self._notices(await self._urls(bundle for _, bundle, _ in live.values()))
 
-            async def refresh(device_id: str) -> None:
+            messages: list[tuple[str, bytes]] = []
+            for device_id in ids:
                 row = live.get(device_id)
                 if row is None:
-                    await self._publish_notice(device_id, b"")
-                    self._stats.count("notices.cleared")
+                    messages.append((device_id, b""))  # nothing live: clear the topic
                 elif row[0].state != ExecutionState.PENDING:
-                    payload = notices.payload(*row)
-                    await self._publish_notice(device_id, payload)
-
-            results = await map_bounded(refresh, ids, self._settings.mqtt.publish_concurrency)
-        for result in results:
-            if isinstance(result, Exception):
-                raise result
+                    messages.append((device_id, notices.payload(*row)))
+            published = await self._publisher.publish_many(Channel.DEPLOYMENT, messages)
+        cleared = sum(
+            ok for (_, payload), ok in zip(messages, published, strict=True) if not payload
+        )
+        self._stats.count("notices.cleared", cleared)
+        failed = published.count(False)
+        if failed:
+            raise PublishFailed(f"{failed} of {len(messages)} notice refreshes not acknowledged")
 
     async def reconcile(self) -> int:
         """Re-publish live notices and refresh recently ended ones; one replica at a time."""
@@ -312,8 +310,9 @@ class NoticeService:
                     .distinct()
                 )
             ).all()
-            for device_id in devices:
-                await self.refresh_device(device_id)
+            size = self._settings.mqtt.notify_batch_size
+            for start in range(0, len(devices), size):
+                await self.refresh_devices(devices[start : start + size])
         self._stats.count("notices.reconciled", len(devices))
         return len(devices)
 

@@ -111,3 +111,67 @@ async def test_every_pending_execution_is_notified_once_in_batches(
         assert len(received) == 1, (device_id, received)
         assert received[0].deployment_id == str(deployment)
         received[0].verify(trusted)  # raises unless signed with the notice key
+
+
+async def test_reconcile_republishes_live_notices_and_clears_ended_ones_in_batches(
+    app: FastAPI,
+    settings: Settings,
+    engine: AsyncEngine,
+    broker: EmbeddedBroker,
+    mqtt_connect: Connector,
+    observer_identity: Identity,
+) -> None:
+    run = uuid.uuid4().hex[:6]
+    live = [f"rc-{run}-l{i}" for i in range(9)]  # more than two batches
+    ended = [f"rc-{run}-e{i}" for i in range(3)]
+    pending = [f"rc-{run}-p{i}" for i in range(2)]
+    await add_devices(engine, *live, *ended, *pending)
+    bundle = await add_bundle(engine)
+    deployment = await add_deployment(
+        engine,
+        {
+            **dict.fromkeys(live, ExecutionState.NOTIFIED),
+            **dict.fromkeys(ended, ExecutionState.SUCCEEDED),
+            **dict.fromkeys(pending, ExecutionState.PENDING),
+        },
+        bundle_id=bundle,
+    )
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE deployment_executions SET finished_at = now()"
+                " WHERE deployment_id = :d AND state = 'succeeded'"
+            ),
+            {"d": deployment},
+        )
+    observer = mqtt_connect(observer_identity)
+    assert observer.connected.wait(10), observer.error
+    observer.subscribe(subscription_for_all(Channel.DEPLOYMENT))
+
+    mqtt = bridge_settings(broker, notify_batch_size=BATCH, publish_concurrency=3)
+    stats = TrafficCounters()
+    async with connected_bridge(broker, mqtt) as bridge:
+        notices = NoticeService(
+            sessionmaker=create_sessionmaker(engine),
+            publisher=bridge,
+            storage=storage_of(app),
+            settings=settings.model_copy(update={"mqtt": mqtt}),
+            stats=stats,
+            signing_key=Ed25519PrivateKey.generate(),
+        )
+        # Other tests' executions share the database: at least ours are reconciled.
+        assert await notices.reconcile() >= len(live) + len(ended)
+
+    messages = observer.drain(wait=1.0)
+    seen = notices_by_device(messages, live + ended + pending)
+    assert sorted(seen) == sorted(live)  # PENDING ones are left to the notifier
+    assert all(len(received) == 1 for received in seen.values())
+    assert {n[0].deployment_id for n in seen.values()} == {str(deployment)}
+    cleared = {
+        m.topic for m in messages if not m.payload and m.topic.split("/")[3] in ended + pending
+    }
+    assert cleared == {topic_for(device_id, Channel.DEPLOYMENT) for device_id in ended}
+    assert stats.counts["notices.cleared"] >= len(ended)
+    # Still live, still NOTIFIED: a reconcile changes no execution.
+    states_after = await states(engine, deployment)
+    assert {states_after[d][0] for d in live} == {"notified"}
