@@ -18,10 +18,16 @@ device reconnecting (a full mTLS handshake) in a tight loop.
 Figures (goal from the hardening issue: within 10 % of the calm run):
 - attack.ingest_per_s: stored per second under attack, the calm window as baseline;
 - attack.complete_s: the median deployment under attack, the calm one as baseline;
-- attack.broker_cpu_share and attack.attacker_cpu_share: the host's CPU (all cores) used by the
-  broker in each phase, and by the attacker processes, which would not be on this host;
+- attack.broker_cpu_share, attack.backend_cpu_share and attack.attacker_cpu_share: the host's
+  CPU (all cores) used by the broker and by the backend in each phase, and by the attacker
+  processes, which would not be on this host;
 - attack.hostile_messages and attack.reconnects: what the attackers sent (connections that
   completed their handshake).
+
+`--attacker-cpus 1` splits the host in two machines: the attackers run on the CPUs named, and
+everything else (broker, backend, database, store, simulated devices) on the others, in both
+phases. The attackers' own CPU then takes nothing from the fleet, as it would not from a real
+fleet; what the attack still costs is the product's work on its traffic.
 
 `--edge-limit` loads deploy/nftables/kernex-broker.nft (a per-source limit on new connections)
 in front of the broker once the fleet is online; the reconnecting attacker connects from an
@@ -29,6 +35,7 @@ address of its own (127.0.0.2).
 
     .venv/bin/python bench/attack_benchmark.py [--devices 2000] [--heartbeat-s 5]
         [--update-devices 300] [--rounds 3] [--window-s 60] [--flooders 4] [--edge-limit]
+        [--attacker-cpus 1]
 """
 
 import argparse
@@ -81,11 +88,19 @@ ATTACKER_ADDRESS = "127.0.0.2"
 EDGE_RULES = Path(__file__).resolve().parents[1] / "deploy" / "nftables" / "kernex-broker.nft"
 
 
+def attacker_process(cpus: set[int] | None) -> None:
+    """Make this process an attacker's: at nice 10, and on its own CPUs when the host is split
+    (its children inherit both)."""
+    os.nice(10)
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
 def publisher(  # noqa: PLR0917 - a process target
-    kind: str, device_id: str, folder: Path, port: int, seconds: float, sent: Any
+    kind: str, device_id: str, folder: Path, port: int, seconds: float, sent: Any, cpus: Any
 ) -> None:
     """A process: publish the `kind` of hostile message in a loop, one every pause."""
-    os.nice(10)
+    attacker_process(cpus)
     message, pause = MESSAGES[kind]
     client = client_for(device_id, folder, port)
     client.loop_start()
@@ -101,10 +116,12 @@ def publisher(  # noqa: PLR0917 - a process target
     client.disconnect()
 
 
-def reconnector(device_id: str, folder: Path, port: int, seconds: float, sent: Any) -> None:
+def reconnector(  # noqa: PLR0917 - a process target
+    device_id: str, folder: Path, port: int, seconds: float, sent: Any, cpus: Any
+) -> None:
     """A process: connect (a full mTLS handshake, CONNECT) and drop the connection, in a loop.
     The TLS context is built once, as an attacker would: only the handshakes cost the broker."""
-    os.nice(10)
+    attacker_process(cpus)
     context = tls_context_for(folder)
     end = time.monotonic() + seconds
     count = 0
@@ -134,9 +151,13 @@ def edge_limit(port: int) -> Iterator[None]:
         subprocess.run(["nft", "delete", "table", "inet", table], check=False, capture_output=True)
 
 
-def flooders(ids: list[str], root: Path, port: int, seconds: float, sent: list[Any]) -> None:
+def flooders(  # noqa: PLR0917 - a process target
+    ids: list[str], root: Path, port: int, seconds: float, sent: list[Any], cpus: Any
+) -> None:
     """A process: one flooder after another, each for its share of `seconds` (quarantine cuts
-    each off at the broker long before)."""
+    each off at the broker long before). Each flooder sets its own nice level."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
     share = seconds / len(ids)
     spawn = multiprocessing.get_context("spawn")
     for device_id, count in zip(ids, sent, strict=True):
@@ -190,27 +211,34 @@ class Phase:
 
     def __init__(self, stack: FleetStack, attackers: list[psutil.Process]) -> None:
         self.stack = stack
-        self.broker = stack.processes()["broker"]
+        processes = stack.processes()
+        self.broker, self.backend = processes["broker"], processes["backend"]
         self.attackers = attackers
         self.ingest = 0.0
         self.completes: list[float] = []
         self.broker_share = 0.0
+        self.backend_share = 0.0
         self.attacker_share = 0.0
 
     def run(self, window_s: float, versions: list[str], device_sets: list[list[str]]) -> None:
         started = time.monotonic()
-        broker_before = cpu_s(self.broker)
+        broker_before, backend_before = cpu_s(self.broker), cpu_s(self.backend)
         attackers_before = sum(cpu_s(p) for p in self.attackers)
         self.ingest = ingest_per_s(self.stack, window_s)
         for version, ids in zip(versions, device_sets, strict=True):
             self.completes.append(complete_s(self.stack, version, ids))
         host_s = (time.monotonic() - started) * (os.cpu_count() or 1)
         self.broker_share = (cpu_s(self.broker) - broker_before) / host_s
+        self.backend_share = (cpu_s(self.backend) - backend_before) / host_s
         self.attacker_share = (sum(cpu_s(p) for p in self.attackers) - attackers_before) / host_s
 
     @property
     def complete(self) -> float:
         return statistics.median(self.completes)
+
+
+def cpu_list(cpus: set[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
 
 
 def against_calm(name: str, attacked: float, calm: float, unit: str, digits: int) -> Figure:
@@ -220,7 +248,7 @@ def against_calm(name: str, attacked: float, calm: float, unit: str, digits: int
     )
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -235,10 +263,26 @@ def main() -> None:
         action="store_true",
         help="load deploy/nftables/kernex-broker.nft in front of the broker for the whole run",
     )
+    parser.add_argument(
+        "--attacker-cpus",
+        type=lambda text: {int(cpu) for cpu in text.split(",")},
+        help="run the attackers on these CPUs (comma-separated) and everything else on the rest",
+    )
     parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
     if 2 * args.rounds * args.update_devices > args.devices:
         parser.error("--devices must hold 2 x --rounds x --update-devices (each updated once)")
+    args.fleet_cpus = os.sched_getaffinity(0) - (args.attacker_cpus or set())
+    if not args.fleet_cpus:
+        parser.error("--attacker-cpus must leave a CPU to the fleet")
+    return args
+
+
+def main() -> None:
+    args = arguments()
+    fleet_cpus = args.fleet_cpus
+    # Everything started from here (the stack and the simulated devices) inherits this.
+    os.sched_setaffinity(0, fleet_cpus)
     root = args.keep or Path(tempfile.mkdtemp(prefix="kernex-bench-attack-"))
     stack = FleetStack.with_quarantine(root)
     agent_state = Path(tempfile.mkdtemp(prefix="kernex-bench-agents-", dir=TMPFS))
@@ -273,10 +317,13 @@ def main() -> None:
         seconds = args.window_s + 900  # outlasts both measurements; stopped after them
         for name, device_id in others.items():
             common = (device_id, stack.root / "raw" / device_id, stack.broker.port, seconds)
+            cpus = args.attacker_cpus
             if name == "reconnector":
-                process = spawn.Process(target=reconnector, args=(*common, counters[name]))
+                process = spawn.Process(target=reconnector, args=(*common, counters[name], cpus))
             else:
-                process = spawn.Process(target=publisher, args=(name, *common, counters[name]))
+                process = spawn.Process(
+                    target=publisher, args=(name, *common, counters[name], cpus)
+                )
             attackers.append(process)
         attackers.append(
             spawn.Process(
@@ -287,6 +334,7 @@ def main() -> None:
                     stack.broker.port,
                     args.window_s * 2,
                     flooded,
+                    args.attacker_cpus,
                 ),
             )
         )
@@ -310,6 +358,13 @@ def main() -> None:
                 "attack.broker_cpu_share",
                 attacked.broker_share,
                 calm.broker_share,
+                "of the host",
+                3,
+            ),
+            against_calm(
+                "attack.backend_cpu_share",
+                attacked.backend_share,
+                calm.backend_share,
                 "of the host",
                 3,
             ),
@@ -338,9 +393,15 @@ def main() -> None:
                 if args.edge_limit
                 else "No limit in front of the broker (Mosquitto alone)."
             ),
-            "CPU shares are of the whole host (all cores) over each phase: the broker's, and "
-            "the attacker processes' (each stands for a machine of its own, at nice 10, but "
-            "runs on this host).",
+            "CPU shares are of the whole host (all cores) over each phase: the broker's, the "
+            "backend's, and the attacker processes' (each stands for a machine of its own, at "
+            "nice 10, but runs on this host).",
+            (
+                f"The host split in two: the attackers on CPU {cpu_list(args.attacker_cpus)}, "
+                f"everything else on CPU {cpu_list(fleet_cpus)}, in both phases."
+                if args.attacker_cpus
+                else "No split: the attackers share every CPU with the fleet."
+            ),
         ]
     finally:
         limits.close()
@@ -357,9 +418,12 @@ def main() -> None:
         f"--heartbeat-s {args.heartbeat_s:.0f} --update-devices {args.update_devices} "
         f"--rounds {args.rounds} --window-s {args.window_s:.0f} --flooders {args.flooders}"
         + (" --edge-limit" if args.edge_limit else "")
+        + (f" --attacker-cpus {cpu_list(args.attacker_cpus)}" if args.attacker_cpus else "")
     )
-    title = f"Attack: hostile devices against {args.devices} devices" + (
-        ", connections limited at the edge" if args.edge_limit else ""
+    title = (
+        f"Attack: hostile devices against {args.devices} devices"
+        + (", connections limited at the edge" if args.edge_limit else "")
+        + (", attackers on CPUs of their own" if args.attacker_cpus else "")
     )
     record(title, command, figures, notes)
 
