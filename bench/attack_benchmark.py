@@ -2,16 +2,20 @@
 
 The whole product on this machine (fleet_stack.py, the backend allowed to quarantine devices at
 the broker) with `--devices` simulated devices running the real agent (heartbeats every
-`--heartbeat-s`). The same two measurements run twice, calm and then under attack:
+`--heartbeat-s`). Each measurement is taken calm and under attack:
 
-- ingest: the simulated devices' heartbeats stored per second over `--window-s`;
-- complete: `--rounds` deployments of a small bundle to `--update-devices` of them each (a
-  different set each time), from creation until every execution succeeded; the median counts.
+- ingest: the simulated devices' heartbeats stored per second over `--window-s`, calm and then
+  attacked;
+- complete: `--rounds` pairs of deployments of a small bundle to `--update-devices` devices
+  each (a different set each time), from creation until every execution succeeded, calm and
+  attacked in turn; the medians count. Alternating matters on a shared host: its load drifts
+  over minutes, and a calm phase followed by an attacked one charged that drift to the attack.
 
-The attack, for the whole second phase, from processes of their own at nice 10 (each stands
-for a machine of its own, as the simulated devices do): `--flooders` devices publishing
-heartbeats at QoS 0 as fast as they can, one after the other (each is quarantined, which ends
-its session and keeps it out, and the next starts); a device sending malformed, oversized and
+The attack, started before each attacked measurement and stopped after it, from processes of
+their own at nice 10 (each stands for a machine of its own, as the simulated devices do):
+devices publishing heartbeats at QoS 0 as fast as they can (`--flooders` one after the other
+over the ingest window, then a new one for each attacked deployment; each is quarantined,
+which ends its session and keeps it out); a device sending malformed, oversized and
 deeply nested payloads on every channel; a device publishing on other devices' topics; and a
 device reconnecting (a full mTLS handshake) in a tight loop.
 
@@ -19,14 +23,15 @@ Figures (goal from the hardening issue: within 10 % of the calm run):
 - attack.ingest_per_s: stored per second under attack, the calm window as baseline;
 - attack.complete_s: the median deployment under attack, the calm one as baseline;
 - attack.broker_cpu_share, attack.backend_cpu_share and attack.attacker_cpu_share: the host's
-  CPU (all cores) used by the broker and by the backend in each phase, and by the attacker
+  CPU (all cores) used by the broker and by the backend over the calm and over the attacked
+  measurements, and by the attacker
   processes, which would not be on this host;
 - attack.hostile_messages and attack.reconnects: what the attackers sent (connections that
   completed their handshake).
 
 `--attacker-cpus 1` splits the host in two machines: the attackers run on the CPUs named, and
-everything else (broker, backend, database, store, simulated devices) on the others, in both
-phases. The attackers' own CPU then takes nothing from the fleet, as it would not from a real
+everything else (broker, backend, database, store, simulated devices) on the others,
+throughout. The attackers' own CPU then takes nothing from the fleet, as it would not from a real
 fleet; what the attack still costs is the product's work on its traffic.
 
 `--edge-limit` loads deploy/nftables/kernex-broker.nft (a per-source limit on new connections)
@@ -35,7 +40,7 @@ address of its own (127.0.0.2).
 
     .venv/bin/python bench/attack_benchmark.py [--devices 2000] [--heartbeat-s 5]
         [--update-devices 300] [--rounds 3] [--window-s 60] [--flooders 4] [--edge-limit]
-        [--attacker-cpus 1]
+        [--attacker-cpus 1] [--without flood|malformed|impostor|reconnector ...]
 """
 
 import argparse
@@ -205,36 +210,88 @@ def cpu_s(process: psutil.Process) -> float:
     return total
 
 
-class Phase:
-    """One phase (calm or attacked): ingest over a window, then `rounds` deployments, with the
-    CPU the broker (and the attackers, if any) used meanwhile."""
+class Meter:
+    """CPU seconds of the broker and the backend, and wall time, summed over the calm and over
+    the attacked measurements."""
 
-    def __init__(self, stack: FleetStack, attackers: list[psutil.Process]) -> None:
-        self.stack = stack
+    def __init__(self, stack: FleetStack) -> None:
         processes = stack.processes()
         self.broker, self.backend = processes["broker"], processes["backend"]
-        self.attackers = attackers
-        self.ingest = 0.0
-        self.completes: list[float] = []
-        self.broker_share = 0.0
-        self.backend_share = 0.0
-        self.attacker_share = 0.0
+        self.broker_s = {"calm": 0.0, "attacked": 0.0}
+        self.backend_s = {"calm": 0.0, "attacked": 0.0}
+        self.wall_s = {"calm": 0.0, "attacked": 0.0}
 
-    def run(self, window_s: float, versions: list[str], device_sets: list[list[str]]) -> None:
+    @contextlib.contextmanager
+    def measuring(self, kind: str) -> Iterator[None]:
         started = time.monotonic()
-        broker_before, backend_before = cpu_s(self.broker), cpu_s(self.backend)
-        attackers_before = sum(cpu_s(p) for p in self.attackers)
-        self.ingest = ingest_per_s(self.stack, window_s)
-        for version, ids in zip(versions, device_sets, strict=True):
-            self.completes.append(complete_s(self.stack, version, ids))
-        host_s = (time.monotonic() - started) * (os.cpu_count() or 1)
-        self.broker_share = (cpu_s(self.broker) - broker_before) / host_s
-        self.backend_share = (cpu_s(self.backend) - backend_before) / host_s
-        self.attacker_share = (sum(cpu_s(p) for p in self.attackers) - attackers_before) / host_s
+        broker, backend = cpu_s(self.broker), cpu_s(self.backend)
+        yield
+        self.wall_s[kind] += time.monotonic() - started
+        self.broker_s[kind] += cpu_s(self.broker) - broker
+        self.backend_s[kind] += cpu_s(self.backend) - backend
 
-    @property
-    def complete(self) -> float:
-        return statistics.median(self.completes)
+    def share(self, cpu_s_by_kind: dict[str, float], kind: str) -> float:
+        """A share of the whole host (all cores) over the `kind` measurements."""
+        return cpu_s_by_kind[kind] / (self.wall_s[kind] * (os.cpu_count() or 1))
+
+
+class Attack:
+    """The attacker processes, started for each attacked measurement and stopped after it, so
+    that calm and attacked measurements alternate and a drift of the host's load falls on both
+    alike instead of on whichever phase came second."""
+
+    def __init__(
+        self,
+        stack: FleetStack,
+        others: dict[str, str],
+        cpus: set[int] | None,
+        without: frozenset[str] = frozenset(),
+    ) -> None:
+        """`without`: the kinds of attacker ("flood" or a name in `others`) left out."""
+        self._stack = stack
+        self._others = {name: device for name, device in others.items() if name not in without}
+        self._flood = "flood" not in without
+        self._cpus = cpus
+        self._spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
+        self._running: list[tuple[Any, Any]] = []  # (process, its message counter)
+        self.sent: dict[str, int] = dict.fromkeys([*others, "flood"], 0)
+        self.cpu_s = 0.0
+
+    def start(self, flooder_ids: list[str], flood_s: float) -> None:
+        """Every attacker, with `flooder_ids` flooding one after another over `flood_s`."""
+        stack, spawn = self._stack, self._spawn
+        seconds = 3600.0  # until stopped
+        for name, device_id in self._others.items():
+            common = (device_id, stack.root / "raw" / device_id, stack.broker.port, seconds)
+            counter = spawn.Value("q", 0)
+            if name == "reconnector":
+                process = spawn.Process(target=reconnector, args=(*common, counter, self._cpus))
+            else:
+                process = spawn.Process(target=publisher, args=(name, *common, counter, self._cpus))
+            self._running.append((process, (name, [counter])))
+        if self._flood:
+            counts = [spawn.Value("q", 0) for _ in flooder_ids]
+            process = spawn.Process(
+                target=flooders,
+                args=(flooder_ids, stack.root, stack.broker.port, flood_s, counts, self._cpus),
+            )
+            self._running.append((process, ("flood", counts)))
+        for process, _ in self._running:
+            process.start()
+        time.sleep(2)  # connected and sending
+
+    def stop(self) -> None:
+        """Stop every attacker (a flooder's own process too), counting what they did."""
+        for process, (name, counters) in self._running:
+            with contextlib.suppress(psutil.Error):
+                tree = psutil.Process(process.pid)
+                self.cpu_s += cpu_s(tree)
+                for child in tree.children(recursive=True):
+                    child.kill()
+            process.kill()
+            process.join(30)
+            self.sent[name] += sum(counter.value for counter in counters)
+        self._running = []
 
 
 def cpu_list(cpus: set[int]) -> str:
@@ -268,6 +325,13 @@ def arguments() -> argparse.Namespace:
         type=lambda text: {int(cpu) for cpu in text.split(",")},
         help="run the attackers on these CPUs (comma-separated) and everything else on the rest",
     )
+    parser.add_argument(
+        "--without",
+        action="append",
+        default=[],
+        choices=["flood", "malformed", "impostor", "reconnector"],
+        help="leave this kind of attacker out (repeatable), to see what each costs",
+    )
     parser.add_argument("--keep", type=Path, help="keep the run's files here")
     args = parser.parse_args()
     if 2 * args.rounds * args.update_devices > args.devices:
@@ -287,13 +351,13 @@ def main() -> None:
     stack = FleetStack.with_quarantine(root)
     agent_state = Path(tempfile.mkdtemp(prefix="kernex-bench-agents-", dir=TMPFS))
     sim = None
-    spawn = multiprocessing.get_context("spawn")  # no fork of a process with threads
-    attackers: list[Any] = []
     limits = contextlib.ExitStack()
+    attacks = contextlib.ExitStack()  # stops the attackers if the run ends early
     try:
         stack.start()
         sim_ids = [f"bench-{i:05d}" for i in range(1, args.devices + 1)]
-        flooder_ids = [f"flooder-{i:03d}" for i in range(args.flooders)]
+        # --flooders for the ingest window, then one for each attacked deployment.
+        flooder_ids = [f"flooder-{i:03d}" for i in range(args.flooders + args.rounds)]
         others = {"malformed": "malformed-001", "impostor": "impostor-001"}
         others["reconnector"] = "reconnector-001"
         stack.register([*sim_ids, *flooder_ids, *others.values()])
@@ -309,105 +373,88 @@ def main() -> None:
 
         size = args.update_devices
         sets = [sim_ids[i * size : (i + 1) * size] for i in range(2 * args.rounds)]
-        calm = Phase(stack, [])
-        calm.run(args.window_s, [f"2.0.{i}" for i in range(args.rounds)], sets[: args.rounds])
-
-        counters = {name: spawn.Value("q", 0) for name in others}
-        flooded = [spawn.Value("q", 0) for _ in flooder_ids]
-        seconds = args.window_s + 900  # outlasts both measurements; stopped after them
-        for name, device_id in others.items():
-            common = (device_id, stack.root / "raw" / device_id, stack.broker.port, seconds)
-            cpus = args.attacker_cpus
-            if name == "reconnector":
-                process = spawn.Process(target=reconnector, args=(*common, counters[name], cpus))
-            else:
-                process = spawn.Process(
-                    target=publisher, args=(name, *common, counters[name], cpus)
-                )
-            attackers.append(process)
-        attackers.append(
-            spawn.Process(
-                target=flooders,
-                args=(
-                    flooder_ids,
-                    stack.root,
-                    stack.broker.port,
-                    args.window_s * 2,
-                    flooded,
-                    args.attacker_cpus,
-                ),
-            )
-        )
-        for process in attackers:
-            process.start()
-        time.sleep(2)
-        attacked = Phase(stack, [psutil.Process(process.pid) for process in attackers])
-        attacked.run(args.window_s, [f"3.0.{i}" for i in range(args.rounds)], sets[args.rounds :])
-        for process in attackers:
-            process.terminate()
-            process.join(30)
+        meter = Meter(stack)
+        attack = Attack(stack, others, args.attacker_cpus, frozenset(args.without))
+        attacks.callback(attack.stop)
+        with meter.measuring("calm"):
+            calm_ingest = ingest_per_s(stack, args.window_s)
+        attack.start(flooder_ids[: args.flooders], args.window_s)
+        with meter.measuring("attacked"):
+            attacked_ingest = ingest_per_s(stack, args.window_s)
+        attack.stop()
+        calm: list[float] = []
+        attacked: list[float] = []
+        for i in range(args.rounds):
+            with meter.measuring("calm"):
+                calm.append(complete_s(stack, f"2.0.{i}", sets[2 * i]))
+            attack.start([flooder_ids[args.flooders + i]], args.window_s)
+            with meter.measuring("attacked"):
+                attacked.append(complete_s(stack, f"3.0.{i}", sets[2 * i + 1]))
+            attack.stop()
         quarantined = stack.sql(
             "SELECT count(DISTINCT object_id) FROM audit_events WHERE action = 'device.quarantine'"
         )[0][0]
-        flood_sent = sum(count.value for count in flooded)
-        hostile = flood_sent + counters["malformed"].value + counters["impostor"].value
+        sent = attack.sent
+        hostile = sent["flood"] + sent["malformed"] + sent["impostor"]
         figures = [
-            against_calm("attack.ingest_per_s", attacked.ingest, calm.ingest, "/s", 1),
-            against_calm("attack.complete_s", attacked.complete, calm.complete, "s", 1),
+            against_calm("attack.ingest_per_s", attacked_ingest, calm_ingest, "/s", 1),
+            against_calm(
+                "attack.complete_s", statistics.median(attacked), statistics.median(calm), "s", 1
+            ),
             against_calm(
                 "attack.broker_cpu_share",
-                attacked.broker_share,
-                calm.broker_share,
+                meter.share(meter.broker_s, "attacked"),
+                meter.share(meter.broker_s, "calm"),
                 "of the host",
                 3,
             ),
             against_calm(
                 "attack.backend_cpu_share",
-                attacked.backend_share,
-                calm.backend_share,
+                meter.share(meter.backend_s, "attacked"),
+                meter.share(meter.backend_s, "calm"),
                 "of the host",
                 3,
             ),
-            Figure("attack.attacker_cpu_share", round(attacked.attacker_share, 3), "of the host"),
+            Figure(
+                "attack.attacker_cpu_share",
+                round(meter.share({"attacked": attack.cpu_s}, "attacked"), 3),
+                "of the host",
+            ),
             Figure("attack.hostile_messages", hostile, "messages"),
-            Figure("attack.reconnects", counters["reconnector"].value, "connections"),
+            Figure("attack.reconnects", sent["reconnector"], "connections"),
             Figure("attack.quarantined_devices", quarantined, "devices"),
         ]
         notes = [
             f"{args.devices} simulated devices (heartbeat every {args.heartbeat_s:.0f} s); "
-            f"ingest over {args.window_s:.0f} s windows; complete: the median of "
+            f"ingest over a calm {args.window_s:.0f} s window, then an attacked one; complete: "
             f"{args.rounds} deployments of a 64 KiB bundle to {size} devices each (a different "
-            "set each time). Calm first, then under attack: flooders one after another "
-            f"({flood_sent} messages), malformed payloads "
-            f"({counters['malformed'].value}), another device's topics "
-            f"({counters['impostor'].value}), and {counters['reconnector'].value} "
-            "reconnections; the baseline of each figure is the calm run.",
-            "complete, seconds per deployment: calm "
-            + ", ".join(f"{t:.1f}" for t in calm.completes)
-            + "; attacked "
-            + ", ".join(f"{t:.1f}" for t in attacked.completes)
+            "set each time), calm and attacked in turn, the attackers started before each "
+            "attacked one and stopped after it; medians. The attack: flooders one after another "
+            f"({sent['flood']} messages), malformed payloads ({sent['malformed']}), another "
+            f"device's topics ({sent['impostor']}), and {sent['reconnector']} reconnections; "
+            "the baseline of each figure is the calm measurement.",
+            "complete, seconds per deployment in turn (calm / attacked): "
+            + "; ".join(f"{c:.1f} / {a:.1f}" for c, a in zip(calm, attacked, strict=True))
             + ".",
             (
-                "deploy/nftables/kernex-broker.nft in front of the broker for both phases "
+                "deploy/nftables/kernex-broker.nft in front of the broker throughout "
                 "(a burst of 100 new connections, then 20 a second, per source address)."
                 if args.edge_limit
                 else "No limit in front of the broker (Mosquitto alone)."
             ),
-            "CPU shares are of the whole host (all cores) over each phase: the broker's, the "
-            "backend's, and the attacker processes' (each stands for a machine of its own, at "
-            "nice 10, but runs on this host).",
+            "CPU shares are of the whole host (all cores) over the calm and over the attacked "
+            "measurements: the broker's, the backend's, and the attacker processes' (each "
+            "stands for a machine of its own, at nice 10, but runs on this host).",
             (
                 f"The host split in two: the attackers on CPU {cpu_list(args.attacker_cpus)}, "
-                f"everything else on CPU {cpu_list(fleet_cpus)}, in both phases."
+                f"everything else on CPU {cpu_list(fleet_cpus)}, throughout."
                 if args.attacker_cpus
                 else "No split: the attackers share every CPU with the fleet."
             ),
         ]
     finally:
+        attacks.close()
         limits.close()
-        for process in attackers:
-            if process.is_alive():
-                process.kill()
         if sim is not None:
             sim.send_signal(2)
             sim.wait(300)
@@ -419,11 +466,13 @@ def main() -> None:
         f"--rounds {args.rounds} --window-s {args.window_s:.0f} --flooders {args.flooders}"
         + (" --edge-limit" if args.edge_limit else "")
         + (f" --attacker-cpus {cpu_list(args.attacker_cpus)}" if args.attacker_cpus else "")
+        + "".join(f" --without {name}" for name in args.without)
     )
     title = (
         f"Attack: hostile devices against {args.devices} devices"
         + (", connections limited at the edge" if args.edge_limit else "")
         + (", attackers on CPUs of their own" if args.attacker_cpus else "")
+        + (f", without {' and '.join(args.without)}" if args.without else "")
     )
     record(title, command, figures, notes)
 
