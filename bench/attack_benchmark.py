@@ -230,9 +230,9 @@ class Meter:
         self.broker_s[kind] += cpu_s(self.broker) - broker
         self.backend_s[kind] += cpu_s(self.backend) - backend
 
-    def share(self, cpu_s_by_kind: dict[str, float], kind: str) -> float:
-        """A share of the whole host (all cores) over the `kind` measurements."""
-        return cpu_s_by_kind[kind] / (self.wall_s[kind] * (os.cpu_count() or 1))
+    def share(self, cpu_seconds: float, kind: str) -> float:
+        """`cpu_seconds` as a share of the whole host (all cores) over the `kind` measurements."""
+        return cpu_seconds / (self.wall_s[kind] * (os.cpu_count() or 1))
 
 
 class Attack:
@@ -403,21 +403,21 @@ def main() -> None:
             ),
             against_calm(
                 "attack.broker_cpu_share",
-                meter.share(meter.broker_s, "attacked"),
-                meter.share(meter.broker_s, "calm"),
+                meter.share(meter.broker_s["attacked"], "attacked"),
+                meter.share(meter.broker_s["calm"], "calm"),
                 "of the host",
                 3,
             ),
             against_calm(
                 "attack.backend_cpu_share",
-                meter.share(meter.backend_s, "attacked"),
-                meter.share(meter.backend_s, "calm"),
+                meter.share(meter.backend_s["attacked"], "attacked"),
+                meter.share(meter.backend_s["calm"], "calm"),
                 "of the host",
                 3,
             ),
             Figure(
                 "attack.attacker_cpu_share",
-                round(meter.share({"attacked": attack.cpu_s}, "attacked"), 3),
+                round(meter.share(attack.cpu_s, "attacked"), 3),
                 "of the host",
             ),
             Figure("attack.hostile_messages", hostile, "messages"),

@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import FastAPI
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernex_backend.core.config import Settings
+from kernex_backend.core.config import MqttSettings, Settings
 from kernex_backend.core.db import create_sessionmaker
-from kernex_backend.core.messaging import TrafficCounters
+from kernex_backend.core.messaging import DevicePublisher, TrafficCounters
 from kernex_backend.deployments.models import DeploymentStatus, ExecutionState
 from kernex_backend.deployments.notices import NoticeService
 from kernex_devstack.broker import EmbeddedBroker
@@ -40,6 +40,27 @@ async def states(engine: AsyncEngine, deployment: uuid.UUID) -> dict[str, tuple[
             {"d": deployment},
         )
         return {row.device_id: (row.state, row.notified_at) for row in rows}
+
+
+def notice_service(
+    app: FastAPI,
+    settings: Settings,
+    engine: AsyncEngine,
+    bridge: DevicePublisher,
+    mqtt: MqttSettings,
+    *,
+    stats: TrafficCounters | None = None,
+    key: Ed25519PrivateKey | None = None,
+) -> NoticeService:
+    """The notice service as the backend wires it, publishing through `bridge`."""
+    return NoticeService(
+        sessionmaker=create_sessionmaker(engine),
+        publisher=bridge,
+        storage=storage_of(app),
+        settings=settings.model_copy(update={"mqtt": mqtt}),
+        stats=stats or TrafficCounters(),
+        signing_key=key or Ed25519PrivateKey.generate(),
+    )
 
 
 def notices_by_device(messages: list[Received], devices: list[str]) -> dict[str, list[Notice]]:
@@ -88,14 +109,7 @@ async def test_every_pending_execution_is_notified_once_in_batches(
     )
     key = Ed25519PrivateKey.generate()
     async with connected_bridge(broker, mqtt) as bridge:
-        notices = NoticeService(
-            sessionmaker=create_sessionmaker(engine),
-            publisher=bridge,
-            storage=storage_of(app),
-            settings=settings.model_copy(update={"mqtt": mqtt}),
-            stats=TrafficCounters(),
-            signing_key=key,
-        )
+        notices = notice_service(app, settings, engine, bridge, mqtt, key=key)
         assert await notices.publish_pending() == len(running)
         assert await notices.publish_pending() == 0  # nothing is left, nothing sent twice
 
@@ -151,14 +165,7 @@ async def test_reconcile_republishes_live_notices_and_clears_ended_ones_in_batch
     mqtt = bridge_settings(broker, notify_batch_size=BATCH, publish_concurrency=3)
     stats = TrafficCounters()
     async with connected_bridge(broker, mqtt) as bridge:
-        notices = NoticeService(
-            sessionmaker=create_sessionmaker(engine),
-            publisher=bridge,
-            storage=storage_of(app),
-            settings=settings.model_copy(update={"mqtt": mqtt}),
-            stats=stats,
-            signing_key=Ed25519PrivateKey.generate(),
-        )
+        notices = notice_service(app, settings, engine, bridge, mqtt, stats=stats)
         # Other tests' executions share the database: at least ours are reconciled.
         assert await notices.reconcile() >= len(live) + len(ended)
 
