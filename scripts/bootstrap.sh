@@ -19,8 +19,17 @@ if [ ${#missing_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "bootstrap: installing system packages: ${missing_apt[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing_apt[@]}" >/dev/null
+    # apt and debconf talk on stderr even when all goes well ("delaying package configuration,
+    # since apt-utils is not installed"): keep it in a log and show it only on failure.
+    apt_log=$(mktemp)
+    if ! { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing_apt[@]}"; } \
+      >"$apt_log" 2>&1; then
+      cat "$apt_log" >&2
+      rm -f "$apt_log"
+      echo "bootstrap: installing ${missing_apt[*]} failed (apt's output above)" >&2
+      exit 1
+    fi
+    rm -f "$apt_log"
     # The Debian package starts a system broker on 1883; Kernex runs its own on other ports.
   else
     echo "bootstrap: missing system packages: ${missing_apt[*]}" >&2
