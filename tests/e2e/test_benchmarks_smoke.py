@@ -105,6 +105,20 @@ def test_progress_benchmark_runs_small(tmp_path: Path) -> None:
         assert figures[name]["value"] > 0 and figures[name]["baseline"] > 0
 
 
+def test_heartbeat_storage_benchmark_runs_small(tmp_path: Path) -> None:
+    # It fails by itself unless every heartbeat it sent through the ingest was stored.
+    figures = run_benchmark(
+        "heartbeat_storage.py",
+        ["--devices", "100", "--intervals", "5"],
+        tmp_path,
+        keeps_stack=False,
+    )
+    stored = figures["heartbeat.stored_bytes"]
+    # A stored row holds at least what the device sent, plus the row and index overhead.
+    assert stored["value"] > stored["baseline"] > 100
+    assert figures["heartbeat.partition_mib_10k_devices_day"]["value"] > 0
+
+
 def test_notice_building_benchmark_runs_small(tmp_path: Path) -> None:
     figures = run_benchmark(
         "notice_building.py", ["--notices", "200", "--repeats", "2"], tmp_path, keeps_stack=False
