@@ -128,22 +128,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--intervals", type=int, default=60)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kernex-bench-storage-") as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg")
-        pg.start()
-        try:
-
-            async def create() -> None:
-                conn = await asyncpg.connect(pg.url("postgres", driver="postgresql"))
-                try:
-                    await conn.execute('CREATE DATABASE "kernex"')
-                finally:
-                    await conn.close()
-
-            asyncio.run(create())
-            sizes = asyncio.run(measure(pg.url("kernex"), args.devices, args.intervals))
-        finally:
-            pg.stop()
+    # The server's own "postgres" database, migrated: the server is the run's alone.
+    with (
+        tempfile.TemporaryDirectory(prefix="kernex-bench-storage-") as tmp,
+        EmbeddedPostgres(Path(tmp) / "pg") as pg,
+    ):
+        sizes = asyncio.run(measure(pg.url(), args.devices, args.intervals))
 
     per_row = sizes["total"]
     rows_per_device_day = SECONDS_PER_DAY // INTERVAL_S

@@ -228,22 +228,12 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kernex-bench-progress-") as tmp:
-        pg = EmbeddedPostgres(Path(tmp) / "pg")
-        pg.start()
-        try:
-
-            async def create() -> None:
-                conn = await asyncpg.connect(pg.url("postgres", driver="postgresql"))
-                try:
-                    await conn.execute('CREATE DATABASE "kernex"')
-                finally:
-                    await conn.close()
-
-            asyncio.run(create())
-            results = asyncio.run(run(pg.url("kernex"), args.devices, args.repeats))
-        finally:
-            pg.stop()
+    # The server's own "postgres" database, migrated: the server is the run's alone.
+    with (
+        tempfile.TemporaryDirectory(prefix="kernex-bench-progress-") as tmp,
+        EmbeddedPostgres(Path(tmp) / "pg") as pg,
+    ):
+        results = asyncio.run(run(pg.url(), args.devices, args.repeats))
     cpu, wall = median(results["cpu"]), median(results["wall"])
     bare_cpu, bare_wall = median(results["bare_cpu"]), median(results["bare_wall"])
     figures = [
