@@ -38,6 +38,8 @@ COLUMNS = (
     ("ID", lambda d: d["id"]),
     ("NAME", lambda d: d["name"]),
     ("STATUS", lambda d: d["status"]),
+    # A completed deployment in which devices failed: "failed" or "partial" here.
+    ("OUTCOME", lambda d: d.get("outcome", "-")),
     ("WAVE", lambda d: d["current_wave"]),
     ("WAITING FOR", lambda d: d.get("waiting_for") or d.get("pause_reason")),
     ("CREATED", lambda d: d["created_at"]),

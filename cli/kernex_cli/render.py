@@ -23,6 +23,7 @@ STATE_STYLE = {
     "canceled": "yellow",
     "paused": "yellow",
     "running": "cyan",
+    "partial": "bold yellow",
 }
 
 

@@ -153,6 +153,9 @@ def test_cli_drives_a_fleet_end_to_end(fleet: Fleet, tmp_path: Path) -> None:
     assert "health_check_failed" in shown and rest[0] in shown and rest[1] in shown
     assert "outcome failed" in shown
     assert cli.json("deployments", "show", bad["id"])["outcome"] == "failed"
+    listed = {d["id"]: d["outcome"] for d in cli.json("deployments", "ls")}
+    assert listed == {created["id"]: "succeeded", bad["id"]: "failed"}
+    assert "OUTCOME" in cli("deployments", "ls").stdout
 
     # Controls: a deployment soaking after its first wave, paused, resumed, canceled.
     gated = cli.json(

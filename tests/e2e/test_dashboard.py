@@ -4,6 +4,7 @@ preview and watched to the end without reloading, pause, resume and cancel; a re
 write buttons and is refused by the server when it posts anyway; sign out. Screenshots go to
 .build/screenshots/."""
 
+import json
 import re
 import shutil
 from collections.abc import AsyncIterator
@@ -45,14 +46,19 @@ async def shot(page: Page, name: str) -> None:
     await page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
-async def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser) -> None:
+def two_devices_online(fleet: Fleet) -> tuple[str, list[str]]:
+    """The API served and two agents connected: the UI's base URL and the devices' ids."""
     fleet.start_api()
-    base = f"http://127.0.0.1:{fleet.port}"
     agents = [fleet.add_device() for _ in range(2)]
     ids = sorted(a.device_id for a in agents)  # type: ignore[attr-defined]
     for agent in agents:
         agent.start()
     eventually(lambda: all(fleet.device(i)["online"] for i in ids), what="online")
+    return f"http://127.0.0.1:{fleet.port}", ids
+
+
+async def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser) -> None:
+    base, ids = two_devices_online(fleet)
     eventually(lambda: all(fleet.device(i)["last_seen_at"] for i in ids), what="heartbeats")
     bundle = fleet.upload("1.0.0")
 
@@ -167,4 +173,62 @@ async def test_wrong_key_is_refused_with_a_clear_message(fleet: Fleet, browser: 
     await page.get_by_role("button", name="Sign in").click()
     await expect(page.get_by_role("alert")).to_contain_text("refused")
     await shot(page, "login-refused")
+    await page.close()
+
+
+async def test_failing_devices_come_first_and_can_be_retried(
+    fleet: Fleet, browser: Browser
+) -> None:
+    # A build whose health check fails everywhere: the deployment ends, and the page says at a
+    # glance that it failed, which devices and why, above the counts; a retry runs them again.
+    base, ids = two_devices_online(fleet)
+    broken = fleet.upload("1.0.1", healthy=False)
+    deployment = fleet.deploy(broken, ids)
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})
+    await sign_in(page, base, fleet.token)
+    await page.goto(f"{base}/ui/deployments/{deployment}")
+    await page.evaluate("window.__marker = 'not reloaded'")
+    await expect(page.get_by_test_id("outcome")).to_have_text("outcome: failed", timeout=90_000)
+    failing = page.locator("section.failing")
+    await expect(failing.locator("tbody tr")).to_have_count(2)
+    for device_id in ids:
+        await expect(failing).to_contain_text(device_id)
+    await expect(failing).to_contain_text("health_check_failed")
+    # Failures are the first thing on the page: the section comes before the counts.
+    assert await page.evaluate(
+        "document.querySelector('section.failing').compareDocumentPosition("
+        "document.querySelector('ul.counts')) & Node.DOCUMENT_POSITION_FOLLOWING"
+    )
+    assert await page.evaluate("window.__marker") == "not reloaded"
+    await shot(page, "deployment-failed")
+    first = fleet.executions(deployment)
+
+    await page.get_by_role("button", name="Retry failed devices").click()
+    # Every device is tried again (a new attempt each) and fails again, still in plain sight.
+    eventually(
+        lambda: all(
+            row["attempt"] == first[row["device_id"]]["attempt"] + 1
+            and row["state"] == first[row["device_id"]]["state"]
+            for row in fleet.executions(deployment).values()
+        ),
+        timeout=90,
+        what="both devices retried and failed again",
+    )
+    await expect(page.get_by_test_id("outcome")).to_have_text("outcome: failed", timeout=30_000)
+    await expect(page.locator("section.failing tbody tr")).to_have_count(2)
+    # The event stream (it ends with the deployment finished) records who retried how many.
+    with fleet.api as api:
+        stream = api.get(f"/deployments/{deployment}/events").text
+    retried = [
+        json.loads(frame.split("\ndata: ", 1)[1])
+        for frame in stream.split("\n\n")
+        if "\nevent: retried\n" in f"\n{frame}"
+    ]
+    assert [r["devices"] for r in retried] == [2], stream[-2000:]
+    # The list says so too: "completed" is not painted as a success, the outcome is "failed".
+    await page.goto(f"{base}/ui/deployments")
+    await expect(page.get_by_test_id(f"outcome-{deployment}")).to_have_text("failed")
+    row = page.locator("tr", has=page.get_by_test_id(f"outcome-{deployment}"))
+    await expect(row.locator(".state")).to_have_class(re.compile(r"\bwith-failures\b"))
     await page.close()

@@ -19,6 +19,7 @@ from kernex_backend.deployments.schemas import (
     ApproveRequest,
     DeploymentCreate,
     DeploymentDetail,
+    DeploymentListed,
     DeploymentPreview,
     DeploymentPublic,
     DeploymentsPublic,
@@ -190,8 +191,15 @@ async def list_deployments(
     deployments, count = await service.list_deployments(
         session=session, page=page, status=status, bundle_id=bundle_id
     )
+    outcome = await service.outcomes(session=session, deployment_ids=[d.id for d in deployments])
     return DeploymentsPublic(
-        data=[DeploymentPublic.model_validate(d, from_attributes=True) for d in deployments],
+        data=[
+            DeploymentListed(
+                **DeploymentPublic.model_validate(d, from_attributes=True).model_dump(),
+                outcome=outcome[d.id],
+            )
+            for d in deployments
+        ],
         count=count,
     )
 

@@ -138,6 +138,29 @@ class WaveProgress(BaseModel):
 
 FAILURE_STATES = (ExecutionState.FAILED, ExecutionState.ROLLED_BACK, ExecutionState.TIMED_OUT)
 
+Outcome = Literal["failed", "partial", "succeeded", "none"]
+OUTCOME_DESCRIPTION = (
+    "How it went, at a glance: `status` says whether it runs, this whether it worked. `failed` "
+    "when no device succeeded and some failed, rolled back or timed out; `partial` when some "
+    "did; `succeeded` when none did; `none` when nothing ended yet."
+)
+
+
+def outcome_of(*, succeeded: bool, failed: bool) -> Outcome:
+    """A deployment's outcome from whether any device succeeded and whether any failed."""
+    if failed and not succeeded:
+        return "failed"
+    if failed:
+        return "partial"
+    return "succeeded" if succeeded else "none"
+
+
+class DeploymentListed(DeploymentPublic):
+    """A deployment in a list, with its outcome so that a finished deployment in which devices
+    failed never reads as a plain `completed`."""
+
+    outcome: Outcome = Field(description=OUTCOME_DESCRIPTION)
+
 
 class DeploymentDetail(DeploymentPublic):
     """A deployment with its progress: counts per state and per wave, and a finish estimate."""
@@ -147,26 +170,18 @@ class DeploymentDetail(DeploymentPublic):
     estimated_finish_at: datetime | None
     rollback_deployment_id: uuid.UUID | None
 
-    @computed_field(  # type: ignore[prop-decorator]
-        description="How it went, at a glance: `status` says whether it runs, this whether it "
-        "worked. `failed` when no device succeeded and some failed, rolled back or timed out; "
-        "`partial` when some did; `succeeded` when none did; `none` when nothing ended yet."
-    )
+    @computed_field(description=OUTCOME_DESCRIPTION)  # type: ignore[prop-decorator]
     @property
-    def outcome(self) -> Literal["failed", "partial", "succeeded", "none"]:
+    def outcome(self) -> Outcome:
         failures = sum(self.execution_counts.get(state, 0) for state in FAILURE_STATES)
         successes = self.execution_counts.get(ExecutionState.SUCCEEDED, 0)
-        if failures and not successes:
-            return "failed"
-        if failures:
-            return "partial"
-        return "succeeded" if successes else "none"
+        return outcome_of(succeeded=successes > 0, failed=failures > 0)
 
 
 class DeploymentsPublic(BaseModel):
     """A page of deployments."""
 
-    data: list[DeploymentPublic]
+    data: list[DeploymentListed]
     count: int
 
 

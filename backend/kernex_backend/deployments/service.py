@@ -32,15 +32,18 @@ from kernex_backend.deployments.models import (
 )
 from kernex_backend.deployments.notices import signed_release
 from kernex_backend.deployments.schemas import (
+    FAILURE_STATES,
     MAX_SAMPLE,
     DeploymentCreate,
     DeploymentDetail,
     DeploymentPreview,
     DeploymentPublic,
     Exclusion,
+    Outcome,
     RollbackPlan,
     WavePreview,
     WaveProgress,
+    outcome_of,
 )
 from kernex_backend.deployments.strategy import stored, wave_ends
 from kernex_protocol.manifest import (
@@ -128,6 +131,25 @@ async def list_deployments(
         where=conditions,
         order_by=[col(Deployment.created_at).desc(), col(Deployment.id)],
     )
+
+
+async def outcomes(
+    *, session: AsyncSession, deployment_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, Outcome]:
+    """Each deployment's outcome, for a list: two index probes per deployment (whether any
+    device succeeded, whether any failed) instead of counting every execution."""
+    if not deployment_ids:
+        return {}
+    execution = DeploymentExecution
+    mine = col(execution.deployment_id) == col(Deployment.id)
+    succeeded = sa.exists().where(mine, col(execution.state) == ExecutionState.SUCCEEDED)
+    failed = sa.exists().where(mine, col(execution.state).in_(FAILURE_STATES))
+    rows = await session.exec(
+        sa.select(  # type: ignore[call-overload]
+            col(Deployment.id), succeeded.label("succeeded"), failed.label("failed")
+        ).where(col(Deployment.id).in_(deployment_ids))
+    )
+    return {row.id: outcome_of(succeeded=row.succeeded, failed=row.failed) for row in rows.all()}
 
 
 async def list_executions(

@@ -121,7 +121,8 @@ async def overview(
 ) -> Response:
     fleet = await queries.overview(session, offline_after_s=settings.mqtt.offline_after_s)
     recent, _ = await deployments.list_deployments(session=session, page=Page(10, 0))
-    return _page(request, "overview.html", ui, fleet=fleet, deployments=recent)
+    outcomes = await deployments.outcomes(session=session, deployment_ids=[d.id for d in recent])
+    return _page(request, "overview.html", ui, fleet=fleet, deployments=recent, outcomes=outcomes)
 
 
 @router.get("/devices")
@@ -171,7 +172,8 @@ async def bundle_list(request: Request, ui: UiSessionDep, session: SessionDep) -
 @router.get("/deployments")
 async def deployment_list(request: Request, ui: UiSessionDep, session: SessionDep) -> Response:
     rows, total = await deployments.list_deployments(session=session, page=Page(100, 0))
-    return _page(request, "deployments.html", ui, deployments=rows, total=total)
+    outcomes = await deployments.outcomes(session=session, deployment_ids=[d.id for d in rows])
+    return _page(request, "deployments.html", ui, deployments=rows, total=total, outcomes=outcomes)
 
 
 async def _progress(session: SessionDep, deployment_id: uuid.UUID) -> dict[str, Any]:

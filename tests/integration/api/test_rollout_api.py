@@ -181,6 +181,47 @@ async def test_controls_progress_and_events(
         assert bad.status_code == 422, (bad_id, bad.text)
 
 
+async def test_the_list_shows_each_deployments_outcome(
+    client: httpx.AsyncClient, engine: AsyncEngine, write_headers: dict[str, str]
+) -> None:
+    # A deployment in which every device rolled back must not read as a plain "completed" in a
+    # list: each listed deployment carries its outcome from its devices' states.
+    bundle = await seed(engine)
+    ended = {
+        "failed": ("rolled_back", "timed_out"),
+        "partial": ("succeeded", "failed"),
+        "succeeded": ("succeeded", "succeeded"),
+        "none": ("pending", "downloading"),
+    }
+    created: dict[str, str] = {}
+    for index, (outcome, states) in enumerate(ended.items()):
+        devices = IDS[2 * index : 2 * index + 2]
+        response = await client.post(
+            "/api/v1/deployments",
+            json={**body(bundle, device_ids=devices), "name": outcome},
+            headers=write_headers,
+        )
+        assert response.status_code == 201, response.text
+        created[outcome] = response.json()["id"]
+        async with engine.begin() as conn:
+            for device_id, state in zip(devices, states, strict=True):
+                await conn.execute(
+                    sa.text(
+                        "UPDATE deployment_executions SET state = :state"
+                        " WHERE deployment_id = :d AND device_id = :device"
+                    ),
+                    {"state": state, "d": created[outcome], "device": device_id},
+                )
+    listed = await client.get("/api/v1/deployments", headers=write_headers)
+    assert listed.status_code == 200, listed.text
+    outcomes = {row["id"]: row["outcome"] for row in listed.json()["data"]}
+    assert outcomes == {d: outcome for outcome, d in created.items()}
+    # The detail agrees with the list.
+    for outcome, d in created.items():
+        detail = await client.get(f"/api/v1/deployments/{d}", headers=write_headers)
+        assert detail.json()["outcome"] == outcome
+
+
 async def test_openapi_declares_the_rollout_contract(client: httpx.AsyncClient) -> None:
     spec = (await client.get("/openapi.json")).json()
     paths = spec["paths"]
