@@ -10,6 +10,7 @@ from kernex_backend.bundles.retention import run_retention
 from kernex_backend.bundles.storage import BundleStorage
 from kernex_backend.core.background import run_periodically
 from kernex_backend.core.runtime import Runtime
+from kernex_backend.devices import presence
 from kernex_backend.devices.certificates import Pki, sync_from_index
 from kernex_backend.telemetry import partitions
 
@@ -27,7 +28,15 @@ def start(runtime: Runtime, *, api_jobs: bool) -> list[asyncio.Task[None]]:
             settings.telemetry.maintenance_interval_s,
             lambda: partitions.maintain_now(runtime.engine, settings.telemetry),
             True,
-        )
+        ),
+        (
+            "presence_history",
+            settings.telemetry.maintenance_interval_s,
+            lambda: presence.prune_history(
+                runtime.engine, retention_days=settings.telemetry.presence_retention_days
+            ),
+            True,
+        ),
     ]
     if api_jobs:
         jobs += _api_jobs(runtime)

@@ -6,7 +6,7 @@ from kernex_backend.api_keys.models import ApiKey
 from kernex_backend.audit.models import AuditEvent
 from kernex_backend.bundles.models import Bundle
 from kernex_backend.deployments.models import Deployment, DeploymentExecution
-from kernex_backend.devices.models import Device
+from kernex_backend.devices.models import Device, PresenceEvent
 from kernex_backend.telemetry.models import Heartbeat
 from kernex_backend.webhooks.models import Webhook, WebhookDelivery, WebhookEvent
 
@@ -20,6 +20,7 @@ __all__ = [
     "DeploymentExecution",
     "Device",
     "Heartbeat",
+    "PresenceEvent",
     "Webhook",
     "WebhookDelivery",
     "WebhookEvent",

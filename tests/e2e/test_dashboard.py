@@ -86,8 +86,12 @@ async def test_dashboard_in_a_browser(fleet: Fleet, browser: Browser) -> None:
     await page.get_by_role("button", name="Filter").click()
     await page.get_by_role("link", name=ids[0]).click()
     await expect(page.get_by_role("heading", name=re.compile(ids[0]))).to_be_visible()
-    await expect(page.get_by_role("heading", name="Recent heartbeats")).to_be_visible()
-    await expect(page.locator("table").first).to_contain_text("agent_version")
+    heartbeats = page.locator("section", has=page.get_by_role("heading", name="Recent heartbeats"))
+    await expect(heartbeats.locator("table")).to_contain_text("agent_version")
+    # Presence history: the agent's birth message that brought it online.
+    presence = page.locator("section", has=page.get_by_role("heading", name="Presence history"))
+    await expect(presence.locator("tbody tr").first).to_contain_text("online")
+    await expect(presence.locator("tbody tr").first).to_contain_text("its birth message")
     await expect(page.locator("dl.facts")).to_contain_text("Certificate")
     await shot(page, "device")
 

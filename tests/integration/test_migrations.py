@@ -26,6 +26,7 @@ EXPECTED_TABLES = {
     "deployments",
     "devices",
     "heartbeats",
+    "presence_events",
     "webhook_deliveries",
     "webhook_events",
     "webhooks",

@@ -71,9 +71,12 @@ class AuthSettings(BaseModel):
 
 
 class TelemetrySettings(BaseModel):
-    """Heartbeat storage."""
+    """Heartbeat storage and presence history."""
 
     heartbeat_retention_days: int = Field(default=14, ge=1, le=3650)
+    # Every online/offline change of every device is kept this long (the device page's
+    # presence history); pruned by the same periodic job that maintains heartbeat partitions.
+    presence_retention_days: int = Field(default=30, ge=1, le=3650)
     partitions_ahead_days: int = Field(default=3, ge=1, le=60)
     maintenance_interval_s: float = Field(default=3600.0, gt=0)
     # How far back a heartbeat that is not above the device's highest stored one is looked up

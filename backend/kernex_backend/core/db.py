@@ -1,7 +1,7 @@
 """Database engine, sessions and the shared table conventions."""
 
 from datetime import UTC, datetime
-from typing import Final
+from typing import Any, Final
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
@@ -68,3 +68,17 @@ def is_transient(exc: BaseException) -> bool:
         # No SQLSTATE: refused by the driver before reaching the server (an encoding error).
         return isinstance(exc, sa.exc.OperationalError)
     return False
+
+
+async def delete_in_batches(
+    engine: AsyncEngine, statement: sa.TextClause, params: dict[str, Any], *, batch: int
+) -> int:
+    """Run a DELETE limited to `:batch` rows, one transaction each, until it deletes fewer:
+    pruning a large backlog never holds one long transaction or lock. Returns rows deleted."""
+    total = 0
+    while True:
+        async with engine.begin() as conn:
+            result = await conn.execute(statement, {**params, "batch": batch})
+        total += result.rowcount
+        if result.rowcount < batch:
+            return total

@@ -54,3 +54,26 @@ class Device(SQLModel, table=True):
     quarantined_until: datetime | None = optional_timestamp_field()
     created_at: datetime = created_at_field()
     updated_at: datetime = created_at_field()
+
+
+class PresenceEvent(SQLModel, table=True):
+    """One change of a device's presence as applied: online, offline with the reason the agent
+    gave ("shutdown", "lost"), or offline because the sweeper heard nothing ("silent").
+
+    Written in the transaction that applies the change, so the history and the device's
+    `online` never disagree; pruned after `telemetry.presence_retention_days`. No foreign key,
+    as for heartbeats: rows of a removed device age out with the retention.
+    """
+
+    __tablename__ = "presence_events"
+    __table_args__ = (
+        sa.Index("ix_presence_events_device_id_at", "device_id", "at"),
+        sa.Index("ix_presence_events_at", "at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True, sa_type=sa.BigInteger)
+    device_id: str = Field(max_length=64)
+    at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    online: bool
+    session: int | None = Field(default=None, sa_type=sa.BigInteger)
+    reason: str | None = Field(default=None, max_length=32)

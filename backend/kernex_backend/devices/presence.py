@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kernex_backend.core.db import utc_now
+from kernex_backend.core.db import delete_in_batches, utc_now
 from kernex_backend.core.messaging import TrafficCounters
 from kernex_backend.webhooks import outbox
 from kernex_backend.webhooks.models import EventType
@@ -28,8 +28,10 @@ from kernex_protocol.payloads import Presence
 
 log = structlog.get_logger(__name__)
 
+# The change and its history row in one statement: what is recorded is what was applied.
 _APPLY = sa.text(
     """
+    WITH applied AS (
     UPDATE devices SET
         online = :online,
         presence_session = :session,
@@ -46,15 +48,32 @@ _APPLY = sa.text(
            -- claim: it must not make the device's real (lower) sessions look old for ever.
            OR presence_at < :stale_before)
     RETURNING id
+    )
+    INSERT INTO presence_events (device_id, at, online, session, reason)
+    SELECT id, :now, :online, :session, :reason FROM applied
+    RETURNING device_id
     """
 )
 _KNOWN = sa.text("SELECT 1 FROM devices WHERE id = :device_id AND status <> 'decommissioned'")
 _SWEEP = sa.text(
     """
+    WITH swept AS (
     UPDATE devices SET online = false, presence_session = NULL, presence_at = NULL,
         updated_at = :now
     WHERE online AND (last_seen_at IS NULL OR last_seen_at < :cutoff)
     RETURNING id
+    )
+    INSERT INTO presence_events (device_id, at, online, session, reason)
+    SELECT id, :now, false, NULL, 'silent' FROM swept
+    RETURNING device_id
+    """
+)
+PRUNE_BATCH = 5000
+_PRUNE = sa.text(
+    """
+    DELETE FROM presence_events WHERE id IN (
+        SELECT id FROM presence_events WHERE at < :before LIMIT :batch
+    )
     """
 )
 
@@ -79,6 +98,7 @@ class PresenceTracker:
             "session": presence.session,
             "agent_version": presence.agent_version,
             "installed_version": presence.installed_version,
+            "reason": None if presence.online else presence.reason,
             "now": now,
         }
         async with self._engine.begin() as conn:
@@ -119,3 +139,12 @@ class PresenceTracker:
         for (device_id,) in rows:
             log.info("device_silent_offline", device_id=device_id)
         return len(rows)
+
+
+async def prune_history(engine: AsyncEngine, *, retention_days: int) -> int:
+    """Delete presence history older than `retention_days`, in batches; returns how many."""
+    before = utc_now() - dt.timedelta(days=retention_days)
+    total = await delete_in_batches(engine, _PRUNE, {"before": before}, batch=PRUNE_BATCH)
+    if total:
+        log.info("presence_history_pruned", events=total)
+    return total

@@ -27,6 +27,7 @@ from kernex_backend.devices.schemas import (
     DeviceUpdate,
     HeartbeatPublic,
     HeartbeatsPublic,
+    PresenceHistoryPublic,
     QuarantinePublic,
     RevocationPublic,
     RevokeRequest,
@@ -109,12 +110,16 @@ async def get_device(device_id: DeviceIdPath, session: SessionDep, _: ReadAccess
     return _public(await service.get(session=session, device_id=device_id))
 
 
+# How many of a device's newest heartbeats or presence changes one request returns.
+RecentLimit = Annotated[int, Query(ge=1, le=500)]
+
+
 @router.get("/{device_id}/heartbeats", response_model=HeartbeatsPublic)
 async def list_heartbeats(
     device_id: DeviceIdPath,
     session: SessionDep,
     _: ReadAccess,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    limit: RecentLimit = 50,
 ) -> HeartbeatsPublic:
     """A device's recent heartbeats, newest first (the last `limit`, from the last 24 hours)."""
     await service.get(session=session, device_id=device_id)  # 404 for an unknown device
@@ -127,6 +132,20 @@ async def list_heartbeats(
     )
     data = [HeartbeatPublic.model_validate(h, from_attributes=True) for h in rows]
     return HeartbeatsPublic(data=data, count=len(data))
+
+
+@router.get("/{device_id}/presence", response_model=PresenceHistoryPublic)
+async def presence_history(
+    device_id: DeviceIdPath,
+    session: SessionDep,
+    _: ReadAccess,
+    limit: RecentLimit = 50,
+) -> PresenceHistoryPublic:
+    """A device's presence changes, newest first (the last `limit`, from the retention period:
+    `KERNEX_TELEMETRY__PRESENCE_RETENTION_DAYS`)."""
+    await service.get(session=session, device_id=device_id)  # 404 for an unknown device
+    data = await service.presence_history(session=session, device_id=device_id, limit=limit)
+    return PresenceHistoryPublic(data=data, count=len(data))
 
 
 @router.patch("/{device_id}", response_model=DevicePublic)

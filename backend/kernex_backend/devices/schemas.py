@@ -87,6 +87,26 @@ class HeartbeatsPublic(BaseModel):
     count: int
 
 
+class PresenceEventPublic(BaseModel):
+    """One change of a device's presence."""
+
+    at: datetime
+    online: bool
+    session: int | None = Field(description="The agent session it belongs to; none for `silent`.")
+    reason: str | None = Field(
+        description="Offline: `shutdown` (the agent said goodbye), `lost` (its Last Will), "
+        "`silent` (nothing heard for the offline threshold). Online: none (its birth message) "
+        "or `heartbeat` (a heartbeat of a newer session brought it back)."
+    )
+
+
+class PresenceHistoryPublic(BaseModel):
+    """A device's presence changes, newest first."""
+
+    data: list[PresenceEventPublic]
+    count: int
+
+
 class DevicesPublic(BaseModel):
     """A page of devices and the total matching the filters."""
 

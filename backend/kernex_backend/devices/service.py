@@ -5,15 +5,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import col, or_
+from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from kernex_backend.audit import service as audit
 from kernex_backend.core.db import utc_now
 from kernex_backend.core.errors import Conflict, NotFound
 from kernex_backend.core.pagination import Page, paginate
-from kernex_backend.devices.models import Device, DeviceStatus
-from kernex_backend.devices.schemas import DeviceCreate, DeviceUpdate
+from kernex_backend.devices.models import Device, DeviceStatus, PresenceEvent
+from kernex_backend.devices.schemas import DeviceCreate, DeviceUpdate, PresenceEventPublic
 from kernex_backend.webhooks import outbox
 from kernex_backend.webhooks.models import EventType
 
@@ -123,6 +123,19 @@ async def list_devices(
     """Devices matching `filters`, ordered by ID, and how many match in all."""
     conditions = filters.conditions()
     return await paginate(session, Device, page, where=conditions, order_by=[col(Device.id)])
+
+
+async def presence_history(
+    *, session: AsyncSession, device_id: str, limit: int
+) -> list[PresenceEventPublic]:
+    """The device's last `limit` presence changes, newest first."""
+    rows = await session.exec(
+        select(PresenceEvent)
+        .where(col(PresenceEvent.device_id) == device_id)
+        .order_by(col(PresenceEvent.at).desc(), col(PresenceEvent.id).desc())
+        .limit(limit)
+    )
+    return [PresenceEventPublic.model_validate(e, from_attributes=True) for e in rows]
 
 
 async def update(

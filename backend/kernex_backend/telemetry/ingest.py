@@ -53,6 +53,8 @@ _INGEST = sa.text(
         SELECT i.*,
             d.heartbeat_session AS newest_session, d.heartbeat_seq AS newest_seq,
             d.last_seen_at,
+            -- The presence held, to record a heartbeat that brings the device back online.
+            d.online AS was_online, d.presence_session AS held_session, d.presence_at AS held_at,
             -- Above both the newest and the highest ever stored: certainly not stored yet.
             (i.session, i.seq)
                 > (coalesce(d.heartbeat_session, -1), coalesce(d.heartbeat_seq, -1))
@@ -90,6 +92,17 @@ _INGEST = sa.text(
     newest AS (
         SELECT DISTINCT ON (device_id) * FROM advancing
         ORDER BY device_id, session DESC, seq DESC
+    ),
+    -- The same rule as `online` below, for the devices it brings back online: their
+    -- presence history records it (reason "heartbeat": no birth message said so).
+    came_online AS (
+        INSERT INTO presence_events (device_id, at, online, session, reason)
+        SELECT device_id, received_at, true, session, 'heartbeat' FROM newest
+        WHERE NOT was_online
+          AND (session > coalesce(held_session, -1)
+               OR (session < held_session
+                   AND held_at < received_at - CAST(:stale AS interval)))
+        RETURNING 1
     ),
     highest AS (
         SELECT DISTINCT ON (device_id) device_id, session, seq, max(received_at)

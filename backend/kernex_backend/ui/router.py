@@ -158,6 +158,7 @@ async def device_page(
         ui,
         device=device,
         heartbeats=await queries.recent_heartbeats(session, device_id),
+        presence=await devices.presence_history(session=session, device_id=device_id, limit=20),
         history=await queries.deployment_history(session, device_id),
     )
 

@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kernex_backend.core.config import WebhookSettings
-from kernex_backend.core.db import utc_now
+from kernex_backend.core.db import delete_in_batches, utc_now
 from kernex_backend.webhooks import signing
 from kernex_backend.webhooks.targets import TargetRefused, check_target
 
@@ -133,15 +133,9 @@ class WebhookDispatcher:
 
     async def prune(self) -> int:
         """Delete what the outbox no longer needs, in batches; returns how many events went."""
-        total = 0
-        while True:
-            async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    _PRUNE, {"days": self._settings.retention_days, "batch": PRUNE_BATCH}
-                )
-            total += result.rowcount
-            if result.rowcount < PRUNE_BATCH:
-                break
+        total = await delete_in_batches(
+            self._engine, _PRUNE, {"days": self._settings.retention_days}, batch=PRUNE_BATCH
+        )
         if total:
             log.info("webhook_outbox_pruned", events=total)
         return total

@@ -23,7 +23,7 @@ from kernex_backend.deployments.models import (
 )
 from kernex_backend.deployments.progress import ProgressIngest
 from kernex_backend.devices.models import DeviceStatus
-from kernex_backend.devices.presence import PresenceTracker
+from kernex_backend.devices.presence import PresenceTracker, prune_history
 from kernex_backend.mqtt.bridge import MqttBridge
 from kernex_backend.telemetry.ingest import HeartbeatIngest, Received
 from kernex_protocol.payloads import (
@@ -215,6 +215,72 @@ async def test_presence_is_ordered_by_session(app: FastAPI, engine: AsyncEngine)
         await conn.execute(sa.text("UPDATE devices SET last_seen_at = now() - interval '2 hours'"))
     assert await presence.sweep(dt.timedelta(hours=1)) == 1
     assert await state() == (False, None)  # the session is forgotten: any news brings it back
+
+
+async def presence_rows(engine: AsyncEngine, device_id: str) -> list[tuple[bool, Any, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT online, session, reason FROM presence_events"
+                " WHERE device_id = :i ORDER BY id"
+            ),
+            {"i": device_id},
+        )
+        return [tuple(r) for r in rows]
+
+
+async def test_presence_history_records_what_was_applied(
+    app: FastAPI, engine: AsyncEngine, client: httpx.AsyncClient, read_headers: dict[str, str]
+) -> None:
+    # Every change the device's row takes is in its history, with how it was learned; what was
+    # refused as stale is not.
+    await add_devices(engine, "ph-1")
+    presence = PresenceTracker(engine, TrafficCounters())
+    await presence.apply("ph-1", Presence(online=True, session=5))
+    await presence.apply("ph-1", Presence(online=False, session=4, reason="lost"))  # stale
+    await presence.apply("ph-1", Presence(online=False, session=5, reason="shutdown"))
+    await presence.apply("ph-1", Presence(online=True, session=5))  # stale: same session
+    await presence.apply("ph-1", Presence(online=True, session=6))
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE devices SET last_seen_at = now() - interval '2 hours' WHERE id = 'ph-1'"
+            )
+        )
+    assert await presence.sweep(dt.timedelta(hours=1)) == 1
+    # Back through a heartbeat alone (no birth message): recorded once, as such.
+    ingest = HeartbeatIngest(engine, TrafficCounters(), batch_size=10, interval_s=0.1, capacity=10)
+    await ingest.write([received("ph-1", beat(0, session=6)), received("ph-1", beat(1, session=6))])
+    await ingest.write([received("ph-1", beat(2, session=6))])
+    assert (await device(engine, "ph-1"))["online"]
+    assert await presence_rows(engine, "ph-1") == [
+        (True, 5, None),
+        (False, 5, "shutdown"),
+        (True, 6, None),
+        (False, None, "silent"),
+        (True, 6, "heartbeat"),
+    ]
+
+    # Served newest first by the API, a limit respected; an unknown device is a 404.
+    served = await client.get("/api/v1/devices/ph-1/presence?limit=2", headers=read_headers)
+    assert served.status_code == 200, served.text
+    assert [(e["online"], e["reason"]) for e in served.json()["data"]] == [
+        (True, "heartbeat"),
+        (False, "silent"),
+    ]
+    missing = await client.get("/api/v1/devices/nobody/presence", headers=read_headers)
+    assert missing.status_code == 404
+
+    # Pruned after the retention, in batches; newer rows stay.
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE presence_events SET at = now() - interval '40 days'"
+                " WHERE device_id = 'ph-1' AND online = false"
+            )
+        )
+    assert await prune_history(engine, retention_days=30) == 2
+    assert [r[2] for r in await presence_rows(engine, "ph-1")] == [None, None, "heartbeat"]
 
 
 async def make_execution(engine: AsyncEngine, *device_ids: str) -> uuid.UUID:
