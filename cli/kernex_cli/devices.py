@@ -1,4 +1,4 @@
-"""`kernex devices`: list, show, tag, untag, decommission, revoke."""
+"""`kernex devices`: list, show, presence, tag, untag, decommission, revoke."""
 
 from typing import Annotated, Any
 
@@ -33,6 +33,14 @@ FIELDS = (
     "cert_not_after",
     "quarantined_until",
     "created_at",
+)
+
+
+PRESENCE_COLUMNS = (
+    ("AT", lambda e: e["at"]),
+    ("PRESENCE", lambda e: "online" if e["online"] else "offline"),
+    ("SESSION", lambda e: e.get("session")),
+    ("REASON", lambda e: e.get("reason")),
 )
 
 
@@ -77,6 +85,19 @@ def show(ctx: typer.Context, device_id: str) -> None:
     """One device: identity, presence, versions, certificate, tags."""
     state = session(ctx)
     state.out.detail(state.api.get(f"/devices/{device_id}"), FIELDS)
+
+
+@app.command("presence")
+def presence(
+    ctx: typer.Context,
+    device_id: str,
+    limit: Annotated[int, typer.Option(min=1, max=500, help="at most this many")] = 20,
+) -> None:
+    """A device's presence history, newest first: when it came online and went offline, and
+    how that was learned (shutdown, lost: its Last Will, silent: nothing heard, heartbeat)."""
+    state = session(ctx)
+    history = state.api.get(f"/devices/{device_id}/presence", limit=limit)
+    state.out.table(history["data"], PRESENCE_COLUMNS, empty="no presence change recorded yet")
 
 
 def _retag(ctx: typer.Context, device_id: str, change: Any) -> None:

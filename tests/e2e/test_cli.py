@@ -117,6 +117,10 @@ def test_cli_drives_a_fleet_end_to_end(fleet: Fleet, tmp_path: Path) -> None:
     assert [d["id"] for d in cli.json("devices", "ls", "--tag", "ring=canary")] == [canary]
     assert cli.json("devices", "untag", canary, "site")["tags"] == {"ring": "canary"}
     assert cli.json("devices", "show", canary)["online"] is True
+    # Its presence history: the birth message that brought it online, newest first.
+    history = cli.json("devices", "presence", canary, "--limit", "5")
+    assert history and history[0]["online"] is True and history[0]["reason"] is None
+    assert "PRESENCE" in cli("devices", "presence", canary).stdout
     table = cli("devices", "ls", "--online").stdout
     assert all(i in table for i in ids) and "online" in table
     missing = cli("devices", "show", "no-such-device", code=1)
