@@ -136,8 +136,16 @@ class Fleet:
         self.agents: list[AgentProcess] = []
         self.token = ""
 
-    def start_api(self, identity: str = "kernex-backend") -> BackendProcess:
-        env = {**self.base_env, **service_identity(self.broker, identity, self.root / identity)}
+    def start_api(
+        self, identity: str = "kernex-backend", *, extra_env: dict[str, str] | None = None
+    ) -> BackendProcess:
+        """`serve` with its own MQTT identity (`extra_env`: say, PYTHONPATH to another release's
+        source), and an admin key for `api` in `token`."""
+        env = {
+            **self.base_env,
+            **service_identity(self.broker, identity, self.root / identity),
+            **(extra_env or {}),
+        }
         api = BackendProcess("serve", env, self.root / f"{identity}.log").start()
         self.processes.append(api)
         wait_for_port("127.0.0.1", self.port, timeout=30)
@@ -155,8 +163,14 @@ class Fleet:
         ).stdout.strip()
         return api
 
-    def start_worker(self, identity: str, *args: str) -> BackendProcess:
-        env = {**self.base_env, **service_identity(self.broker, identity, self.root / identity)}
+    def start_worker(
+        self, identity: str, *args: str, extra_env: dict[str, str] | None = None
+    ) -> BackendProcess:
+        env = {
+            **self.base_env,
+            **service_identity(self.broker, identity, self.root / identity),
+            **(extra_env or {}),
+        }
         worker = BackendProcess("worker", env, self.root / f"{identity}.log", args).start()
         self.processes.append(worker)
         return worker
