@@ -19,25 +19,20 @@ import asyncio
 import datetime as dt
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import Figure, record
+from scratch_db import migrated_with_devices, scratch_postgres
 
 import kernex_agent
 from kernex_agent.reporting import utc_now_text
 from kernex_agent.telemetry import system_metrics, system_uptime_s
-from kernex_backend.core import migrations
-from kernex_backend.core.config import Settings
-from kernex_backend.core.db import create_engine, create_sessionmaker
 from kernex_backend.core.messaging import TrafficCounters
-from kernex_backend.devices.models import Device
 from kernex_backend.telemetry.ingest import HeartbeatIngest, Received
 from kernex_backend.telemetry.partitions import maintain_now, partition_name
-from kernex_devstack.postgres import EmbeddedPostgres
 from kernex_protocol.payloads import Heartbeat
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,19 +60,8 @@ def heartbeat(seq: int, started: int) -> Heartbeat:
 
 
 async def measure(url: str, devices: int, intervals: int) -> dict[str, float]:
-    settings = Settings(
-        database_url=url,
-        environment="development",
-        migrations_dir=REPO / "migrations",
-        storage={"backend": "local", "local_dir": tempfile.mkdtemp(prefix="kernex-bench-")},  # type: ignore[arg-type]
-    )
-    engine = create_engine(settings)
-    await migrations.upgrade(engine, REPO / "migrations")
+    settings, engine, ids = await migrated_with_devices(url, devices)
     await maintain_now(engine, settings.telemetry)
-    ids = [f"bench-{i:06d}" for i in range(devices)]
-    async with create_sessionmaker(engine)() as session:
-        session.add_all(Device(id=d, device_type="bench-board") for d in ids)
-        await session.commit()
 
     stats = TrafficCounters()
     ingest = HeartbeatIngest(engine, stats, batch_size=BATCH, interval_s=1.0, capacity=BATCH)
@@ -128,12 +112,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=2000)
     parser.add_argument("--intervals", type=int, default=60)
     args = parser.parse_args()
-    # The server's own "postgres" database, migrated: the server is the run's alone.
-    with (
-        tempfile.TemporaryDirectory(prefix="kernex-bench-storage-") as tmp,
-        EmbeddedPostgres(Path(tmp) / "pg") as pg,
-    ):
-        sizes = asyncio.run(measure(pg.url(), args.devices, args.intervals))
+    with scratch_postgres("kernex-bench-storage-") as url:
+        sizes = asyncio.run(measure(url, args.devices, args.intervals))
 
     per_row = sizes["total"]
     rows_per_device_day = SECONDS_PER_DAY // INTERVAL_S

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import random
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -34,10 +33,9 @@ import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import Figure, median, record
+from scratch_db import migrated_with_devices, scratch_postgres
 
-from kernex_backend.core import migrations
-from kernex_backend.core.config import Settings
-from kernex_backend.core.db import create_engine, create_sessionmaker
+from kernex_backend.core.db import create_sessionmaker
 from kernex_backend.core.messaging import TrafficCounters
 from kernex_backend.deployments.models import (
     Deployment,
@@ -46,8 +44,6 @@ from kernex_backend.deployments.models import (
     ExecutionState,
 )
 from kernex_backend.deployments.progress import EXECUTION_STATE, ProgressIngest
-from kernex_backend.devices.models import Device
-from kernex_devstack.postgres import EmbeddedPostgres
 from kernex_protocol.payloads import Progress, ProgressState
 
 REPO = Path(__file__).resolve().parent.parent
@@ -173,19 +169,8 @@ async def timed(apply: Any, batches: list[list[tuple[str, Progress]]]) -> tuple[
 
 
 async def run(url: str, devices: int, repeats: int) -> dict[str, list[float]]:
-    settings = Settings(
-        database_url=url,
-        environment="development",
-        migrations_dir=REPO / "migrations",
-        storage={"backend": "local", "local_dir": tempfile.mkdtemp(prefix="kernex-bench-")},  # type: ignore[arg-type]
-    )
-    engine = create_engine(settings)
-    await migrations.upgrade(engine, REPO / "migrations")
+    _, engine, ids = await migrated_with_devices(url, devices)
     sessionmaker = create_sessionmaker(engine)
-    ids = [f"bench-{i:06d}" for i in range(devices)]
-    async with sessionmaker() as session:
-        session.add_all(Device(id=d, device_type="bench-board") for d in ids)
-        await session.commit()
 
     async def on_final(_: list[str]) -> None:
         return None
@@ -228,12 +213,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    # The server's own "postgres" database, migrated: the server is the run's alone.
-    with (
-        tempfile.TemporaryDirectory(prefix="kernex-bench-progress-") as tmp,
-        EmbeddedPostgres(Path(tmp) / "pg") as pg,
-    ):
-        results = asyncio.run(run(pg.url(), args.devices, args.repeats))
+    with scratch_postgres("kernex-bench-progress-") as url:
+        results = asyncio.run(run(url, args.devices, args.repeats))
     cpu, wall = median(results["cpu"]), median(results["wall"])
     bare_cpu, bare_wall = median(results["bare_cpu"]), median(results["bare_wall"])
     figures = [
